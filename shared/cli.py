@@ -1,0 +1,150 @@
+"""`python -m shared COMMAND`: the command line over the same code the functions run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from shared.bundle import SAMPLE_BUNDLE, load_bundle
+from shared.engine import Engine
+from shared.errors import ClassifierError, ImageError
+from shared.settings import Settings
+from shared.skill import ClassifyOptions, ImageOutcome, classify_encoded
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+BATCH = 16
+PROGRESS_MIN_FILES = 32
+
+
+def _image_files(paths: Sequence[str]) -> Iterator[tuple[str, Path | None]]:
+    """Each argument as given: a file, or a folder's images (recursive, sorted); None marks a missing path."""
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            for found in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                yield str(found), found
+        elif path.exists():
+            yield arg, path
+        else:
+            yield arg, None
+
+
+def _read(path: Path | None) -> bytes | ImageError:
+    if path is None:
+        return ImageError("no such file or folder")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return ImageError(f"cannot read file ({exc.strerror or exc.__class__.__name__})")
+
+
+def open_engine(model: str | None, settings: Settings) -> Engine:
+    """The engine for `--model`, else AZUREML_MODEL_DIR, else the bundled sample. Raises BundleError."""
+    path = Path(model) if model else settings.model_dir or SAMPLE_BUNDLE
+    return Engine(load_bundle(path), threads=settings.engine_threads or None)
+
+
+def _print_row(out: TextIO, name: str, outcome: ImageOutcome, width: int) -> None:
+    assert outcome.data is not None
+    label = outcome.data["label"]
+    shown = label if label is not None else "(none above threshold)"
+    out.write(f"{name:<{width}}  {shown:<32}  {outcome.data['confidence']:.4f}\n")
+
+
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    engine = open_engine(args.model, settings)
+    options = ClassifyOptions(
+        top_k=args.top_k,
+        threshold=args.threshold,
+        fast_decode=args.fast,
+        limits=settings.image_limits(),
+    )
+    files = list(_image_files(args.paths))
+    out, err = sys.stdout, sys.stderr
+    if not files:
+        err.write("error: no image files found in the given paths\n")
+        return 1
+    width = min(max(len(name) for name, _ in files), 60)
+    if not args.json:
+        out.write(
+            f"model {engine.version} ({engine.task}, {len(engine.labels)} labels) from {engine.bundle.root}\n"
+            f"{'file':<{width}}  {'label':<32}  confidence\n"
+        )
+    failed = 0
+    show_progress = len(files) >= PROGRESS_MIN_FILES and err.isatty()
+    started = time.perf_counter()
+    for start in range(0, len(files), BATCH):
+        chunk = files[start : start + BATCH]
+        outcomes = classify_encoded(engine, [_read(path) for _, path in chunk], options)
+        for (name, _), outcome in zip(chunk, outcomes, strict=True):
+            if outcome.errors:
+                failed += 1
+                err.write(f"error: {name}: {'; '.join(outcome.errors)}\n")
+            elif args.json:
+                line: dict[str, object] = {"file": name, **(outcome.data or {})}
+                if outcome.warnings:
+                    line["warnings"] = list(outcome.warnings)
+                out.write(json.dumps(line) + "\n")
+            else:
+                _print_row(out, name, outcome, width)
+        if show_progress:
+            err.write(f"\rclassified {min(start + BATCH, len(files))}/{len(files)}")
+            err.flush()
+    if show_progress:
+        err.write("\n")
+    if len(files) >= PROGRESS_MIN_FILES or failed:
+        elapsed = time.perf_counter() - started
+        err.write(f"{len(files) - failed} classified, {failed} failed in {elapsed:.1f} s\n")
+    return 1 if failed else 0
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _probability(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared", description="AutoML image classifier skill tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    classify = commands.add_parser("classify", help="classify image files or folders")
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (searched recursively)")
+    classify.add_argument("--model", metavar="PATH", help="bundle folder or AutoML run folder (default: sample)")
+    classify.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="predictions per image")
+    classify.add_argument(
+        "--threshold", type=_probability, metavar="T", help="score cutoff (default 0.5 multi-label, 0 multi-class)"
+    )
+    classify.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    classify.add_argument(
+        "--fast",
+        action="store_true",
+        help="decode large JPEGs at reduced scale like the skill does (FAST_JPEG_DECODE); default: AutoML's exact path",
+    )
+    classify.set_defaults(handler=cmd_classify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.handler(args, settings))
+    except ClassifierError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,188 @@
+"""ONNX Runtime inference with AutoML's exact preprocessing, one batched run per call."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from shared.bundle import ModelBundle, Preprocessing
+from shared.errors import BundleError
+
+_FLOAT_TYPES = ("tensor(float)",)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One image's answer.
+
+    label: the top label, or None when its score is below the threshold; confidence: the top score;
+    labels: every label at or above the threshold, best first (multi-class: at most the top one);
+    predictions: the top-k (label, score) pairs, best first, regardless of the threshold.
+    """
+
+    label: str | None
+    confidence: float
+    labels: tuple[str, ...]
+    predictions: tuple[tuple[str, float], ...]
+
+
+def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to `short_side`, the longer truncated (torchvision's rule)."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def preprocess(image: Image.Image, pre: Preprocessing, out: np.ndarray | None = None) -> np.ndarray:
+    """AutoML's validation transform: Resize(shorter side) bilinear, CenterCrop, ToTensor, Normalize.
+
+    `image` must be RGB. Returns float32 CHW `[3, crop, crop]`, written into `out` when given. With
+    `pre.in_graph` the values stay raw 0-255 (the graph divides and normalizes itself). Equal to
+    torchvision's `Compose([Resize(r), CenterCrop(c), ToTensor(), Normalize(mean, std)])` on PIL input
+    bit for bit: the same PIL resize, the same crop offsets, the same float32 operations in the same order.
+    """
+    new_w, new_h = resized_size(image.width, image.height, pre.resize)
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top = round((new_h - pre.crop) / 2.0)
+    left = round((new_w - pre.crop) / 2.0)
+    pixels = np.asarray(image.crop((left, top, left + pre.crop, top + pre.crop)), dtype=np.uint8)
+    chw = pixels.transpose(2, 0, 1)
+    if out is None:
+        out = np.empty((3, pre.crop, pre.crop), dtype=np.float32)
+    if pre.in_graph:
+        np.copyto(out, chw, casting="unsafe")
+        return out
+    np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)
+    out -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    out /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+class Engine:
+    """One ONNX Runtime session over one bundle.
+
+    Opening it checks that the graph is an image classifier whose output width equals the label count
+    and runs one smoke inference; BundleError otherwise. Thread-safe: ONNX Runtime sessions accept
+    concurrent `run` calls.
+    """
+
+    def __init__(self, bundle: ModelBundle, threads: int | None = None) -> None:
+        self.bundle = bundle
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                bundle.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own unrelated types for bad graphs
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+            raise BundleError(f"ONNX Runtime cannot load {bundle.model_path}: {first_line}") from None
+
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1:
+            raise BundleError(
+                f"{bundle.model_path} is not an image classifier: it has {len(inputs)} inputs, expected one "
+                "image tensor [batch, 3, height, width]"
+            )
+        shape = inputs[0].shape
+        crop = bundle.preprocessing.crop
+        if len(shape) != 4 or shape[1] != 3 or inputs[0].type not in _FLOAT_TYPES:
+            raise BundleError(
+                f"{bundle.model_path} is not an image classifier: input {inputs[0].name!r} is "
+                f"{inputs[0].type} {list(shape)}, expected float [batch, 3, height, width]"
+            )
+        if any(isinstance(side, int) and side != crop for side in shape[2:]):
+            raise BundleError(
+                f"{bundle.model_path} wants {shape[2]}x{shape[3]} inputs but the bundle's crop size is {crop}"
+            )
+        if len(outputs) < 1 or len(outputs[0].shape) != 2:
+            raise BundleError(
+                f"{bundle.model_path} is not an image classifier: its first output should be "
+                f"[batch, classes], got {list(outputs[0].shape) if outputs else 'no output'}"
+            )
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.labels = bundle.labels
+        self.task = bundle.task
+        self.preprocessing = bundle.preprocessing
+        self.version = bundle.version
+
+        width = self.logits(np.zeros((1, 3, crop, crop), dtype=np.float32)).shape[1]
+        if width != len(self.labels):
+            raise BundleError(
+                f"{bundle.model_path} outputs {width} classes but labels.json lists {len(self.labels)}; "
+                "the two files must come from the same run"
+            )
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model outputs for a preprocessed float32 batch `[n, 3, crop, crop]`."""
+        result = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(result)
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities `[n, classes]`: softmax for multi-class, sigmoid for multi-label."""
+        logits = self.logits(batch)
+        return sigmoid(logits) if self.task == "multilabel" else softmax(logits)
+
+    def preprocess_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        crop = self.preprocessing.crop
+        batch = np.empty((len(images), 3, crop, crop), dtype=np.float32)
+        for i, image in enumerate(images):
+            preprocess(image, self.preprocessing, out=batch[i])
+        return batch
+
+    def default_threshold(self) -> float:
+        """AutoML's cutoff for multi-label (0.5); multi-class always counts its top label (0)."""
+        return 0.5 if self.task == "multilabel" else 0.0
+
+    def classify(
+        self, images: Sequence[Image.Image], top_k: int = 5, threshold: float | None = None
+    ) -> list[Classification]:
+        """Classify RGB images in one batched run; an empty sequence gives an empty list."""
+        if not images:
+            return []
+        return self.interpret(self.scores(self.preprocess_batch(images)), top_k, threshold)
+
+    def interpret(self, scores: np.ndarray, top_k: int, threshold: float | None) -> list[Classification]:
+        """Turn a `[n, classes]` score matrix into answers with top-k and threshold applied."""
+        cutoff = self.default_threshold() if threshold is None else threshold
+        k = max(1, min(top_k, scores.shape[1]))
+        results = []
+        for row in scores:
+            order = np.argsort(-row, kind="stable")
+            top = [(self.labels[i], float(row[i])) for i in order[:k]]
+            best_label, best_score = self.labels[order[0]], float(row[order[0]])
+            if self.task == "multilabel":
+                above = tuple(self.labels[i] for i in order[: int((row >= cutoff).sum())])
+            else:
+                above = (best_label,) if best_score >= cutoff else ()
+            results.append(
+                Classification(
+                    label=best_label if best_score >= cutoff else None,
+                    confidence=best_score,
+                    labels=above,
+                    predictions=tuple(top),
+                )
+            )
+        return results

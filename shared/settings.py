@@ -1,0 +1,102 @@
+"""The app's settings, read once from the environment (Functions app settings or local.settings.json)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from shared.errors import SettingsError
+from shared.images import ImageLimits
+
+T = TypeVar("T")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _get(env: Mapping[str, str], key: str, default: T, parse: Callable[[str], T], what: str) -> T:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError:
+        raise SettingsError(f"setting {key}={raw!r} is invalid: expected {what}") from None
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _bounded_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the app reads; names match the app-setting names (see README, "Settings")."""
+
+    model_dir: Path | None = None
+    engine_threads: int = 0
+    fast_jpeg_decode: bool = True
+    deadline_s: float = 200.0
+    max_request_bytes: int = 100 * 1024 * 1024
+    max_records: int = 1000
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    min_image_side: int = 16
+    default_top_k: int = 5
+    api_key: str | None = field(default=None, repr=False)
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels, min_side=self.min_image_side
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build from a mapping (default `os.environ`); SettingsError names the first bad key."""
+        env = os.environ if env is None else env
+        model_dir = env.get("AZUREML_MODEL_DIR", "").strip()
+        return cls(
+            model_dir=Path(model_dir) if model_dir else None,
+            engine_threads=_get(env, "ENGINE_THREADS", 0, _bounded_int(0, 256), "an integer from 0 (all cores) to 256"),
+            fast_jpeg_decode=_get(env, "FAST_JPEG_DECODE", True, _bool, "true or false"),
+            deadline_s=_get(env, "SKILL_DEADLINE_SECONDS", 200.0, _bounded_float(1, 230), "seconds from 1 to 230"),
+            max_request_bytes=_get(
+                env, "SKILL_MAX_REQUEST_BYTES", 100 * 1024 * 1024, _bounded_int(1024, 1 << 31), "bytes, 1024 or more"
+            ),
+            max_records=_get(env, "SKILL_MAX_RECORDS", 1000, _bounded_int(1, 100_000), "an integer from 1 to 100000"),
+            max_image_bytes=_get(
+                env, "SKILL_MAX_IMAGE_BYTES", 32 * 1024 * 1024, _bounded_int(1024, 1 << 31), "bytes, 1024 or more"
+            ),
+            max_image_pixels=_get(
+                env, "SKILL_MAX_IMAGE_PIXELS", 50_000_000, _bounded_int(64, 1 << 31), "pixels, 64 or more"
+            ),
+            min_image_side=_get(env, "SKILL_MIN_IMAGE_SIDE", 16, _bounded_int(1, 4096), "pixels from 1 to 4096"),
+            default_top_k=_get(env, "SKILL_DEFAULT_TOP_K", 5, _bounded_int(1, 1000), "an integer from 1 to 1000"),
+            api_key=env.get("SKILL_API_KEY") or None,
+        )

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.modelfactory import tiny_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+SAMPLE_PHOTOS = sorted(p for p in SAMPLES.iterdir() if p.suffix in {".png", ".jpg"})
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Image.Image]:
+    """The committed sample photos, decoded to RGB."""
+    return [Image.open(p).convert("RGB") for p in SAMPLE_PHOTOS]
+
+
+@pytest.fixture(scope="session")
+def large_jpeg(photos: list[Image.Image]) -> bytes:
+    """A real photo re-encoded at 2000x1500, the size of Azure AI Search's normalized images."""
+    return jpeg_bytes(photos[0].resize((2000, 1500), Image.Resampling.BICUBIC))
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    return tiny_bundle(tmp_path / "tiny")

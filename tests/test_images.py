@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.errors import ImageError
+from shared.images import ImageLimits, decode_image, draft_request
+from tests.conftest import encode, jpeg_bytes
+
+LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000, min_side=16)
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    from tests.conftest import SAMPLE_PHOTOS
+
+    return Image.open(SAMPLE_PHOTOS[1]).convert("RGB").resize((120, 80))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "params"),
+    [
+        ("JPEG", "RGB", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "P", {}),
+        ("PNG", "LA", {}),
+        ("PNG", "I;16", {}),
+        ("GIF", "P", {}),
+        ("BMP", "RGB", {}),
+        ("TIFF", "RGB", {}),
+        ("TIFF", "CMYK", {}),
+        ("WEBP", "RGB", {"quality": 90}),
+    ],
+)
+def test_formats_and_modes_become_rgb_like_automl(
+    photo: Image.Image, fmt: str, mode: str, params: dict[str, object]
+) -> None:
+    source = photo.convert("I").point(lambda v: v * 200).convert("I;16") if mode == "I;16" else photo.convert(mode)
+    data = encode(source, fmt, **params)
+    decoded = decode_image(data, LIMITS)
+    assert decoded.image.mode == "RGB" and decoded.image.size == (120, 80)
+    assert (decoded.width, decoded.height, decoded.format) == (120, 80, fmt)
+    # AutoML reads every image with Image.open(...).convert("RGB"); we must give the same pixels.
+    expected = Image.open(io.BytesIO(data)).convert("RGB")
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(expected))
+
+
+def test_animated_gif_uses_the_first_frame(photo: Image.Image) -> None:
+    frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_image(buffer.getvalue(), LIMITS)
+    first = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(first))
+
+
+def test_draft_decodes_large_jpegs_at_reduced_scale_never_below_the_resize(large_jpeg: bytes) -> None:
+    fast = decode_image(large_jpeg, ImageLimits(), draft_short_side=256)
+    exact = decode_image(large_jpeg, ImageLimits())
+    assert fast.draft and not exact.draft
+    assert exact.image.size == (2000, 1500)
+    assert min(fast.image.size) >= 256 and fast.image.size[0] < 2000
+    assert (fast.width, fast.height) == (2000, 1500)
+    assert draft_request(2000, 1500, 256) == (342, 256)
+
+
+def test_draft_is_skipped_below_twice_the_resize_and_for_png(photo: Image.Image) -> None:
+    small = jpeg_bytes(photo.resize((500, 400)))
+    assert not decode_image(small, LIMITS, draft_short_side=256).draft
+    png = encode(photo.resize((1200, 1000)), "PNG")
+    assert not decode_image(png, LIMITS, draft_short_side=256).draft
+
+
+def truncated(photo: Image.Image) -> bytes:
+    data = jpeg_bytes(photo.resize((400, 300)))
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: b"", "image is empty (0 bytes)"),
+        (
+            lambda p: b"%PDF-1.7 not an image",
+            "data is not an image that can be decoded (JPEG, PNG, GIF, BMP, TIFF or WebP expected)",
+        ),
+        (lambda p: b"x" * 5_000_001, "image is 5,000,001 bytes; the limit is 5,000,000 bytes"),
+        (
+            lambda p: encode(Image.new("L", (4000, 1001)), "PNG"),
+            "image is 4000x1001 = 4,004,000 pixels; the limit is 4,000,000 pixels",
+        ),
+        (
+            lambda p: encode(Image.new("RGB", (15, 300)), "PNG"),
+            "image is 15x300; the shortest side must be at least 16 pixels",
+        ),
+        (truncated, "image data is truncated or corrupt (OSError)"),
+    ],
+)
+def test_bad_images_get_a_message_naming_the_problem(photo: Image.Image, make: object, message: str) -> None:
+    with pytest.raises(ImageError) as caught:
+        decode_image(make(photo), LIMITS)  # type: ignore[operator]
+    assert str(caught.value) == message
+
+
+def test_decompression_bomb_is_refused_from_the_header_alone() -> None:
+    # A 20000x20000 PNG header compresses to a few hundred kB; decoding it would need 1.2 GB of RGB.
+    bomb = encode(Image.new("1", (20000, 20000)), "PNG")
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageError, match="400,000,000 pixels; the limit is 4,000,000 pixels"):
+        decode_image(bomb, LIMITS)
