@@ -25,7 +25,7 @@ demo: venv  ## classify the sample photos with the bundled model
 	$(BIN)/python -m shared classify samples
 
 lint: dev
-	$(BIN)/ruff check shared tests scripts ClassifySkill Health RefreshModel
+	$(BIN)/ruff check .
 	$(BIN)/mypy shared
 
 test: lint  ## ruff, mypy on shared/, the whole pytest suite
