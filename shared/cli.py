@@ -14,7 +14,7 @@ from shared.bundle import SAMPLE_BUNDLE, load_bundle
 from shared.engine import Engine
 from shared.errors import ClassifierError, ImageError
 from shared.settings import Settings
-from shared.skill import ClassifyOptions, ImageOutcome, classify_encoded
+from shared.skill import ClassifyOptions, ImageLoader, ImageOutcome, classify_batch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 BATCH = 16
@@ -34,13 +34,18 @@ def _image_files(paths: Sequence[str]) -> Iterator[tuple[str, Path | None]]:
             yield arg, None
 
 
-def _read(path: Path | None) -> bytes | ImageError:
-    if path is None:
-        return ImageError("no such file or folder")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        return ImageError(f"cannot read file ({exc.strerror or exc.__class__.__name__})")
+def file_loader(path: Path | None) -> ImageLoader:
+    """Read the file when the batch gets to it; a missing or unreadable file is that image's error."""
+
+    def load() -> bytes:
+        if path is None:
+            raise ImageError("no such file or folder")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"cannot read file ({exc.strerror or exc.__class__.__name__})") from None
+
+    return load
 
 
 def open_engine(model: str | None, settings: Settings) -> Engine:
@@ -80,7 +85,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     for start in range(0, len(files), BATCH):
         chunk = files[start : start + BATCH]
-        outcomes = classify_encoded(engine, [_read(path) for _, path in chunk], options)
+        outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options)
         for (name, _), outcome in zip(chunk, outcomes, strict=True):
             if outcome.errors:
                 failed += 1

@@ -61,6 +61,7 @@ class Settings:
 
     model_dir: Path | None = None
     engine_threads: int = 0
+    decode_threads: int = 0
     fast_jpeg_decode: bool = True
     deadline_s: float = 200.0
     max_request_bytes: int = 100 * 1024 * 1024
@@ -84,6 +85,9 @@ class Settings:
         return cls(
             model_dir=Path(model_dir) if model_dir else None,
             engine_threads=_get(env, "ENGINE_THREADS", 0, _bounded_int(0, 256), "an integer from 0 (all cores) to 256"),
+            decode_threads=_get(
+                env, "DECODE_THREADS", 0, _bounded_int(0, 64), "an integer from 0 (one per core) to 64"
+            ),
             fast_jpeg_decode=_get(env, "FAST_JPEG_DECODE", True, _bool, "true or false"),
             deadline_s=_get(env, "SKILL_DEADLINE_SECONDS", 200.0, _bounded_float(1, 230), "seconds from 1 to 230"),
             max_request_bytes=_get(

@@ -1,23 +1,39 @@
-"""Classify a batch of encoded images: decode with limits, one batched inference, per-image answers.
+"""Classify a batch of encoded images: decode with limits, batched inference, one answer per image.
 
-Both the HTTP skill and the CLI go through `classify_encoded`, so what a user sees locally is what the
-search index gets.
+Both the HTTP skill (`contract.handle_skill_request`) and the CLI go through `classify_batch`, so what a
+user sees locally is what the search index gets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.engine import Classification, Engine
+import numpy as np
+
+from shared.engine import Classification, Engine, preprocess
 from shared.errors import ImageError
 from shared.images import DecodedImage, ImageLimits, decode_image
+
+logger = logging.getLogger(__name__)
+
+# Images per ONNX Runtime run. A skillset's batchSize for images is 4-16, so a call is one run; larger
+# batches are split so the float32 input tensor stays small (32 x 3 x 224 x 224 x 4 B = 19 MB).
+MAX_INFERENCE_BATCH = 32
+
+# Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
+ImageLoader = Callable[[], bytes]
 
 
 @dataclass(frozen=True)
 class ClassifyOptions:
-    """top_k: predictions returned per image; threshold: None means the model's default cutoff."""
+    """top_k: predictions returned per image; threshold: None means the model's default cutoff;
+    fast_decode: JPEG draft decoding (see images.decode_image)."""
 
     top_k: int = 5
     threshold: float | None = None
@@ -32,6 +48,15 @@ class ImageOutcome:
     data: dict[str, Any] | None
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class BatchStats:
+    """Per-phase wall time of one batch, milliseconds, for the summary log line."""
+
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    images: int = 0
 
 
 def record_data(result: Classification, model_version: str) -> dict[str, Any]:
@@ -63,28 +88,88 @@ def _warnings(decoded: DecodedImage, result: Classification, engine: Engine, thr
     return notes
 
 
-def classify_encoded(
-    engine: Engine, items: Sequence[bytes | ImageError], options: ClassifyOptions
-) -> list[ImageOutcome]:
-    """Answer each item in order: an ImageError item is reported as given; bytes are decoded and classified.
+def _load_and_prepare(
+    loader: ImageLoader, engine: Engine, options: ClassifyOptions, out: np.ndarray
+) -> DecodedImage | ImageError:
+    """Decode one image and write its preprocessed tensor into `out`; runs in the decode pool."""
+    try:
+        draft = engine.preprocessing.resize if options.fast_decode else None
+        decoded = decode_image(loader(), options.limits, draft_short_side=draft)
+        preprocess(decoded.image, engine.preprocessing, out=out)
+    except ImageError as exc:
+        return exc
+    return decoded
 
-    One item's failure never affects the others; all decodable images go through one batched run.
+
+def deadline_message(budget_s: float) -> str:
+    return (
+        f"not classified: the batch ran past its {budget_s:g} s budget (SKILL_DEADLINE_SECONDS) before "
+        "reaching this record; lower the skillset's batchSize"
+    )
+
+
+def classify_batch(
+    engine: Engine,
+    loaders: Sequence[ImageLoader],
+    options: ClassifyOptions,
+    *,
+    pool: Executor | None = None,
+    deadline: float | None = None,
+    budget_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    stats: BatchStats | None = None,
+) -> list[ImageOutcome]:
+    """Answer every loader, in order. One image's failure never affects the others.
+
+    Images are decoded (in `pool` when given, in parallel) and classified in runs of at most
+    MAX_INFERENCE_BATCH. Once `clock()` passes `deadline`, no new run starts: the rest are answered
+    with an error telling the caller to lower the batch size.
     """
-    draft = engine.preprocessing.resize if options.fast_decode else None
-    outcomes: list[ImageOutcome | None] = [None] * len(items)
-    decoded: list[tuple[int, DecodedImage]] = []
-    for index, item in enumerate(items):
-        if isinstance(item, ImageError):
-            outcomes[index] = ImageOutcome(data=None, errors=(str(item),))
+    outcomes: list[ImageOutcome] = []
+    crop = engine.preprocessing.crop
+    stats = stats if stats is not None else BatchStats()
+    for start in range(0, len(loaders), MAX_INFERENCE_BATCH):
+        chunk = loaders[start : start + MAX_INFERENCE_BATCH]
+        if deadline is not None and clock() > deadline:
+            outcomes.extend(ImageOutcome(data=None, errors=(deadline_message(budget_s),)) for _ in chunk)
             continue
-        try:
-            decoded.append((index, decode_image(item, options.limits, draft_short_side=draft)))
-        except ImageError as exc:
-            outcomes[index] = ImageOutcome(data=None, errors=(str(exc),))
-    results = engine.classify([d.image for _, d in decoded], options.top_k, options.threshold)
-    for (index, image), result in zip(decoded, results, strict=True):
-        outcomes[index] = ImageOutcome(
-            data=record_data(result, engine.version),
-            warnings=tuple(_warnings(image, result, engine, options.threshold)),
-        )
-    return [o if o is not None else ImageOutcome(data=None, errors=("internal: not answered",)) for o in outcomes]
+        began = time.perf_counter()
+        tensors = np.empty((len(chunk), 3, crop, crop), dtype=np.float32)
+        if pool is not None and len(chunk) > 1:
+            futures = [
+                pool.submit(_load_and_prepare, loader, engine, options, tensors[i]) for i, loader in enumerate(chunk)
+            ]
+            prepared = [f.result() for f in futures]
+        else:
+            prepared = [_load_and_prepare(loader, engine, options, tensors[i]) for i, loader in enumerate(chunk)]
+        good = [i for i, p in enumerate(prepared) if isinstance(p, DecodedImage)]
+        inferred = time.perf_counter()
+        stats.decode_ms += 1000 * (inferred - began)
+        results: list[Classification] | None = []
+        failure = ""
+        if good:
+            try:
+                batch = tensors if len(good) == len(chunk) else tensors[good]
+                results = engine.interpret(engine.scores(batch), options.top_k, options.threshold)
+            except Exception:  # a model that fails on a valid image is our problem: answer, log, keep serving
+                incident = uuid.uuid4().hex[:12]
+                logger.exception("inference failed for %d images (incident %s)", len(good), incident)
+                results = None
+                failure = f"internal error while classifying this image (incident {incident}); the batch may be retried"
+        stats.infer_ms += 1000 * (time.perf_counter() - inferred)
+        stats.images += len(good)
+        by_index = dict(zip(good, results, strict=True)) if results is not None else {}
+        for i, item in enumerate(prepared):
+            if isinstance(item, ImageError):
+                outcomes.append(ImageOutcome(data=None, errors=(str(item),)))
+            elif i in by_index:
+                result = by_index[i]
+                outcomes.append(
+                    ImageOutcome(
+                        data=record_data(result, engine.version),
+                        warnings=tuple(_warnings(item, result, engine, options.threshold)),
+                    )
+                )
+            else:
+                outcomes.append(ImageOutcome(data=None, errors=(failure,)))
+    return outcomes

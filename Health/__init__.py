@@ -1,0 +1,12 @@
+"""GET /api/health: model version and readiness (503 until a model is loaded)."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared import app
+
+
+def main(req: func.HttpRequest) -> func.HttpResponse:
+    status, body, headers = app.health()
+    return func.HttpResponse(body, status_code=status, headers=headers, mimetype="application/json")

@@ -1,0 +1,162 @@
+"""The process-wide skill service the function entry points, the dev server and the CLI share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from shared.bundle import SAMPLE_BUNDLE, load_bundle
+from shared.contract import error_body, parse_query, parse_request, response_values
+from shared.engine import Engine
+from shared.errors import HttpError, ModelNotReady, SettingsError
+from shared.holder import ModelHolder
+from shared.settings import Settings
+from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch
+
+logger = logging.getLogger(__name__)
+
+Response = tuple[int, bytes, dict[str, str]]
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def model_path(settings: Settings) -> Path:
+    """AZUREML_MODEL_DIR when set, else the bundled sample."""
+    return settings.model_dir or SAMPLE_BUNDLE
+
+
+class SkillService:
+    """Settings, the model holder and the decode pool of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        holder: ModelHolder | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        path = model_path(settings)
+        self.holder = holder or ModelHolder(
+            lambda: Engine(load_bundle(path), threads=settings.engine_threads or None), source=str(path)
+        )
+        workers = settings.decode_threads or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") if workers > 1 else None
+        self.clock = clock
+
+    def classify(self, body: bytes, query: Mapping[str, str]) -> Response:
+        """Answer one skill request: (status, JSON body, headers). Never raises."""
+        started = self.clock()
+        try:
+            return self._classify(body, query, started)
+        except HttpError as exc:
+            logger.warning("skill request refused: %s %s", exc.status, exc.code)
+            return exc.status, error_body(exc.code, str(exc)), {**JSON_HEADERS, **exc.headers()}
+        except Exception:  # our bug, not the caller's: say so without details, log the traceback
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("skill request failed (incident %s)", incident)
+            return 500, error_body("InternalError", f"internal error (incident {incident})"), dict(JSON_HEADERS)
+
+    def _classify(self, body: bytes, query: Mapping[str, str], started: float) -> Response:
+        s = self.settings
+        records = parse_request(
+            body, max_request_bytes=s.max_request_bytes, max_records=s.max_records, max_image_bytes=s.max_image_bytes
+        )
+        q = parse_query(query)
+        engine = self.holder.current()
+        options = ClassifyOptions(
+            top_k=q.top_k or s.default_top_k,
+            threshold=q.threshold,
+            fast_decode=s.fast_jpeg_decode,
+            limits=s.image_limits(),
+        )
+        todo = [r for r in records if r.loader is not None]
+        stats = BatchStats()
+        outcomes: list[ImageOutcome] = classify_batch(
+            engine,
+            [r.loader for r in todo if r.loader is not None],
+            options,
+            pool=self.pool,
+            deadline=started + s.deadline_s,
+            budget_s=s.deadline_s,
+            clock=self.clock,
+            stats=stats,
+        )
+        values = response_values(records, {r.record_id: o for r, o in zip(todo, outcomes, strict=True)})
+        errors = sum(1 for v in values if v["errors"])
+        warnings = sum(1 for v in values if v["warnings"])
+        logger.info(
+            "classified records=%d errors=%d warnings=%d model=%s decode_ms=%.0f infer_ms=%.0f total_ms=%.0f",
+            len(values),
+            errors,
+            warnings,
+            engine.version,
+            stats.decode_ms,
+            stats.infer_ms,
+            1000 * (self.clock() - started),
+        )
+        return 200, json.dumps({"values": values}).encode(), dict(JSON_HEADERS)
+
+    def health(self) -> Response:
+        """200 with the model's status when one is loaded (loading it if needed), else 503."""
+        try:
+            self.holder.current()
+        except ModelNotReady as exc:
+            body: dict[str, Any] = {"status": "unavailable", "model": self.holder.status()}
+            return 503, json.dumps(body).encode(), {**JSON_HEADERS, **exc.headers()}
+        return 200, json.dumps({"status": "ready", "model": self.holder.status()}).encode(), dict(JSON_HEADERS)
+
+
+_service: SkillService | None = None
+_service_error: str | None = None
+_service_lock = threading.Lock()
+
+
+def service() -> SkillService:
+    """The process's service, built from the environment on first use. Raises SettingsError."""
+    global _service, _service_error  # noqa: PLW0603 - one service per process, like the Functions worker
+    if _service is not None:
+        return _service
+    with _service_lock:
+        if _service is None:
+            try:
+                _service = SkillService(Settings.from_env())
+            except SettingsError as exc:
+                if str(exc) != _service_error:
+                    logger.error("app settings are invalid: %s", exc)
+                _service_error = str(exc)
+                raise
+        return _service
+
+
+def reset_service(new: SkillService | None = None) -> None:
+    """Replace the process's service (tests, the dev server after changing settings)."""
+    global _service, _service_error
+    with _service_lock:
+        _service, _service_error = new, None
+
+
+def _misconfigured(exc: SettingsError) -> Response:
+    return 503, error_body("Misconfigured", str(exc)), {**JSON_HEADERS, "Retry-After": "60"}
+
+
+def classify(body: bytes, query: Mapping[str, str]) -> Response:
+    """Entry point for ClassifySkill, the dev server and the CLI."""
+    try:
+        return service().classify(body, query)
+    except SettingsError as exc:
+        return _misconfigured(exc)
+
+
+def health() -> Response:
+    try:
+        return service().health()
+    except SettingsError as exc:
+        return _misconfigured(exc)
