@@ -108,6 +108,36 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from shared.app import service
+    from shared.devserver import make_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = make_server(settings, args.host, args.port)
+    host, port = server.server_address[:2]
+    from shared.errors import ModelNotReady
+
+    try:
+        service().holder.current()
+    except ModelNotReady as exc:
+        sys.stderr.write(f"warning: {exc}; answering 503 until it loads\n")
+    status = service().holder.status()
+    sys.stderr.write(
+        f"serving {status['source']} on http://{host!s}:{port}/api/classify (POST) and /api/health (GET)"
+        f"{'; function key required' if settings.api_key else ''}\n"
+    )
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -140,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode large JPEGs at reduced scale like the skill does (FAST_JPEG_DECODE); default: AutoML's exact path",
     )
     classify.set_defaults(handler=cmd_classify)
+
+    serve = commands.add_parser("serve", help="serve /api/classify and /api/health locally, as the Functions host does")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7071, help="port (default 7071, as func start; 0 picks a free one)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -83,7 +83,7 @@ def _base64_loader(text: str, max_bytes: int) -> ImageLoader:
 
     def load() -> bytes:
         body = _DATA_URL.sub("", text, count=1)
-        implied = len(body) * 3 // 4
+        implied = len(body) * 3 // 4 - body[-2:].count("=")
         if implied > max_bytes:
             raise ImageError(f"image is about {implied:,} bytes; the limit is {max_bytes:,} bytes")
         try:

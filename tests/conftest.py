@@ -40,3 +40,33 @@ def large_jpeg(photos: list[Image.Image]) -> bytes:
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     return tiny_bundle(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sample_engine():  # type: ignore[no-untyped-def]
+    from shared.bundle import SAMPLE_BUNDLE, load_bundle
+    from shared.engine import Engine
+
+    return Engine(load_bundle(SAMPLE_BUNDLE))
+
+
+def preloaded_holder(engine):  # type: ignore[no-untyped-def]
+    from shared.holder import ModelHolder
+
+    return ModelHolder(lambda: engine, source="sample (test)")
+
+
+@pytest.fixture
+def install_service(sample_engine):  # type: ignore[no-untyped-def]
+    """Install a SkillService with given settings (and the sample engine) as the process's service."""
+    from shared import app
+    from shared.settings import Settings
+
+    def install(holder=None, clock=None, **settings):  # type: ignore[no-untyped-def]
+        kwargs = {"clock": clock} if clock is not None else {}
+        service = app.SkillService(Settings(**settings), holder or preloaded_holder(sample_engine), **kwargs)
+        app.reset_service(service)
+        return service
+
+    yield install
+    app.reset_service(None)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.errors import SettingsError
+from shared.settings import Settings
+from tests.conftest import ROOT
+
+
+class RecordingEnv(dict[str, str]):
+    """A mapping that remembers which keys were asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def setting_names() -> set[str]:
+    env = RecordingEnv()
+    Settings.from_env(env)
+    return env.asked
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert (s.deadline_s, s.max_request_bytes, s.max_records, s.default_top_k) == (200.0, 100 * 1024 * 1024, 1000, 5)
+    assert s.model_dir is None and s.api_key is None and s.fast_jpeg_decode is True
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "AZUREML_MODEL_DIR": "/models/x",
+            "ENGINE_THREADS": "2",
+            "DECODE_THREADS": "1",
+            "FAST_JPEG_DECODE": "false",
+            "SKILL_DEADLINE_SECONDS": "120.5",
+            "SKILL_API_KEY": "key-value-xyz",
+        }
+    )
+    assert (s.model_dir, s.engine_threads, s.decode_threads, s.fast_jpeg_decode) == (Path("/models/x"), 2, 1, False)
+    assert s.deadline_s == 120.5 and s.api_key == "key-value-xyz"
+    assert "key-value-xyz" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SKILL_DEADLINE_SECONDS": "300"},
+            "setting SKILL_DEADLINE_SECONDS='300' is invalid: expected seconds from 1 to 230",
+        ),
+        ({"FAST_JPEG_DECODE": "maybe"}, "setting FAST_JPEG_DECODE='maybe' is invalid: expected true or false"),
+        ({"SKILL_MAX_RECORDS": "0"}, "setting SKILL_MAX_RECORDS='0' is invalid: expected an integer from 1 to 100000"),
+        (
+            {"SKILL_MIN_IMAGE_SIDE": "-1"},
+            "setting SKILL_MIN_IMAGE_SIDE='-1' is invalid: expected pixels from 1 to 4096",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == message
+
+
+def test_every_setting_is_in_the_sample_and_the_readme() -> None:
+    names = setting_names()
+    assert len(names) >= 12
+    sample = json.loads((ROOT / "local.settings.json.sample").read_text())["Values"]
+    readme = (ROOT / "README.md").read_text()
+    assert names - set(sample) == set()
+    assert {n for n in names if f"| `{n}` |" not in readme} == set()
