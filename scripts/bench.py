@@ -10,7 +10,10 @@ All figures come from one run on this machine, side by side, as medians:
 (d) cold start: a fresh `python -m shared serve` process from start to its first answered request,
     against the floor of a bare script that imports onnxruntime, numpy and PIL, creates the session and
     classifies one image;
-(e) peak RSS (VmHWM) of the serving process after the skill workload over HTTP.
+(e) peak RSS (VmHWM) of the serving process after the skill workload over HTTP;
+(f) with the Blob model store on a local Azurite: cold start of the dev server with an empty cache (the
+    model downloaded from Blob and verified) against the same floor, and the skill throughput with the
+    store polled every second versus not polled.
 
 The last line printed is one JSON object with the ratios.
 """
@@ -155,9 +158,16 @@ def post(url: str, body: bytes) -> dict[str, Any]:
         return result
 
 
-def bench_cold_start(one_record: bytes, photo: Path, runs: int = 5) -> tuple[float, float]:
-    """(d): medians of `runs` fresh processes each, the server and the floor alternating."""
-    env = {k: v for k, v in os.environ.items() if k != "SKILL_API_KEY"}
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "SKILL_API_KEY" and not k.startswith("MODEL_")}
+
+
+def bench_cold_start(
+    one_record: bytes, photo: Path, runs: int = 5, server_env: Callable[[], dict[str, str]] = clean_env
+) -> tuple[float, float]:
+    """(d): medians of `runs` fresh processes each, the server and the floor alternating. `server_env` is
+    called before each server start (a fresh, empty model cache for the Blob variant)."""
+    env = clean_env()
     floor_script = (
         "import numpy as np, onnxruntime as ort\n"
         "from PIL import Image\n"
@@ -172,8 +182,9 @@ def bench_cold_start(one_record: bytes, photo: Path, runs: int = 5) -> tuple[flo
     )
     served, floor = [], []
     for _ in range(runs):
+        fresh = server_env()
         start = time.perf_counter()
-        proc, url = start_server(env)
+        proc, url = start_server(fresh)
         try:
             post(url, one_record)
             served.append(time.perf_counter() - start)
@@ -187,7 +198,7 @@ def bench_cold_start(one_record: bytes, photo: Path, runs: int = 5) -> tuple[flo
 
 
 def bench_peak_rss(body: bytes, requests: int = 10) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "SKILL_API_KEY"}
+    env = clean_env()
     proc, url = start_server(env)
     try:
         for _ in range(requests):
@@ -198,6 +209,46 @@ def bench_peak_rss(body: bytes, requests: int = 10) -> float:
         proc.terminate()
         proc.wait(timeout=30)
     return hwm_kb / 1024
+
+
+def bench_blob(body: bytes, one_record: bytes, photo: Path, work: Path) -> dict[str, float]:
+    """(f): the same cold start and skill path with models coming from Blob storage (Azurite)."""
+    from shared.app import SkillService
+    from shared.settings import Settings
+    from shared.store import BlobModelStore
+    from tests.azurite import Azurite
+
+    azurite = Azurite().start()
+    try:
+        settings = Settings(blob_connection_string=azurite.connection_string, cache_dir=work / "cache-inproc")
+        store = BlobModelStore.from_settings(settings)
+        assert store is not None
+        store.publish(ROOT / "model_cache" / "sample", version="bench-1")
+        counter = iter(range(1000))
+
+        def server_env() -> dict[str, str]:
+            return clean_env() | {
+                "MODEL_BLOB_CONNECTION_STRING": azurite.connection_string,
+                "MODEL_CACHE_DIR": str(work / f"cache-{next(counter)}"),
+            }
+
+        served, floor = bench_cold_start(one_record, photo, runs=5, server_env=server_env)
+        polled = SkillService(Settings(**{**settings.__dict__, "poll_s": 1.0}))
+        unpolled = SkillService(Settings(**{**settings.__dict__, "poll_s": 86_400.0}))
+        for service in (polled, unpolled):
+            assert service.classify(body, {})[0] == 200
+        rates = throughputs(
+            {
+                "on": (lambda: polled.classify(body, {}), BATCH, 2),
+                "off": (lambda: unpolled.classify(body, {}), BATCH, 2),
+            },
+            rounds=8,
+        )
+        checks = polled.holder.status()["lastCheck"]
+        assert checks is not None
+    finally:
+        azurite.close()
+    return {"served": served, "floor": floor, "on": rates["on"], "off": rates["off"]}
 
 
 def main() -> int:
@@ -228,6 +279,10 @@ def main() -> int:
         photo.write_bytes(jpegs[0])
         served, floor = bench_cold_start(one_record, photo)
     rss = bench_peak_rss(body)
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = Path(tmp) / "large.jpg"
+        photo.write_bytes(jpegs[0])
+        blob = bench_blob(body, one_record, photo, Path(tmp))
     rows = [
         ("(a) ONNX Runtime alone, batch 16", f"{inference:.1f} images/s"),
         ("(b) skill: ClassifySkill.main, 16 x 2000x1500 JPEG", f"{skill:.1f} images/s"),
@@ -235,6 +290,10 @@ def main() -> int:
         ("(d) cold start: dev server to first answer", f"{served * 1000:.0f} ms"),
         ("    floor: bare onnxruntime script, one image", f"{floor * 1000:.0f} ms"),
         ("(e) peak RSS of the serving process", f"{rss:.0f} MB"),
+        ("(f) cold start from Blob (Azurite), empty cache", f"{blob['served'] * 1000:.0f} ms"),
+        ("    floor, measured alongside", f"{blob['floor'] * 1000:.0f} ms"),
+        ("    skill, store polled every 1 s", f"{blob['on']:.1f} images/s"),
+        ("    skill, store not polled", f"{blob['off']:.1f} images/s"),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
@@ -249,6 +308,9 @@ def main() -> int:
         "cold_start_floor_ms": round(floor * 1000),
         "cold_start_over_floor": round(served / floor, 3),
         "peak_rss_mb": round(rss, 1),
+        "blob_cold_start_ms": round(blob["served"] * 1000),
+        "blob_cold_start_over_floor": round(blob["served"] / blob["floor"], 3),
+        "skill_poll_on_over_off": round(blob["on"] / blob["off"], 3),
     }
     print(json.dumps(result))
     return 0

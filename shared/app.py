@@ -17,7 +17,7 @@ from shared.bundle import SAMPLE_BUNDLE, load_bundle
 from shared.contract import error_body, parse_query, parse_request, response_values
 from shared.engine import Engine
 from shared.errors import HttpError, ModelNotReady, SettingsError
-from shared.holder import ModelHolder
+from shared.holder import FolderSource, ModelHolder, ModelSource
 from shared.settings import Settings
 from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch
 
@@ -32,6 +32,24 @@ def model_path(settings: Settings) -> Path:
     return settings.model_dir or SAMPLE_BUNDLE
 
 
+def build_holder(settings: Settings) -> ModelHolder:
+    """The Blob model store when one is configured, else AZUREML_MODEL_DIR, else the bundled sample."""
+    source: ModelSource
+    if settings.uses_blob_store:
+        from shared.store import BlobModelStore, BlobSource
+
+        store = BlobModelStore.from_settings(settings)
+        assert store is not None
+        source = BlobSource(store, settings.model_cache_dir())
+    else:
+        source = FolderSource(model_path(settings))
+
+    def load(path: Path) -> Engine:
+        return Engine(load_bundle(path), threads=settings.engine_threads or None)
+
+    return ModelHolder(source, load, poll_s=settings.poll_s)
+
+
 class SkillService:
     """Settings, the model holder and the decode pool of one process."""
 
@@ -43,10 +61,7 @@ class SkillService:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        path = model_path(settings)
-        self.holder = holder or ModelHolder(
-            lambda: Engine(load_bundle(path), threads=settings.engine_threads or None), source=str(path)
-        )
+        self.holder = holder or build_holder(settings)
         workers = settings.decode_threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") if workers > 1 else None
         self.clock = clock

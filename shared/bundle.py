@@ -71,6 +71,7 @@ class ModelBundle:
 
     root: Path
     model_path: Path
+    labels_path: Path
     model_bytes: bytes
     labels: tuple[str, ...]
     task: Task
@@ -266,6 +267,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     return ModelBundle(
         root=root,
         model_path=model_path,
+        labels_path=labels_path,
         model_bytes=model_bytes,
         labels=labels,
         task=task,

@@ -8,13 +8,16 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from shared.bundle import SAMPLE_BUNDLE, load_bundle
+from shared.bundle import SAMPLE_BUNDLE, ModelBundle, load_bundle
 from shared.engine import Engine
 from shared.errors import ClassifierError, ImageError
 from shared.settings import Settings
 from shared.skill import ClassifyOptions, ImageLoader, ImageOutcome, classify_batch
+
+if TYPE_CHECKING:
+    from shared.store import BlobModelStore
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 BATCH = 16
@@ -138,6 +141,66 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def open_store(settings: Settings) -> BlobModelStore:
+    from shared.store import BlobModelStore, StoreError
+
+    store = BlobModelStore.from_settings(settings)
+    if store is None:
+        raise StoreError(
+            "no model store is configured: set MODEL_BLOB_CONNECTION_STRING (Azurite, development) or "
+            "MODEL_BLOB_ACCOUNT_URL (Azure, with a managed identity or `az login`)"
+        )
+    return store
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    threads = settings.engine_threads or None
+
+    def validate(bundle: ModelBundle) -> None:
+        Engine(bundle, threads=threads)  # loads, smoke-tests and checks the labels, or raises BundleError
+
+    result = store.publish(args.path, version=args.version, validate=validate)
+    what = "uploaded" if result.uploaded else "already in the store"
+    if result.promoted:
+        was = f" (was {result.previous})" if result.previous else ""
+        print(f"published {result.version} ({what}); current.json now points to it{was}")
+    else:
+        print(f"published {result.version} ({what}); it was already current")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.store import _Unchanged
+
+    store = open_store(settings)
+    pointer = store.read_pointer()
+    current = pointer.version if pointer is not None and not isinstance(pointer, _Unchanged) else None
+    versions = store.list_versions()
+    if not versions:
+        print(f"no versions in {store.description}")
+        return 0
+    print(f"versions in {store.description} (* = current):")
+    for info in versions:
+        mark = "*" if info.version == current else " "
+        if not info.complete:
+            print(f"{mark} {info.version:<40} incomplete (no manifest.json: an upload that never finished)")
+            continue
+        metric = info.metric or {}
+        metric_text = f"{metric.get('name')}={metric.get('value')}" if metric else "-"
+        print(f"{mark} {info.version:<40} {info.created or '-':<21} {metric_text:<24} {info.size_bytes / 1e6:7.1f} MB")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    result = open_store(settings).promote(args.version)
+    if result.promoted:
+        print(f"current.json now points to {result.version}" + (f" (was {result.previous})" if result.previous else ""))
+    else:
+        print(f"{result.version} is already current")
+    return 0
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -175,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=7071, help="port (default 7071, as func start; 0 picks a free one)")
     serve.set_defaults(handler=cmd_serve)
+
+    publish = commands.add_parser("publish", help="upload a bundle or AutoML run folder to the Blob model store")
+    publish.add_argument("path", metavar="PATH", help="bundle folder or downloaded AutoML run folder")
+    publish.add_argument("--version", metavar="V", help="version name (default: the run id, else a content hash)")
+    publish.set_defaults(handler=cmd_publish)
+
+    versions = commands.add_parser("versions", help="list the versions in the model store; * marks the current one")
+    versions.set_defaults(handler=cmd_versions)
+
+    promote = commands.add_parser("promote", help="point current.json at an existing version (rollback or pin)")
+    promote.add_argument("version", metavar="VERSION")
+    promote.set_defaults(handler=cmd_promote)
     return parser
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,18 @@ def _bounded_float(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _https_url(raw: str) -> str | None:
+    if not raw.startswith(("https://", "http://")):
+        raise ValueError
+    return raw.rstrip("/")
+
+
+def _container_name(raw: str) -> str:
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", raw):
+        raise ValueError
+    return raw
+
+
 def _bool(raw: str) -> bool:
     if raw.lower() in _TRUE:
         return True
@@ -71,6 +85,26 @@ class Settings:
     min_image_side: int = 16
     default_top_k: int = 5
     api_key: str | None = field(default=None, repr=False)
+    blob_connection_string: str | None = field(default=None, repr=False)
+    blob_account_url: str | None = None
+    blob_container: str = "models"
+    azure_client_id: str | None = None
+    cache_dir: Path | None = None
+    poll_s: float = 60.0
+
+    @property
+    def uses_blob_store(self) -> bool:
+        return bool(self.blob_connection_string or self.blob_account_url)
+
+    def model_cache_dir(self) -> Path:
+        """MODEL_CACHE_DIR, else model_cache/ beside the app when writable (locally), else the temp dir
+        (the deployed app package is read-only)."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        default = Path(__file__).resolve().parent.parent / "model_cache"
+        if os.access(default, os.W_OK):
+            return default
+        return Path(tempfile.gettempdir()) / "automl-skill-models"
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(
@@ -103,4 +137,16 @@ class Settings:
             min_image_side=_get(env, "SKILL_MIN_IMAGE_SIDE", 16, _bounded_int(1, 4096), "pixels from 1 to 4096"),
             default_top_k=_get(env, "SKILL_DEFAULT_TOP_K", 5, _bounded_int(1, 1000), "an integer from 1 to 1000"),
             api_key=env.get("SKILL_API_KEY") or None,
+            blob_connection_string=env.get("MODEL_BLOB_CONNECTION_STRING") or None,
+            blob_account_url=_get(env, "MODEL_BLOB_ACCOUNT_URL", None, _https_url, "an https:// or http:// URL"),
+            blob_container=_get(
+                env,
+                "MODEL_BLOB_CONTAINER",
+                "models",
+                _container_name,
+                "a container name (3-63 lowercase letters, digits and hyphens)",
+            ),
+            azure_client_id=env.get("AZURE_CLIENT_ID") or None,
+            cache_dir=Path(cache) if (cache := env.get("MODEL_CACHE_DIR", "").strip()) else None,
+            poll_s=_get(env, "MODEL_POLL_SECONDS", 60.0, _bounded_float(1, 86_400), "seconds from 1 to 86400"),
         )

@@ -51,9 +51,9 @@ def sample_engine():  # type: ignore[no-untyped-def]
 
 
 def preloaded_holder(engine):  # type: ignore[no-untyped-def]
-    from shared.holder import ModelHolder
+    from shared.holder import FolderSource, ModelHolder
 
-    return ModelHolder(lambda: engine, source="sample (test)")
+    return ModelHolder(FolderSource(Path("sample (test)")), lambda path: engine)
 
 
 @pytest.fixture
@@ -70,3 +70,28 @@ def install_service(sample_engine):  # type: ignore[no-untyped-def]
 
     yield install
     app.reset_service(None)
+
+
+@pytest.fixture(scope="session")
+def azurite():  # type: ignore[no-untyped-def]
+    """A real Azurite for the whole test session, on a free loopback port, stopped at the end."""
+    from tests.azurite import Azurite
+
+    server = Azurite().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def blob_settings(azurite, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Settings for a fresh container on the session's Azurite and an empty cache."""
+    import uuid
+
+    from shared.settings import Settings
+
+    return Settings(
+        blob_connection_string=azurite.connection_string,
+        blob_container=f"models-{uuid.uuid4().hex[:12]}",
+        cache_dir=tmp_path / "cache",
+        poll_s=1.0,
+    )

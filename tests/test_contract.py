@@ -16,7 +16,7 @@ from PIL import Image
 import ClassifySkill
 import Health
 from shared.errors import ModelNotReady
-from shared.holder import ModelHolder
+from shared.holder import FolderSource, ModelHolder
 from tests.conftest import SAMPLES, encode, jpeg_bytes
 
 COFFEE = (SAMPLES / "coffee.png").read_bytes()
@@ -282,13 +282,13 @@ def test_limits_on_request_size_and_record_count(install_service: Any) -> None:
 
 
 def test_no_model_is_503_with_retry_after(install_service: Any, tmp_path: Path) -> None:
-    def broken() -> Any:
+    def broken(path: Path) -> Any:
         from shared.errors import BundleError
 
-        raise BundleError(f"no model.onnx in {tmp_path}")
+        raise BundleError(f"no model.onnx in {path}")
 
     now = [1000.0]
-    install_service(holder=ModelHolder(broken, source=str(tmp_path), retry_s=30, clock=lambda: now[0]))
+    install_service(holder=ModelHolder(FolderSource(tmp_path), broken, retry_s=30, clock=lambda: now[0]))
     status, payload, headers = call({"values": [{"recordId": "1", "data": {"image": B64_COFFEE}}]})
     assert status == 503 and headers["Retry-After"] == "30"
     assert payload == {

@@ -1,0 +1,616 @@
+"""The Blob model store (DESIGN §5): immutable versions behind a pointer written last, conditionally.
+
+```
+<container>/<version>/model.onnx, labels.json, manifest.json, ...   immutable once the manifest exists
+<container>/current.json  {"version", "manifest_sha256", "promoted", "metric"}
+```
+
+A version is complete exactly when its `manifest.json` exists: files are uploaded first, the manifest
+last. Readers download a version into a temp folder beside the cache, check every sha256 against the
+manifest (and the manifest against the pointer), then rename it into place, so a half-written or corrupt
+version never becomes loadable. `azure.storage.blob` is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.bundle import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ModelBundle,
+    build_manifest,
+    load_bundle,
+    write_manifest,
+)
+from shared.errors import ClassifierError
+from shared.holder import Fetched
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+logger = logging.getLogger(__name__)
+
+POINTER = "current.json"
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_VERSIONS = frozenset({"sample"})
+# Files a published version carries besides the manifest: the model, its labels, and license texts when
+# the bundle has them (the sample does).
+VERSION_FILES = (MODEL_FILE, LABELS_FILE, "NOTICE", "LICENSE")
+PARTIAL_PREFIX = ".partial-"
+STALE_PARTIAL_S = 3600
+# Fail fast when the store is down: the loaded model keeps serving and the next poll tries again. The
+# storage SDK's default retry waits 15 s, then 45 s, between attempts.
+RETRIES = 2
+RETRY_BACKOFF_S = 1
+CONNECTION_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60
+
+
+def client_options() -> dict[str, Any]:
+    from azure.storage.blob import LinearRetry
+
+    return {
+        "retry_policy": LinearRetry(backoff=RETRY_BACKOFF_S, random_jitter_range=0, retry_total=RETRIES),
+        "connection_timeout": CONNECTION_TIMEOUT_S,
+        "read_timeout": READ_TIMEOUT_S,
+    }
+
+
+class StoreError(ClassifierError):
+    """The model store refused or failed an operation; the message says which and why."""
+
+
+class StoreUnreachable(StoreError):
+    """No answer from the store (network, DNS, emulator stopped)."""
+
+
+class StoreConflict(StoreError):
+    """The pointer kept changing under us."""
+
+
+class VersionCorrupt(StoreError):
+    """A version's files do not match its manifest, or its manifest does not match the pointer."""
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """`current.json` and the ETag it was read with."""
+
+    version: str
+    manifest_sha256: str
+    promoted: str
+    metric: dict[str, Any] | None
+    etag: str
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    complete: bool
+    created: str | None = None
+    metric: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: str
+    uploaded: bool
+    promoted: bool
+    previous: str | None
+
+
+# Decides, from the current pointer (None when nothing is published) and the new version's manifest,
+# whether publishing also moves the pointer.
+PromotePolicy = Callable[[Pointer | None, dict[str, Any]], bool]
+
+
+def always_promote(current: Pointer | None, manifest: dict[str, Any]) -> bool:
+    return True
+
+
+class _Unchanged:
+    """Returned by read_pointer when the pointer still has the ETag the caller knows."""
+
+
+UNCHANGED = _Unchanged()
+
+
+def check_version_name(version: str) -> str:
+    if not VERSION_PATTERN.match(version) or version in RESERVED_VERSIONS or version == POINTER:
+        raise StoreError(
+            f"version {version!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit (and not {', '.join(sorted(RESERVED_VERSIONS))})"
+        )
+    return version
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return text[:200]
+
+
+class BlobModelStore:
+    """One Blob container holding model versions. Every method raises StoreError subclasses only."""
+
+    def __init__(self, container: ContainerClient) -> None:
+        # The SDK logs every request and response header at INFO; a poll every minute would flood the log.
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+        self.container = container
+        # The container URL names the account and container and never holds a key.
+        self.description = container.url
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlobModelStore | None:
+        """The configured store, or None when neither MODEL_BLOB_CONNECTION_STRING nor MODEL_BLOB_ACCOUNT_URL is set."""
+        from azure.storage.blob import ContainerClient
+
+        if settings.blob_connection_string:
+            try:
+                client = ContainerClient.from_connection_string(
+                    settings.blob_connection_string, settings.blob_container, **client_options()
+                )
+            except ValueError:
+                raise StoreError("MODEL_BLOB_CONNECTION_STRING is not a valid storage connection string") from None
+            return cls(client)
+        if settings.blob_account_url:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
+            return cls(
+                ContainerClient(
+                    settings.blob_account_url, settings.blob_container, credential=credential, **client_options()
+                )
+            )
+        return None
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn the SDK's exceptions into one clear StoreError line (never a key, never a traceback)."""
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        try:
+            yield
+        except StoreError:
+            raise
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise StoreUnreachable(
+                f"model store {self.description} is unreachable while {action} ({_reason(exc)})"
+            ) from None
+        except ClientAuthenticationError as exc:
+            if exc.__class__.__name__ == "CredentialUnavailableError":  # azure.identity found no credential
+                raise StoreError(
+                    f"no credential for model store {self.description}: in Azure enable the app's managed "
+                    "identity (AZURE_CLIENT_ID for a user-assigned one), locally `az login`, or set "
+                    "MODEL_BLOB_CONNECTION_STRING"
+                ) from None
+            raise StoreError(
+                f"credentials for model store {self.description} are missing or were refused while {action} "
+                f"({_reason(exc)}); in Azure give the app's managed identity 'Storage Blob Data Contributor', "
+                "locally sign in with `az login` or set MODEL_BLOB_CONNECTION_STRING"
+            ) from None
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise StoreError(f"container {self.description} does not exist (while {action})") from None
+            raise StoreError(f"not found in model store {self.description} while {action}") from None
+        except HttpResponseError as exc:
+            status = getattr(exc, "status_code", None)
+            if status == 403:
+                raise StoreError(
+                    f"access to model store {self.description} was denied while {action}; the identity needs "
+                    "'Storage Blob Data Contributor' on the container"
+                ) from None
+            raise StoreError(f"model store {self.description} answered {status} while {action}") from None
+
+    def ensure_container(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        with self._errors("creating the container"), suppress(ResourceExistsError):
+            self.container.create_container()
+
+    # -- the pointer -------------------------------------------------------------------------------------
+
+    def read_pointer(self, known_etag: str | None = None) -> Pointer | _Unchanged | None:
+        """`current.json`: a Pointer, None when nothing is published, or UNCHANGED when its ETag is still
+        `known_etag` (a conditional GET, so polling costs one small request)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError, ResourceNotModifiedError
+
+        blob = self.container.get_blob_client(POINTER)
+        with self._errors("reading current.json"):
+            try:
+                if known_etag:
+                    downloader = blob.download_blob(etag=known_etag, match_condition=MatchConditions.IfModified)
+                else:
+                    downloader = blob.download_blob()
+                body = downloader.readall()
+            except ResourceNotModifiedError:
+                return UNCHANGED
+            except ResourceModifiedError:
+                # Azurite answers a matching If-None-Match on GET with 412 instead of 304; on a GET with
+                # If-None-Match a failed precondition can only mean "unchanged".
+                return UNCHANGED
+            except ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) == "ContainerNotFound":
+                    raise StoreError(f"container {self.description} does not exist") from None
+                return None
+        etag = downloader.properties.etag
+        try:
+            data = json.loads(body)
+            return Pointer(
+                version=check_version_name(str(data["version"])),
+                manifest_sha256=str(data["manifest_sha256"]),
+                promoted=str(data.get("promoted", "")),
+                metric=data.get("metric"),
+                etag=etag,
+            )
+        except (ValueError, KeyError, TypeError, StoreError):
+            raise StoreError(f"{self.description}/{POINTER} is not a valid pointer") from None
+
+    def _write_pointer(self, version: str, manifest_sha: str, metric: Any, current: Pointer | None) -> Pointer:
+        """Conditional write: If-Match the ETag we read, or If-None-Match * when there was no pointer."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.storage.blob import ContentSettings
+
+        promoted = _utc_now()
+        body = json.dumps(
+            {"version": version, "manifest_sha256": manifest_sha, "promoted": promoted, "metric": metric},
+            sort_keys=True,
+        ).encode()
+        blob = self.container.get_blob_client(POINTER)
+        settings = ContentSettings(content_type="application/json", cache_control="no-cache")
+        with self._errors("writing current.json"):
+            try:
+                if current is None:
+                    result = blob.upload_blob(body, overwrite=False, content_settings=settings)
+                else:
+                    result = blob.upload_blob(
+                        body,
+                        overwrite=True,
+                        etag=current.etag,
+                        match_condition=MatchConditions.IfNotModified,
+                        content_settings=settings,
+                    )
+            except (ResourceExistsError, ResourceModifiedError):
+                raise StoreConflict("current.json changed while it was being written") from None
+        return Pointer(version, manifest_sha, promoted, metric, result["etag"])
+
+    def _move_pointer(
+        self, version: str, manifest: dict[str, Any], manifest_sha: str, policy: PromotePolicy
+    ) -> tuple[bool, str | None]:
+        for _ in range(5):
+            current = self.read_pointer()
+            assert not isinstance(current, _Unchanged)
+            previous = current.version if current else None
+            if current is not None and current.version == version:
+                return False, previous
+            if not policy(current, manifest):
+                return False, previous
+            try:
+                self._write_pointer(version, manifest_sha, manifest.get("metric"), current)
+            except StoreConflict:
+                continue
+            return True, previous
+        raise StoreConflict(f"current.json in {self.description} kept changing; try again")
+
+    # -- versions ----------------------------------------------------------------------------------------
+
+    def read_manifest(self, version: str) -> tuple[dict[str, Any], str] | None:
+        """A version's manifest and its sha256, or None when the version is absent or incomplete."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._errors(f"reading version {version}"):
+            try:
+                body = self.container.get_blob_client(f"{version}/{MANIFEST_FILE}").download_blob().readall()
+            except ResourceNotFoundError:
+                return None
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            raise VersionCorrupt(f"version {version}: manifest.json is not valid JSON") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise VersionCorrupt(f"version {version}: manifest.json has no files list")
+        return manifest, _sha256(body)
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every version folder, complete or not, sorted by creation time (then name)."""
+        from azure.storage.blob import BlobPrefix
+
+        infos: list[VersionInfo] = []
+        with self._errors("listing versions"):
+            prefixes = [
+                p.name.rstrip("/") for p in self.container.walk_blobs(delimiter="/") if isinstance(p, BlobPrefix)
+            ]
+        for name in prefixes:
+            found = self.read_manifest(name) if VERSION_PATTERN.match(name) else None
+            if found is None:
+                infos.append(VersionInfo(version=name, complete=False))
+                continue
+            manifest, _ = found
+            size = sum(int(f.get("bytes", 0)) for f in manifest["files"].values() if isinstance(f, dict))
+            infos.append(
+                VersionInfo(
+                    version=name,
+                    complete=True,
+                    created=manifest.get("created"),
+                    metric=manifest.get("metric"),
+                    source=manifest.get("source"),
+                    size_bytes=size,
+                )
+            )
+        return sorted(infos, key=lambda i: (i.created or "", i.version))
+
+    def promote(self, version: str) -> PublishResult:
+        """Point current.json at an existing complete version (rollback or pin)."""
+        check_version_name(version)
+        found = self.read_manifest(version)
+        if found is None:
+            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished)")
+        manifest, manifest_sha = found
+        moved, previous = self._move_pointer(version, manifest, manifest_sha, always_promote)
+        return PublishResult(version=version, uploaded=False, promoted=moved, previous=previous)
+
+    def publish(
+        self,
+        path: str | Path,
+        *,
+        version: str | None = None,
+        source: dict[str, Any] | None = None,
+        metric: dict[str, Any] | None = None,
+        policy: PromotePolicy = always_promote,
+        validate: Callable[[ModelBundle], None] | None = None,
+    ) -> PublishResult:
+        """Upload a bundle folder or AutoML run folder as a version, then move the pointer per `policy`.
+
+        `validate` (for example opening an Engine) runs before anything is uploaded. Publishing the same
+        content under the same version again uploads nothing; different content under an existing
+        version is refused (versions are immutable).
+        """
+        bundle = load_bundle(path)
+        if validate is not None:
+            validate(bundle)
+        with tempfile.TemporaryDirectory(prefix="publish-") as tmp:
+            staged = Path(tmp)
+            origins = {MODEL_FILE: bundle.model_path, LABELS_FILE: bundle.labels_path}
+            for name in VERSION_FILES:
+                origin = origins.get(name, bundle.model_path.parent / name)
+                if origin.is_file():
+                    shutil.copyfile(origin, staged / name)
+            chosen_source = (
+                source or (bundle.manifest or {}).get("source") or {"kind": "local", "folder": bundle.root.name}
+            )
+            chosen_metric = metric if metric is not None else (bundle.manifest or {}).get("metric")
+            chosen = check_version_name(version or default_version(bundle, chosen_source))
+            manifest = build_manifest(
+                staged,
+                version=chosen,
+                task=bundle.task,
+                preprocessing=bundle.preprocessing,
+                source=chosen_source,
+                metric=chosen_metric,
+                opset=bundle.opset,
+            )
+            uploaded = self._upload_version(staged, chosen, manifest)
+        found = self.read_manifest(chosen)
+        if found is None:
+            raise StoreError(f"version {chosen} vanished from {self.description} right after upload")
+        stored_manifest, manifest_sha = found
+        moved, previous = self._move_pointer(chosen, stored_manifest, manifest_sha, policy)
+        return PublishResult(version=chosen, uploaded=uploaded, promoted=moved, previous=previous)
+
+    def _upload_version(self, staged: Path, version: str, manifest: dict[str, Any]) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+
+        existing = self.read_manifest(version)
+        if existing is not None:
+            if existing[0]["files"] == manifest["files"]:
+                logger.info("version %s is already in the store with the same files", version)
+                return False
+            raise StoreError(
+                f"version {version} already exists in {self.description} with different files; versions are "
+                "immutable: publish under another --version"
+            )
+        self.ensure_container()
+        with self._errors(f"uploading version {version}"):
+            for name, entry in manifest["files"].items():
+                with (staged / name).open("rb") as handle:
+                    self.container.upload_blob(f"{version}/{name}", handle, overwrite=True)
+                size = self.container.get_blob_client(f"{version}/{name}").get_blob_properties().size
+                if size != entry["bytes"]:
+                    raise StoreError(
+                        f"version {version}: {name} was stored with {size} bytes, expected {entry['bytes']}"
+                    )
+            body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+            try:
+                # The manifest is the version's commit: If-None-Match *, so a racing publisher of the same
+                # version name cannot replace it.
+                self.container.upload_blob(f"{version}/{MANIFEST_FILE}", body, overwrite=False)
+            except ResourceExistsError:
+                raced = self.read_manifest(version)
+                if raced is None or raced[0]["files"] != manifest["files"]:
+                    raise StoreError(f"version {version} was published concurrently with different files") from None
+                return False
+        return True
+
+    # -- downloading into the cache -----------------------------------------------------------------------
+
+    def download_version(self, version: str, cache_dir: Path, expected_manifest_sha256: str | None = None) -> Path:
+        """The version's folder in the cache, downloading and verifying it first if it is not there.
+
+        A folder named after the version exists only once every file matched its sha256; the download
+        happens in a `.partial-*` folder that is removed on any failure.
+        """
+        check_version_name(version)
+        final = cache_dir / version
+        if (final / MANIFEST_FILE).is_file():
+            return final
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        clean_partials(cache_dir)
+        found = self.read_manifest(version)
+        if found is None:
+            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished)")
+        manifest, manifest_sha = found
+        if expected_manifest_sha256 and manifest_sha != expected_manifest_sha256:
+            raise VersionCorrupt(
+                f"version {version}: manifest.json has sha256 {manifest_sha[:12]}..., current.json expects "
+                f"{expected_manifest_sha256[:12]}...; refusing it"
+            )
+        partial = cache_dir / f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        partial.mkdir()
+        try:
+            for name, entry in manifest["files"].items():
+                self._download_file(version, name, entry, partial)
+            write_manifest(partial, manifest)
+            try:
+                os.rename(partial, final)
+            except OSError:
+                if (final / MANIFEST_FILE).is_file():  # another worker finished the same version first
+                    shutil.rmtree(partial, ignore_errors=True)
+                    return final
+                raise
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        logger.info("version %s downloaded into the cache (%d files)", version, len(manifest["files"]))
+        return final
+
+    def _download_file(self, version: str, name: str, entry: Any, folder: Path) -> None:
+        if (
+            not isinstance(name, str)
+            or "/" in name
+            or "\\" in name
+            or name in ("", ".", "..")
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise VersionCorrupt(f"version {version}: manifest.json lists an invalid file entry {name!r}")
+        digest = hashlib.sha256()
+        size = 0
+        with self._errors(f"downloading {version}/{name}"), (folder / name).open("wb") as handle:
+            for chunk in self.container.get_blob_client(f"{version}/{name}").download_blob().chunks():
+                digest.update(chunk)
+                size += len(chunk)
+                handle.write(chunk)
+        if digest.hexdigest() != entry["sha256"] or size != entry.get("bytes", size):
+            raise VersionCorrupt(
+                f"version {version}: {name} does not match its manifest (sha256 {digest.hexdigest()[:12]}..., "
+                f"expected {entry['sha256'][:12]}...); refusing the version"
+            )
+
+
+def default_version(bundle: ModelBundle, source: dict[str, Any]) -> str:
+    """From the run id when the source names one, else `m-` + 12 hex digits of the content hash."""
+    run_id = source.get("run_id") if isinstance(source, dict) else None
+    if isinstance(run_id, str) and run_id:
+        cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", run_id).strip("-._")[:64]
+        if cleaned and VERSION_PATTERN.match(cleaned) and cleaned not in RESERVED_VERSIONS:
+            return cleaned
+    digest = hashlib.sha256()
+    digest.update(_sha256(bundle.model_bytes).encode())
+    digest.update(_sha256(bundle.labels_path.read_bytes()).encode())
+    digest.update(json.dumps({"task": bundle.task, **bundle.preprocessing.as_dict()}, sort_keys=True).encode())
+    return "m-" + digest.hexdigest()[:12]
+
+
+def clean_partials(cache_dir: Path, older_than_s: float = STALE_PARTIAL_S) -> None:
+    """Remove `.partial-*` folders left by downloads that died (another worker's recent one is left alone)."""
+    now = time.time()
+    for entry in cache_dir.glob(f"{PARTIAL_PREFIX}*"):
+        try:
+            if now - entry.stat().st_mtime > older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+
+
+SERVED_MARKER = ".served"
+
+
+class BlobSource:
+    """The holder's view of the store: the pointer's version, downloaded and verified into the cache.
+
+    When the store cannot be reached at a cold start, the version this cache served last is used, if it
+    is there, and the pointer is checked again at the next poll.
+    """
+
+    polls = True
+
+    def __init__(self, store: BlobModelStore, cache_dir: Path) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self.description = store.description
+
+    def fetch(self, token: str | None) -> Fetched | None:
+        try:
+            pointer = self.store.read_pointer(token)
+        except StoreUnreachable:
+            if token is None:
+                cached = self._last_served()
+                if cached is not None:
+                    logger.warning("model store unreachable at start; serving cached version %s", cached.name)
+                    return Fetched(
+                        path=cached, version=cached.name, token=None, origin=f"cache {cached} (store unreachable)"
+                    )
+            raise
+        if isinstance(pointer, _Unchanged):
+            return None
+        if pointer is None:
+            raise StoreError(
+                f"no model is published in {self.description} yet: run `python -m shared publish PATH` "
+                "or let RefreshModel publish one"
+            )
+        path = self.store.download_version(pointer.version, self.cache_dir, pointer.manifest_sha256)
+        self._mark_served(pointer.version)
+        return Fetched(
+            path=path, version=pointer.version, token=pointer.etag, origin=f"{self.description} ({pointer.version})"
+        )
+
+    def _mark_served(self, version: str) -> None:
+        marker = self.cache_dir / SERVED_MARKER
+        temp = self.cache_dir / f"{SERVED_MARKER}.{uuid.uuid4().hex[:8]}"
+        try:
+            temp.write_text(version, encoding="utf-8")
+            os.replace(temp, marker)
+        except OSError:
+            temp.unlink(missing_ok=True)
+
+    def _last_served(self) -> Path | None:
+        try:
+            version = (self.cache_dir / SERVED_MARKER).read_text(encoding="utf-8").strip()
+            check_version_name(version)
+        except (OSError, StoreError):
+            return None
+        folder = self.cache_dir / version
+        return folder if (folder / MANIFEST_FILE).is_file() else None

@@ -1,0 +1,396 @@
+"""The Blob model store and hot swap, against a real Azurite."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import app
+from shared.app import SkillService
+from shared.devserver import make_server
+from shared.settings import Settings
+from shared.store import (
+    PARTIAL_PREFIX,
+    BlobModelStore,
+    Pointer,
+    StoreConflict,
+    StoreError,
+    VersionCorrupt,
+    clean_partials,
+    client_options,
+)
+from tests.azurite import Azurite
+from tests.conftest import ROOT, SAMPLES, encode
+from tests.modelfactory import tiny_bundle
+
+PHOTO = encode(__import__("PIL.Image", fromlist=["Image"]).open(SAMPLES / "coffee.png").resize((96, 64)), "PNG")
+BODY = json.dumps({"values": [{"recordId": "1", "data": {"image": base64.b64encode(PHOTO).decode()}}]}).encode()
+
+
+def never(current: Pointer | None, manifest: dict[str, Any]) -> bool:
+    return False
+
+
+@pytest.fixture
+def store(blob_settings: Settings) -> BlobModelStore:
+    found = BlobModelStore.from_settings(blob_settings)
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def bundles(tmp_path: Path) -> list[Path]:
+    return [tiny_bundle(tmp_path / f"b{i}", seed=i) for i in range(4)]
+
+
+def served_version(service: SkillService) -> str:
+    status, body, _ = service.classify(BODY, {})
+    assert status == 200, body
+    version: str = json.loads(body)["values"][0]["data"]["modelVersion"]
+    return version
+
+
+def test_publish_writes_files_then_manifest_then_pointer(store: BlobModelStore, bundles: list[Path]) -> None:
+    result = store.publish(bundles[0], version="v1")
+    assert (result.version, result.uploaded, result.promoted, result.previous) == ("v1", True, True, None)
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer) and pointer.version == "v1"
+    names = sorted(b.name for b in store.container.list_blobs())
+    assert names == ["current.json", "v1/labels.json", "v1/manifest.json", "v1/model.onnx"]
+    manifest, sha = store.read_manifest("v1") or ({}, "")
+    assert pointer.manifest_sha256 == sha
+    assert set(manifest["files"]) == {"model.onnx", "labels.json"}
+    assert manifest["task"] == "multiclass" and manifest["preprocessing"]["crop"] == 32
+    # The same content again uploads nothing; other content under the same name is refused.
+    again = store.publish(bundles[0], version="v1")
+    assert (again.uploaded, again.promoted) == (False, False)
+    with pytest.raises(
+        StoreError, match=r"version v1 already exists in .* with different files; versions are immutable"
+    ):
+        store.publish(bundles[1], version="v1")
+
+
+def test_default_version_is_a_content_hash_and_stable(store: BlobModelStore, bundles: list[Path]) -> None:
+    first = store.publish(bundles[0]).version
+    assert first.startswith("m-") and len(first) == 14
+    assert store.publish(bundles[0]).version == first
+    assert store.publish(bundles[1]).version != first
+
+
+def test_versions_lists_complete_and_incomplete_and_promote_moves_the_pointer(
+    store: BlobModelStore, bundles: list[Path]
+) -> None:
+    store.publish(bundles[0], version="v1")
+    store.publish(bundles[1], version="v2")
+    store.container.upload_blob("v3/model.onnx", b"half an upload")
+    infos = {i.version: i for i in store.list_versions()}
+    assert set(infos) == {"v1", "v2", "v3"}
+    assert infos["v1"].complete and infos["v2"].complete and not infos["v3"].complete
+    assert store.promote("v1").previous == "v2"
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer) and pointer.version == "v1"
+    with pytest.raises(StoreError, match=r"version v3 is not in .* its upload never finished"):
+        store.promote("v3")
+
+
+def test_pointer_write_is_conditional(store: BlobModelStore, bundles: list[Path]) -> None:
+    store.publish(bundles[0], version="v1")
+    stale = store.read_pointer()
+    assert isinstance(stale, Pointer)
+    store.publish(bundles[1], version="v2")
+    with pytest.raises(StoreConflict):
+        store._write_pointer("v1", stale.manifest_sha256, None, stale)
+    with pytest.raises(StoreConflict):  # creating when one exists: If-None-Match: *
+        store._write_pointer("v1", stale.manifest_sha256, None, None)
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer) and pointer.version == "v2"
+    assert store.read_pointer(pointer.etag) is not pointer and not isinstance(store.read_pointer(pointer.etag), Pointer)
+
+
+def test_cold_start_with_an_empty_cache_serves_the_published_version(
+    store: BlobModelStore, bundles: list[Path], blob_settings: Settings
+) -> None:
+    store.publish(bundles[0], version="v1")
+    assert blob_settings.cache_dir is not None and not blob_settings.cache_dir.exists()
+    service = SkillService(blob_settings)
+    assert served_version(service) == "v1"
+    assert sorted(p.name for p in blob_settings.cache_dir.iterdir() if not p.name.startswith(".")) == ["v1"]
+    status = service.holder.status()
+    assert status["version"] == "v1" and status["store"] == "reachable" and status["lastError"] is None
+    assert status["loadedFrom"].endswith("(v1)")
+
+
+def test_nothing_published_is_503_with_a_clear_message(blob_settings: Settings, store: BlobModelStore) -> None:
+    store.ensure_container()
+    status, body, headers = SkillService(blob_settings).classify(BODY, {})
+    assert status == 503 and headers["Retry-After"] == "30"
+    assert json.loads(body)["error"]["message"] == (
+        f"no model is loaded yet: no model is published in {store.description} yet: run `python -m shared publish "
+        "PATH` or let RefreshModel publish one"
+    )
+
+
+@pytest.fixture
+def dev_server(blob_settings: Settings) -> Iterator[tuple[str, SkillService]]:
+    service = SkillService(blob_settings)
+    app.reset_service(service)
+    httpd = make_server(blob_settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    yield f"http://{host!s}:{port}", service
+    httpd.shutdown()
+    httpd.server_close()
+    app.reset_service(None)
+
+
+def test_a_new_version_is_picked_up_by_the_dev_server_without_a_failed_request(
+    store: BlobModelStore, bundles: list[Path], dev_server: tuple[str, SkillService], blob_settings: Settings
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    url, _ = dev_server
+    store.publish(bundles[0], version="v1")
+    answers: list[tuple[float, int, str | None]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set() and len(answers) < 2000:
+            request = urllib.request.Request(f"{url}/api/classify", data=BODY, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    version = json.loads(response.read())["values"][0]["data"]["modelVersion"]
+                    answers.append((time.monotonic(), response.status, version))
+            except urllib.error.HTTPError as error:
+                answers.append((time.monotonic(), error.code, None))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not any(v == "v1" for _, _, v in answers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    published_at = time.monotonic()
+    store.publish(bundles[1], version="v2")
+    limit = blob_settings.poll_s + 5
+    while not any(v == "v2" for _, _, v in answers) and time.monotonic() < published_at + limit + 5:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    thread.join(timeout=30)
+
+    assert [a for a in answers if a[1] != 200] == []
+    switched = min(t for t, _, v in answers if v == "v2")
+    assert switched - published_at <= limit
+    after = [v for t, _, v in answers if t > switched]
+    assert after and set(after) == {"v2"}
+    assert len(answers) > 10
+
+
+def test_a_corrupted_version_is_refused_and_the_previous_one_keeps_serving(
+    store: BlobModelStore, bundles: list[Path], blob_settings: Settings
+) -> None:
+    store.publish(bundles[0], version="v1")
+    service = SkillService(blob_settings)
+    assert served_version(service) == "v1"
+    store.publish(bundles[1], version="v2", policy=never)
+    store.container.upload_blob("v2/model.onnx", (bundles[2] / "model.onnx").read_bytes(), overwrite=True)
+    store.promote("v2")
+    service.holder.poll_now()
+    status = service.holder.status()
+    assert status["version"] == "v1"
+    assert status["lastError"].startswith("version v2: model.onnx does not match its manifest (sha256 ")
+    assert status["lastError"].endswith("); refusing the version")
+    assert served_version(service) == "v1"
+    assert blob_settings.cache_dir is not None
+    assert sorted(p.name for p in blob_settings.cache_dir.iterdir() if not p.name.startswith(".")) == ["v1"]
+    assert not list(blob_settings.cache_dir.glob(f"{PARTIAL_PREFIX}*"))
+
+
+def test_a_manifest_that_does_not_match_the_pointer_is_refused(
+    store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    store.publish(bundles[0], version="v1")
+    manifest, _ = store.read_manifest("v1") or ({}, "")
+    manifest["task"] = "multilabel"
+    store.container.upload_blob("v1/manifest.json", json.dumps(manifest).encode(), overwrite=True)
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer)
+    with pytest.raises(VersionCorrupt, match=r"current\.json expects"):
+        store.download_version("v1", tmp_path / "cache", pointer.manifest_sha256)
+    assert not (tmp_path / "cache" / "v1").exists()
+
+
+def test_an_interrupted_download_leaves_nothing_loadable(
+    store: BlobModelStore, bundles: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.publish(bundles[0], version="v1")
+    cache = tmp_path / "cache"
+    real = BlobModelStore._download_file
+    calls = []
+
+    def dies_on_the_second_file(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path) -> None:
+        calls.append(name)
+        if len(calls) == 2:
+            (folder / name).write_bytes(b"half")
+            raise ConnectionResetError("connection lost mid-download")
+        real(self, version, name, entry, folder)
+
+    monkeypatch.setattr(BlobModelStore, "_download_file", dies_on_the_second_file)
+    with pytest.raises(ConnectionResetError):
+        store.download_version("v1", cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(BlobModelStore, "_download_file", real)
+    # A partial folder left by a process that died is never loaded, and is cleaned once stale.
+    crashed = cache / f"{PARTIAL_PREFIX}v1-deadbeef"
+    crashed.mkdir()
+    (crashed / "model.onnx").write_bytes(b"half")
+    path = store.download_version("v1", cache)
+    assert path == cache / "v1" and (path / "manifest.json").is_file()
+    clean_partials(cache, older_than_s=0)
+    assert sorted(p.name for p in cache.iterdir()) == ["v1"]
+
+
+def test_two_publishers_racing_end_at_one_complete_version(
+    store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    store.ensure_container()
+    errors: list[BaseException] = []
+
+    def publisher(index: int) -> None:
+        for round_ in range(3):
+            try:
+                store.publish(bundles[index], version=f"p{index}-r{round_}")
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer) and pointer.version in {f"p{i}-r2" for i in range(2)} | {
+        f"p{i}-r{r}" for i in range(2) for r in range(3)
+    }
+    _, sha = store.read_manifest(pointer.version) or ({}, "")
+    assert sha == pointer.manifest_sha256
+    folder = store.download_version(pointer.version, tmp_path / "cache", pointer.manifest_sha256)
+    index = int(pointer.version[1])
+    assert (folder / "model.onnx").read_bytes() == (bundles[index] / "model.onnx").read_bytes()
+
+
+@pytest.fixture
+def own_azurite() -> Iterator[Azurite]:
+    server = Azurite().start()
+    yield server
+    server.close()
+
+
+def test_store_stopped_the_loaded_model_keeps_serving_and_health_says_so(
+    own_azurite: Azurite, bundles: list[Path], tmp_path: Path
+) -> None:
+    settings = Settings(blob_connection_string=own_azurite.connection_string, cache_dir=tmp_path / "cache", poll_s=1)
+    store = BlobModelStore.from_settings(settings)
+    assert store is not None
+    store.publish(bundles[0], version="v1")
+    service = SkillService(settings)
+    assert served_version(service) == "v1"
+    own_azurite.stop()
+    service.holder.poll_now()
+    assert served_version(service) == "v1"
+    status, body, _ = service.health()
+    health = json.loads(body)
+    assert status == 200 and health["model"]["version"] == "v1" and health["model"]["store"] == "unreachable"
+    assert health["model"]["lastError"].startswith(
+        f"model store {store.description} is unreachable while reading current.json ("
+    )
+    # A cold start while the store is down serves the version this cache served last.
+    restarted = SkillService(settings)
+    assert served_version(restarted) == "v1"
+    assert restarted.holder.status()["loadedFrom"].endswith("(store unreachable)")
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AZURE"))} | env
+    return subprocess.run(
+        [sys.executable, "-m", "shared", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_publish_versions_promote(blob_settings: Settings, bundles: list[Path]) -> None:
+    assert blob_settings.blob_connection_string is not None
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    first = cli("publish", str(bundles[0]), "--version", "v1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "published v1 (uploaded); current.json now points to it\n"
+    second = cli("publish", str(bundles[1]), env=env)
+    assert second.returncode == 0 and second.stdout.startswith("published m-")
+    assert second.stdout.rstrip().endswith("(uploaded); current.json now points to it (was v1)")
+    listing = cli("versions", env=env)
+    lines = listing.stdout.splitlines()
+    assert lines[0].startswith("versions in http://127.0.0.1:") and lines[0].endswith("(* = current):")
+    marks = {line[2:].split()[0]: line[:2] for line in lines[1:]}
+    assert marks == {"v1": "  ", second.stdout.split()[1]: "* "}
+    assert cli("promote", "v1", env=env).stdout == f"current.json now points to v1 (was {second.stdout.split()[1]})\n"
+    bad = cli("publish", str(ROOT / "samples"), env=env)
+    assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.startswith("error: no model.onnx in ")
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_errors_are_one_line(own_azurite: Azurite) -> None:
+    env = {"MODEL_BLOB_CONNECTION_STRING": own_azurite.connection_string}
+    own_azurite.stop()
+    down = cli("versions", env=env)
+    assert down.returncode == 1 and len(down.stderr.splitlines()) == 1
+    assert down.stderr.startswith(
+        f"error: model store http://127.0.0.1:{own_azurite.port}/devstoreaccount1/models is unreachable while "
+    )
+    assert "Eby8" not in down.stderr
+    none = cli("versions", env={})
+    assert none.returncode == 1 and none.stderr == (
+        "error: no model store is configured: set MODEL_BLOB_CONNECTION_STRING (Azurite, development) or "
+        "MODEL_BLOB_ACCOUNT_URL (Azure, with a managed identity or `az login`)\n"
+    )
+
+
+def test_missing_credentials_are_one_clear_error() -> None:
+    from azure.identity import CredentialUnavailableError
+    from azure.storage.blob import ContainerClient
+
+    class NoCredential:
+        def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+            raise CredentialUnavailableError("no managed identity endpoint")
+
+        def get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
+            raise CredentialUnavailableError("no managed identity endpoint")
+
+    # A closed loopback port: the credential fails before any connection is attempted.
+    client = ContainerClient(
+        "https://127.0.0.1:9/devstoreaccount1", "models", credential=NoCredential(), **client_options()
+    )
+    with pytest.raises(StoreError) as caught:
+        BlobModelStore(client).read_pointer()
+    assert str(caught.value).startswith("no credential for model store https://127.0.0.1:9/devstoreaccount1/models: ")
