@@ -201,6 +201,19 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.refresh import refresh_from_run_dir, refresh_model
+
+    if args.run_dir:
+        outcome = refresh_from_run_dir(settings, Path(args.run_dir), dry_run=args.dry_run)
+    else:
+        outcome = refresh_model(settings, dry_run=args.dry_run)
+    metric = f"{outcome.metric['name']} {outcome.metric['value']:.4f}" if outcome.metric else "no metric"
+    print(f"candidate {outcome.candidate} ({metric}); current {outcome.current or 'none'}")
+    print(f"decision: {outcome.decision}")
+    return 0
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -250,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="point current.json at an existing version (rollback or pin)")
     promote.add_argument("version", metavar="VERSION")
     promote.set_defaults(handler=cmd_promote)
+
+    refresh = commands.add_parser(
+        "refresh", help="find the best AutoML model of the labeling experiment and publish it (as RefreshModel does)"
+    )
+    refresh.add_argument("--dry-run", action="store_true", help="decide and print, publish nothing")
+    refresh.add_argument("--run-dir", metavar="DIR", help="take a downloaded AutoML run folder instead of asking AML")
+    refresh.set_defaults(handler=cmd_refresh)
     return parser
 
 

@@ -15,6 +15,9 @@ from shared.images import ImageLimits
 
 T = TypeVar("T")
 
+# Older names still accepted, each for the setting it stands for.
+LEGACY_ALIASES = {"EXPERIMENT_NAME": "AML_EXPERIMENT_NAME"}
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -61,6 +64,22 @@ def _container_name(raw: str) -> str:
     return raw
 
 
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError
+        return raw.lower()
+
+    return parse
+
+
+def _ncrontab(raw: str) -> str:
+    # The Functions host parses the schedule; here we only catch the common mistake of a 5-field cron.
+    if len(raw.split()) != 6:
+        raise ValueError
+    return raw
+
+
 def _bool(raw: str) -> bool:
     if raw.lower() in _TRUE:
         return True
@@ -91,6 +110,14 @@ class Settings:
     azure_client_id: str | None = None
     cache_dir: Path | None = None
     poll_s: float = 60.0
+    aml_subscription_id: str | None = None
+    aml_resource_group: str | None = None
+    aml_workspace_name: str | None = None
+    aml_experiment_name: str | None = None
+    azure_tenant_id: str | None = None
+    azure_client_secret: str | None = field(default=None, repr=False)
+    promotion: str = "better"
+    refresh_schedule: str = "0 */30 * * * *"
 
     @property
     def uses_blob_store(self) -> bool:
@@ -149,4 +176,15 @@ class Settings:
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,
             cache_dir=Path(cache) if (cache := env.get("MODEL_CACHE_DIR", "").strip()) else None,
             poll_s=_get(env, "MODEL_POLL_SECONDS", 60.0, _bounded_float(1, 86_400), "seconds from 1 to 86400"),
+            aml_subscription_id=env.get("AML_SUBSCRIPTION_ID") or None,
+            aml_resource_group=env.get("AML_RESOURCE_GROUP") or None,
+            aml_workspace_name=env.get("AML_WORKSPACE_NAME") or None,
+            # EXPERIMENT_NAME is the older PowerSkill's setting.
+            aml_experiment_name=env.get("AML_EXPERIMENT_NAME") or env.get("EXPERIMENT_NAME") or None,
+            azure_tenant_id=env.get("AZURE_TENANT_ID") or None,
+            azure_client_secret=env.get("AZURE_CLIENT_SECRET") or None,
+            promotion=_get(env, "MODEL_PROMOTION", "better", _choice("better", "newest"), "better or newest"),
+            refresh_schedule=_get(
+                env, "MODEL_REFRESH_SCHEDULE", "0 */30 * * * *", _ncrontab, "a six-field NCRONTAB expression"
+            ),
         )

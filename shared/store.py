@@ -530,13 +530,19 @@ class BlobModelStore:
             )
 
 
+def version_from_run_id(run_id: str) -> str | None:
+    """A run id as a version name (AML run ids mostly are already), or None if nothing usable is left."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", run_id).strip("-._")[:64]
+    if cleaned and VERSION_PATTERN.match(cleaned) and cleaned not in RESERVED_VERSIONS:
+        return cleaned
+    return None
+
+
 def default_version(bundle: ModelBundle, source: dict[str, Any]) -> str:
     """From the run id when the source names one, else `m-` + 12 hex digits of the content hash."""
     run_id = source.get("run_id") if isinstance(source, dict) else None
-    if isinstance(run_id, str) and run_id:
-        cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", run_id).strip("-._")[:64]
-        if cleaned and VERSION_PATTERN.match(cleaned) and cleaned not in RESERVED_VERSIONS:
-            return cleaned
+    if isinstance(run_id, str) and run_id and (named := version_from_run_id(run_id)):
+        return named
     digest = hashlib.sha256()
     digest.update(_sha256(bundle.model_bytes).encode())
     digest.update(_sha256(bundle.labels_path.read_bytes()).encode())

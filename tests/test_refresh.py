@@ -1,0 +1,415 @@
+"""RefreshModel: AML (faked at azureml-core's object boundary) -> policy -> Blob store (a real Azurite)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+import RefreshModel
+from shared import aml
+from shared.app import SkillService
+from shared.cli import main as cli_main
+from shared.errors import ClassifierError
+from shared.refresh import refresh_from_run_dir, refresh_model
+from shared.settings import Settings
+from shared.store import BlobModelStore, Pointer
+from tests.fakeaml import FakeExperiment, FakeWorkspace, automl_child, training_run
+from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
+from tests.test_store import served_version
+
+EXPERIMENT = "labeling_Training_1a2b3c"
+
+
+def run_artifacts(root: Path, seed: int, *, onnx: bool = True) -> Path:
+    """What an AutoML best child uploads: train_artifacts/{model.onnx,labels.json}, outputs/scoring file."""
+    if onnx:
+        tiny_classifier(root / "train_artifacts" / "model.onnx", seed=seed)
+    else:
+        (root / "train_artifacts").mkdir(parents=True)
+        (root / "train_artifacts" / "model.pt").write_bytes(b"checkpoint")
+    write_labels(root / "train_artifacts" / "labels.json", ["cat", "dog", "fox", "owl"])
+    scoring_file(
+        root / "outputs" / "scoring_file_v_1_0_0.py",
+        "image-classification",
+        {"valid_resize_size": 40, "valid_crop_size": 32, "train_crop_size": 32},
+    )
+    for epoch in range(3):  # per-epoch checkpoints that must never be downloaded
+        (root / "train_artifacts" / f"epoch_{epoch}.pt").write_bytes(b"big")
+    return root
+
+
+@pytest.fixture
+def settings(blob_settings: Settings) -> Settings:
+    return Settings(
+        **{
+            **blob_settings.__dict__,
+            "aml_subscription_id": "00000000-0000-0000-0000-000000000000",
+            "aml_resource_group": "rg-labeling",
+            "aml_workspace_name": "ws-labeling",
+            "aml_experiment_name": EXPERIMENT,
+        }
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> BlobModelStore:
+    found = BlobModelStore.from_settings(settings)
+    assert found is not None
+    found.ensure_container()
+    return found
+
+
+def experiment_with(*runs: Any) -> FakeExperiment:
+    return FakeExperiment(EXPERIMENT, list(runs))
+
+
+def pointer(store: BlobModelStore) -> Pointer | None:
+    found = store.read_pointer()
+    assert found is None or isinstance(found, Pointer)
+    return found
+
+
+def test_best_child_by_tag_wins_over_score(tmp_path: Path) -> None:
+    high = automl_child("AutoML_1_HD_0", run_artifacts(tmp_path / "a", 1), 0.95)
+    tagged = automl_child("AutoML_1_HD_1", run_artifacts(tmp_path / "b", 2), 0.80)
+    (candidate,) = aml.find_candidates(experiment_with(training_run("AutoML_1", [high, tagged], best="AutoML_1_HD_1")))
+    assert candidate.run_id == "AutoML_1_HD_1" and candidate.metric == {"name": "accuracy", "value": 0.80}
+    assert candidate.source == {
+        "kind": "aml",
+        "run_id": "AutoML_1_HD_1",
+        "parent_run_id": "AutoML_1",
+        "experiment": EXPERIMENT,
+    }
+
+
+def test_best_child_by_score_when_the_tag_is_missing(tmp_path: Path) -> None:
+    children = [
+        automl_child("AutoML_1_HD_0", run_artifacts(tmp_path / "a", 1), 0.71),
+        automl_child("AutoML_1_HD_1", run_artifacts(tmp_path / "b", 2), 0.93),
+        automl_child("AutoML_1_HD_2", run_artifacts(tmp_path / "c", 3), None, metrics={"accuracy": [0.5, 0.88]}),
+        automl_child("AutoML_1_HD_3", run_artifacts(tmp_path / "d", 4), 0.99, status="Failed"),
+    ]
+    (candidate,) = aml.find_candidates(experiment_with(training_run("AutoML_1", children)))
+    assert candidate.run_id == "AutoML_1_HD_1" and candidate.metric_value == 0.93
+
+
+def test_failed_running_and_unusable_runs_are_skipped_with_a_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = [
+        training_run(
+            "AutoML_4", [automl_child("AutoML_4_HD_0", run_artifacts(tmp_path / "r", 4), 0.9)], status="Running"
+        ),
+        training_run(
+            "AutoML_3", [automl_child("AutoML_3_HD_0", run_artifacts(tmp_path / "f", 3), 0.9)], status="Failed"
+        ),
+        training_run("AutoML_2", [automl_child("AutoML_2_HD_0", run_artifacts(tmp_path / "p", 2, onnx=False), 0.9)]),
+        training_run("AutoML_1", [automl_child("AutoML_1_HD_0", run_artifacts(tmp_path / "ok", 1), 0.7)]),
+    ]
+    with caplog.at_level(logging.INFO, logger="shared.aml"):
+        (candidate,) = aml.find_candidates(experiment_with(*runs))
+    assert candidate.run_id == "AutoML_1_HD_0"
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipping run AutoML_4: status Running",
+        "skipping run AutoML_3: status Failed",
+        "skipping run AutoML_2 (best child AutoML_2_HD_0): no train_artifacts/model.onnx",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "current", "candidate", "promoted", "decision"),
+    [
+        ("better", 0.80, 0.90, True, "published and promoted AutoML_9_HD_0: accuracy 0.9000 beats 0.8000"),
+        ("better", 0.90, 0.80, False, "kept current: accuracy 0.8000 does not beat current-v's 0.9000"),
+        ("better", 0.90, 0.90, False, "kept current: accuracy 0.9000 does not beat current-v's 0.9000"),
+        ("newest", 0.80, 0.90, True, "published and promoted AutoML_9_HD_0: MODEL_PROMOTION=newest"),
+        ("newest", 0.90, 0.80, True, "published and promoted AutoML_9_HD_0: MODEL_PROMOTION=newest"),
+        ("newest", 0.90, 0.90, True, "published and promoted AutoML_9_HD_0: MODEL_PROMOTION=newest"),
+    ],
+)
+def test_promotion_policy(
+    settings: Settings,
+    store: BlobModelStore,
+    tmp_path: Path,
+    policy: str,
+    current: float,
+    candidate: float,
+    promoted: bool,
+    decision: str,
+) -> None:
+    store.publish(
+        tiny_bundle(tmp_path / "cur", seed=7), version="current-v", metric={"name": "accuracy", "value": current}
+    )
+    child = automl_child("AutoML_9_HD_0", run_artifacts(tmp_path / "run", 9), candidate)
+    experiment = experiment_with(training_run("AutoML_9", [child], best="AutoML_9_HD_0"))
+    outcome = refresh_model(Settings(**{**settings.__dict__, "promotion": policy}), store=store, experiment=experiment)
+    assert (outcome.decision, outcome.promoted, outcome.published) == (decision, promoted, promoted)
+    current_pointer = pointer(store)
+    assert current_pointer is not None
+    assert current_pointer.version == ("AutoML_9_HD_0" if promoted else "current-v")
+    if promoted:
+        assert current_pointer.metric == {"name": "accuracy", "value": candidate}
+        manifest, _ = store.read_manifest("AutoML_9_HD_0") or ({}, "")
+        assert manifest["source"]["run_id"] == "AutoML_9_HD_0" and manifest["source"]["experiment"] == EXPERIMENT
+        # Named files only: never the per-epoch checkpoints.
+        assert sorted(child.downloads) == [
+            "outputs/scoring_file_v_1_0_0.py",
+            "train_artifacts/labels.json",
+            "train_artifacts/model.onnx",
+        ]
+    else:
+        assert child.downloads == [] and store.read_manifest("AutoML_9_HD_0") is None
+
+
+def test_the_same_run_is_never_published_twice(settings: Settings, store: BlobModelStore, tmp_path: Path) -> None:
+    child = automl_child("AutoML_5_HD_0", run_artifacts(tmp_path / "run", 5), 0.9)
+    experiment = experiment_with(training_run("AutoML_5", [child], best="AutoML_5_HD_0"))
+    first = refresh_model(settings, store=store, experiment=experiment)
+    assert first.decision == "published and promoted AutoML_5_HD_0: nothing is current"
+    second = refresh_model(settings, store=store, experiment=experiment)
+    assert second.decision == "already current" and not second.published
+    store.publish(tiny_bundle(tmp_path / "other", seed=8), version="pinned")  # someone pins another version
+    third = refresh_model(Settings(**{**settings.__dict__, "promotion": "newest"}), store=store, experiment=experiment)
+    assert third.decision.startswith("already published as AutoML_5_HD_0 and not current")
+    assert len(child.downloads) == 3
+    assert (pointer(store) or Pointer("", "", "", None, "")).version == "pinned"
+
+
+def test_no_run_with_model_onnx_is_a_clear_error_and_publishes_nothing(
+    settings: Settings, store: BlobModelStore, tmp_path: Path
+) -> None:
+    child = automl_child("AutoML_6_HD_0", run_artifacts(tmp_path / "run", 6, onnx=False), 0.9)
+    with pytest.raises(aml.AmlError) as caught:
+        refresh_model(settings, store=store, experiment=experiment_with(training_run("AutoML_6", [child])))
+    assert str(caught.value) == (
+        "no completed training run with train_artifacts/model.onnx and train_artifacts/labels.json among the 20 "
+        f"newest runs of experiment {EXPERIMENT}"
+    )
+    assert pointer(store) is None and list(store.container.list_blobs()) == []
+
+
+def test_a_download_failing_midway_publishes_nothing(settings: Settings, store: BlobModelStore, tmp_path: Path) -> None:
+    store.publish(tiny_bundle(tmp_path / "cur", seed=7), version="current-v", metric={"name": "accuracy", "value": 0.5})
+    before = pointer(store)
+    child = automl_child(
+        "AutoML_7_HD_0", run_artifacts(tmp_path / "run", 7), 0.9, fail_on="train_artifacts/labels.json"
+    )
+    with pytest.raises(aml.AmlError) as caught:
+        refresh_model(settings, store=store, experiment=experiment_with(training_run("AutoML_7", [child])))
+    assert str(caught.value) == (
+        "downloading the artifacts of run AutoML_7_HD_0 failed: connection reset while downloading "
+        "train_artifacts/labels.json"
+    )
+    assert pointer(store) == before
+    assert store.read_manifest("AutoML_7_HD_0") is None
+    assert [b.name for b in store.container.list_blobs(name_starts_with="AutoML_7")] == []
+
+
+@pytest.fixture
+def aml_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    assert settings.blob_connection_string is not None
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": settings.blob_container,
+        "MODEL_CACHE_DIR": str(settings.cache_dir),
+        "AML_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+        "AML_RESOURCE_GROUP": "rg-labeling",
+        "AML_WORKSPACE_NAME": "ws-labeling",
+        "EXPERIMENT_NAME": EXPERIMENT,  # the older PowerSkill's name for the setting
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def patch_workspace(monkeypatch: pytest.MonkeyPatch, result: Any) -> list[dict[str, Any]]:
+    """Replace azureml-core's Workspace.get, the call that would reach Azure."""
+    from azureml.core import Workspace
+
+    calls: list[dict[str, Any]] = []
+
+    def get(name: str, auth: Any = None, subscription_id: Any = None, resource_group: Any = None, **kwargs: Any) -> Any:
+        calls.append(
+            {
+                "name": name,
+                "auth": type(auth).__name__,
+                "subscription_id": subscription_id,
+                "resource_group": resource_group,
+            }
+        )
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    monkeypatch.setattr(Workspace, "get", get)
+    return calls
+
+
+def test_timer_function_publishes_and_the_dev_server_switches(
+    aml_env: dict[str, str],
+    settings: Settings,
+    store: BlobModelStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store.publish(tiny_bundle(tmp_path / "cur", seed=7), version="current-v", metric={"name": "accuracy", "value": 0.6})
+    service = SkillService(settings)
+    assert served_version(service) == "current-v"
+    child = automl_child("AutoML_8_HD_0", run_artifacts(tmp_path / "run", 8), 0.91)
+    workspace = FakeWorkspace([FakeExperiment(EXPERIMENT, [training_run("AutoML_8", [child])])])
+    calls = patch_workspace(monkeypatch, workspace)
+    with caplog.at_level(logging.INFO, logger="shared.refresh"):
+        RefreshModel.main(func.timer.TimerRequest(past_due=False))
+    assert calls == [
+        {
+            "name": "ws-labeling",
+            "auth": "MsiAuthentication",
+            "subscription_id": "00000000-0000-0000-0000-000000000000",
+            "resource_group": "rg-labeling",
+        }
+    ]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "shared.refresh"]
+    assert line.startswith(
+        "refresh candidate=AutoML_8_HD_0 metric=accuracy=0.9100 current=current-v "
+        "decision='published and promoted AutoML_8_HD_0: accuracy 0.9100 beats 0.6000' ms="
+    )
+    service.holder.poll_now()
+    assert served_version(service) == "AutoML_8_HD_0"
+
+
+def test_an_unreachable_workspace_is_one_line_and_changes_nothing(
+    aml_env: dict[str, str],
+    settings: Settings,
+    store: BlobModelStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from azureml._vendor.azure_cli_core.azclierror import AzureConnectionError
+
+    store.publish(tiny_bundle(tmp_path / "cur", seed=7), version="current-v")
+    before = pointer(store)
+    service = SkillService(settings)
+    assert served_version(service) == "current-v"
+    patch_workspace(
+        monkeypatch,
+        AzureConnectionError(
+            "Failed to connect to MSI. Please make sure MSI is configured correctly and check the network connection.\n"
+            "Error detail: HTTPConnectionPool(host='169.254.169.254', port=80): Max retries exceeded"
+        ),
+    )
+    with caplog.at_level(logging.INFO):
+        RefreshModel.main(func.timer.TimerRequest(past_due=True))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert errors[0].getMessage().split(": ", 1)[1] == (
+        "AML is unreachable while opening workspace ws-labeling (resource group rg-labeling) with the system-assigned "
+        "managed identity: Failed to connect to MSI. Please make sure MSI is configured correctly and check the "
+        "network connection. Error detail: HTTPConnectionPool(host='169.254.169.254', port=80): Max retries exceeded"
+    )
+    assert pointer(store) == before and [i.version for i in store.list_versions()] == ["current-v"]
+    service.holder.poll_now()
+    assert served_version(service) == "current-v"
+    assert cli_main(["refresh"]) == 1
+    out, err = capsys.readouterr()
+    assert (
+        out == ""
+        and err.startswith("error: AML is unreachable while opening workspace ws-labeling")
+        and err.count("\n") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            "AuthenticationException",
+            "AML refused the credentials of service principal 11111111-2222 for workspace "
+            "ws-labeling (resource group rg-labeling): AADSTS7000215: Invalid client secret provided.",
+        ),
+        (
+            "WorkspaceException",
+            "AML workspace ws-labeling (resource group rg-labeling) was not found or is not "
+            "accessible: Workspace not found.",
+        ),
+    ],
+)
+def test_wrong_credentials_and_missing_workspace(
+    aml_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: str,
+    message: str,
+) -> None:
+    import azureml.exceptions
+
+    monkeypatch.setenv("AZURE_TENANT_ID", "tenant")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-2222")
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "secret-value-never-printed")
+    text = (
+        "AADSTS7000215: Invalid client secret provided."
+        if error == "AuthenticationException"
+        else "Workspace not found."
+    )
+    patch_workspace(monkeypatch, getattr(azureml.exceptions, error)(text))
+    assert cli_main(["refresh", "--dry-run"]) == 1
+    _, err = capsys.readouterr()
+    assert err == f"error: {message}\n"
+    assert "secret-value-never-printed" not in err
+
+
+def test_experiment_not_found(
+    aml_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    patch_workspace(monkeypatch, FakeWorkspace([FakeExperiment("labeling_Training_other", [])]))
+    assert cli_main(["refresh"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: experiment {EXPERIMENT} was not found in workspace ws-labeling (resource group rg-labeling); a "
+        "labeling project's training experiment is named like labeling_Training_<id>\n"
+    )
+
+
+def test_cli_dry_run_decides_and_publishes_nothing(
+    aml_env: dict[str, str],
+    store: BlobModelStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    child = automl_child("AutoML_8_HD_0", run_artifacts(tmp_path / "run", 8), 0.91)
+    patch_workspace(monkeypatch, FakeWorkspace([FakeExperiment(EXPERIMENT, [training_run("AutoML_8", [child])])]))
+    assert cli_main(["refresh", "--dry-run"]) == 0
+    assert capsys.readouterr().out == (
+        "candidate AutoML_8_HD_0 (accuracy 0.9100); current none\n"
+        "decision: would publish and promote AutoML_8_HD_0: nothing is current\n"
+    )
+    assert child.downloads == [] and pointer(store) is None
+
+
+def test_run_dir_goes_through_the_same_validation_policy_and_publishing(
+    settings: Settings, store: BlobModelStore, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    run_dir = run_artifacts(tmp_path / "downloaded-run", 3)
+    torch.save({"model_name": "mobilenetv2", "score": 0.87}, run_dir / "train_artifacts" / "model.pt")
+    store.publish(tiny_bundle(tmp_path / "cur", seed=7), version="current-v", metric={"name": "accuracy", "value": 0.9})
+    kept = refresh_from_run_dir(settings, run_dir, store=store)
+    assert kept.metric == {"name": "accuracy", "value": 0.87}
+    assert kept.decision == "kept current: accuracy 0.8700 does not beat current-v's 0.9000"
+    published = refresh_from_run_dir(Settings(**{**settings.__dict__, "promotion": "newest"}), run_dir, store=store)
+    assert published.promoted and published.version is not None and published.version.startswith("m-")
+    manifest, _ = store.read_manifest(published.version) or ({}, "")
+    assert manifest["source"] == {"kind": "run-dir", "folder": "downloaded-run"}
+    assert manifest["metric"] == {"name": "accuracy", "value": 0.87}
+    broken = tmp_path / "broken-run"
+    write_labels(broken / "train_artifacts" / "labels.json", ["a", "b"])
+    tiny_classifier(broken / "train_artifacts" / "model.onnx", classes=4)
+    with pytest.raises(ClassifierError, match=r"outputs 4 classes but labels\.json lists 2"):
+        refresh_from_run_dir(Settings(**{**settings.__dict__, "promotion": "newest"}), broken, store=store)
+    assert (pointer(store) or Pointer("", "", "", None, "")).version == published.version
