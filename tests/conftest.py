@@ -95,3 +95,23 @@ def blob_settings(azurite, tmp_path: Path):  # type: ignore[no-untyped-def]
         cache_dir=tmp_path / "cache",
         poll_s=1.0,
     )
+
+
+@pytest.fixture
+def dev_server(blob_settings):  # type: ignore[no-untyped-def]
+    """The dev server on a free loopback port over a service reading the test's Blob container."""
+    import threading
+
+    from shared import app
+    from shared.devserver import make_server
+
+    service = app.SkillService(blob_settings)
+    app.reset_service(service)
+    httpd = make_server(blob_settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    yield f"http://{host!s}:{port}", service
+    httpd.shutdown()
+    httpd.server_close()
+    app.reset_service(None)

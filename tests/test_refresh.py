@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,17 @@ from shared.settings import Settings
 from shared.store import BlobModelStore, Pointer
 from tests.fakeaml import FakeExperiment, FakeWorkspace, automl_child, training_run
 from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
-from tests.test_store import served_version
+from tests.test_store import BODY, served_version
 
 EXPERIMENT = "labeling_Training_1a2b3c"
+
+
+def http_version(url: str) -> str:
+    request = urllib.request.Request(f"{url}/api/classify", data=BODY, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        version: str = json.loads(response.read())["values"][0]["data"]["modelVersion"]
+        return version
 
 
 def run_artifacts(root: Path, seed: int, *, onnx: bool = True) -> Path:
@@ -256,10 +267,11 @@ def test_timer_function_publishes_and_the_dev_server_switches(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    dev_server: tuple[str, SkillService],
 ) -> None:
+    url, _ = dev_server
     store.publish(tiny_bundle(tmp_path / "cur", seed=7), version="current-v", metric={"name": "accuracy", "value": 0.6})
-    service = SkillService(settings)
-    assert served_version(service) == "current-v"
+    assert http_version(url) == "current-v"
     child = automl_child("AutoML_8_HD_0", run_artifacts(tmp_path / "run", 8), 0.91)
     workspace = FakeWorkspace([FakeExperiment(EXPERIMENT, [training_run("AutoML_8", [child])])])
     calls = patch_workspace(monkeypatch, workspace)
@@ -278,8 +290,15 @@ def test_timer_function_publishes_and_the_dev_server_switches(
         "refresh candidate=AutoML_8_HD_0 metric=accuracy=0.9100 current=current-v "
         "decision='published and promoted AutoML_8_HD_0: accuracy 0.9100 beats 0.6000' ms="
     )
-    service.holder.poll_now()
-    assert served_version(service) == "AutoML_8_HD_0"
+    # The dev server's instance finds it by itself, within the poll period (1 s here) and a few seconds.
+    published = time.monotonic()
+    seen = []
+    while time.monotonic() < published + settings.poll_s + 5:
+        seen.append(http_version(url))
+        if seen[-1] == "AutoML_8_HD_0":
+            break
+        time.sleep(0.1)
+    assert seen[-1] == "AutoML_8_HD_0" and set(seen) <= {"current-v", "AutoML_8_HD_0"}
 
 
 def test_an_unreachable_workspace_is_one_line_and_changes_nothing(

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared import app
 from shared.app import SkillService
-from shared.devserver import make_server
 from shared.settings import Settings
 from shared.store import (
     PARTIAL_PREFIX,
@@ -137,20 +135,6 @@ def test_nothing_published_is_503_with_a_clear_message(blob_settings: Settings, 
         f"no model is loaded yet: no model is published in {store.description} yet: run `python -m shared publish "
         "PATH` or let RefreshModel publish one"
     )
-
-
-@pytest.fixture
-def dev_server(blob_settings: Settings) -> Iterator[tuple[str, SkillService]]:
-    service = SkillService(blob_settings)
-    app.reset_service(service)
-    httpd = make_server(blob_settings, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    host, port = httpd.server_address[:2]
-    yield f"http://{host!s}:{port}", service
-    httpd.shutdown()
-    httpd.server_close()
-    app.reset_service(None)
 
 
 def test_a_new_version_is_picked_up_by_the_dev_server_without_a_failed_request(
