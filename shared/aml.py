@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 BEST_CHILD_TAG = "automl_best_child_run_id"
 MODEL_ONNX = "train_artifacts/model.onnx"
 LABELS = "train_artifacts/labels.json"
-CHECKPOINT = "train_artifacts/model.pt"
+# AutoML's PyTorch checkpoint, converted to ONNX when a run has no usable model.onnx.
+CHECKPOINTS = ("train_artifacts/model.pt", "outputs/model.pt")
 # Small files that say the task and sizes. Never the whole train_artifacts/ prefix: it holds per-epoch
 # checkpoints (gigabytes).
 OPTIONAL_FILES = ("outputs/scoring_file_v_1_0_0.py", "outputs/mlflow-model/artifacts/settings.json")
@@ -187,9 +188,10 @@ def find_candidates(experiment: Any, limit: int = 1) -> list[Candidate]:
             logger.info("skipping run %s: no completed child with a score", parent.id)
             continue
         files = tuple(child.get_file_names())
-        if MODEL_ONNX not in files or LABELS not in files:
+        has_onnx = MODEL_ONNX in files and LABELS in files
+        if not has_onnx and not any(c in files for c in CHECKPOINTS):
             missing = ", ".join(f for f in (MODEL_ONNX, LABELS) if f not in files)
-            logger.info("skipping run %s (best child %s): no %s", parent.id, child.id, missing)
+            logger.info("skipping run %s (best child %s): no %s and no model.pt", parent.id, child.id, missing)
             continue
         found.append(
             Candidate(
@@ -210,7 +212,11 @@ def download_candidate(candidate: Candidate, folder: Path) -> Path:
 
     On any failure the folder is removed and AmlError raised: nothing half-downloaded is ever published.
     """
-    wanted = [MODEL_ONNX, LABELS, *(f for f in OPTIONAL_FILES if f in candidate.files)]
+    if MODEL_ONNX in candidate.files and LABELS in candidate.files:
+        wanted = [MODEL_ONNX, LABELS]
+    else:
+        wanted = [next(c for c in CHECKPOINTS if c in candidate.files)]
+    wanted += [f for f in OPTIONAL_FILES if f in candidate.files]
     try:
         for name in wanted:
             target = folder / name
@@ -225,3 +231,17 @@ def download_candidate(candidate: Candidate, folder: Path) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         raise AmlError(f"downloading the artifacts of run {candidate.run_id} failed: {_one_line(exc)}") from None
     return folder
+
+
+def download_checkpoint(candidate: Candidate, folder: Path) -> Path | None:
+    """Add the run's model.pt to an already downloaded folder (for an unusable model.onnx); None if it has none."""
+    name = next((c for c in CHECKPOINTS if c in candidate.files), None)
+    if name is None:
+        return None
+    target = folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        candidate.run.download_file(name=name, output_file_path=str(target))
+    except Exception as exc:  # noqa: BLE001 - reported as one line; the folder is discarded by the caller
+        raise AmlError(f"downloading {name} of run {candidate.run_id} failed: {_one_line(exc)}") from None
+    return target

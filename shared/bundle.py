@@ -82,6 +82,11 @@ class ModelBundle:
     evidence: dict[str, str]
 
 
+def find_file(root: Path, name: str) -> Path | None:
+    """Where a bundle or AutoML run folder keeps `name` (the bundle's root first), or None."""
+    return _find(root, name)
+
+
 def _find(root: Path, name: str) -> Path | None:
     for sub in _SEARCH_DIRS:
         candidate = root / sub / name if sub else root / name

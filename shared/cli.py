@@ -51,9 +51,17 @@ def file_loader(path: Path | None) -> ImageLoader:
     return load
 
 
+def servable(path: Path, settings: Settings) -> Path:
+    """The folder itself, or, for a run that only has a usable model.pt, its converted ONNX bundle."""
+    from shared.checkpoint import servable_folder
+
+    return servable_folder(path, settings.model_cache_dir())
+
+
 def open_engine(model: str | None, settings: Settings) -> Engine:
-    """The engine for `--model`, else AZUREML_MODEL_DIR, else the bundled sample. Raises BundleError."""
-    path = Path(model) if model else settings.model_dir or SAMPLE_BUNDLE
+    """The engine for `--model` (converting a model.pt-only run once), else AZUREML_MODEL_DIR, else the
+    bundled sample. Raises BundleError."""
+    path = servable(Path(model), settings) if model else settings.model_dir or SAMPLE_BUNDLE
     return Engine(load_bundle(path), threads=settings.engine_threads or None)
 
 
@@ -160,7 +168,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     def validate(bundle: ModelBundle) -> None:
         Engine(bundle, threads=threads)  # loads, smoke-tests and checks the labels, or raises BundleError
 
-    result = store.publish(args.path, version=args.version, validate=validate)
+    result = store.publish(servable(Path(args.path), settings), version=args.version, validate=validate)
     what = "uploaded" if result.uploaded else "already in the store"
     if result.promoted:
         was = f" (was {result.previous})" if result.previous else ""
@@ -211,6 +219,21 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
     metric = f"{outcome.metric['name']} {outcome.metric['value']:.4f}" if outcome.metric else "no metric"
     print(f"candidate {outcome.candidate} ({metric}); current {outcome.current or 'none'}")
     print(f"decision: {outcome.decision}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.checkpoint import convert_checkpoint
+
+    out = convert_checkpoint(Path(args.model_pt), Path(args.out_dir))
+    bundle = load_bundle(out)
+    Engine(bundle, threads=settings.engine_threads or None)
+    parity = (bundle.manifest or {}).get("source", {}).get("parity_max_rel_diff")
+    print(
+        f"converted {args.model_pt} to {out}: {bundle.task}, {len(bundle.labels)} labels, "
+        f"{bundle.preprocessing.resize}/{bundle.preprocessing.crop} px, opset {bundle.opset}, "
+        f"ONNX vs PyTorch {parity:.1e} of the logits' scale"
+    )
     return 0
 
 
@@ -270,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("--dry-run", action="store_true", help="decide and print, publish nothing")
     refresh.add_argument("--run-dir", metavar="DIR", help="take a downloaded AutoML run folder instead of asking AML")
     refresh.set_defaults(handler=cmd_refresh)
+
+    convert = commands.add_parser(
+        "convert", help="convert an AutoML model.pt checkpoint to an ONNX bundle (needs torch)"
+    )
+    convert.add_argument("model_pt", metavar="MODEL_PT", help="AutoML's model.pt (AutoML 1.25 or later)")
+    convert.add_argument("out_dir", metavar="OUT_DIR", help="bundle folder to write (model.onnx, labels.json, ...)")
+    convert.set_defaults(handler=cmd_convert)
     return parser
 
 

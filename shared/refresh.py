@@ -112,10 +112,14 @@ def _consider(
     def still_better(now: Pointer | None, manifest: dict[str, Any]) -> bool:
         return judge(settings.promotion, now, manifest.get("metric"))[0]
 
+    from shared.checkpoint import servable_folder
+
     with tempfile.TemporaryDirectory(prefix="refresh-") as tmp:
         folder = fetch(Path(tmp) / "run")
+        # A run with only model.pt (or an unusable model.onnx) is converted here, once, before publishing.
+        bundle = servable_folder(folder, Path(tmp) / "cache")
         result = store.publish(
-            folder, version=version, source=source, metric=metric, policy=still_better, validate=validate
+            bundle, version=version, source=source, metric=metric, policy=still_better, validate=validate
         )
     if result.promoted:
         return outcome(f"published and promoted {version}: {why}", published=True, promoted=True)
@@ -157,10 +161,26 @@ def refresh_model(
         version=version,
         source=best.source,
         metric=best.metric,
-        fetch=lambda folder: aml.download_candidate(best, folder),
+        fetch=lambda folder: _fetch_from_aml(best, folder, settings),
         dry_run=dry_run,
         started=started,
     )
+
+
+def _fetch_from_aml(candidate: Any, folder: Path, settings: Settings) -> Path:
+    """Download the candidate's named files; when its model.onnx does not load, add its model.pt so the
+    publish step converts that instead."""
+    from shared import aml
+
+    aml.download_candidate(candidate, folder)
+    if (folder / aml.MODEL_ONNX).is_file():
+        try:
+            Engine(load_bundle(folder), threads=settings.engine_threads or None)
+        except ClassifierError as exc:
+            if aml.download_checkpoint(candidate, folder) is None:
+                raise
+            logger.warning("run %s: model.onnx is unusable (%s); converting its model.pt", candidate.run_id, exc)
+    return folder
 
 
 def checkpoint_metric(run_dir: Path, task: str) -> dict[str, Any] | None:
@@ -196,20 +216,24 @@ def refresh_from_run_dir(
     """The same validation, policy and publishing for a run folder downloaded by hand (or SDK v2 / MLflow)."""
     started = time.monotonic()
     store = store or open_store_for_refresh(settings)
-    bundle = load_bundle(run_dir)
-    metric = checkpoint_metric(run_dir, bundle.task)
-    source = {"kind": "run-dir", "folder": run_dir.resolve().name}
-    return _consider(
-        settings,
-        store,
-        candidate=str(run_dir),
-        version=default_version(bundle, source),
-        source=source,
-        metric=metric,
-        fetch=lambda folder: run_dir,
-        dry_run=dry_run,
-        started=started,
-    )
+    from shared.checkpoint import servable_folder
+
+    with tempfile.TemporaryDirectory(prefix="refresh-") as tmp:
+        servable = servable_folder(run_dir, Path(tmp))  # converted once here when the run only has model.pt
+        bundle = load_bundle(servable)
+        metric = checkpoint_metric(run_dir, bundle.task)
+        source = {"kind": "run-dir", "folder": run_dir.resolve().name}
+        return _consider(
+            settings,
+            store,
+            candidate=str(run_dir),
+            version=default_version(bundle, source),
+            source=source,
+            metric=metric,
+            fetch=lambda folder: servable,
+            dry_run=dry_run,
+            started=started,
+        )
 
 
 def run_scheduled(past_due: bool = False) -> RefreshOutcome | None:

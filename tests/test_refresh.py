@@ -36,12 +36,11 @@ def http_version(url: str) -> str:
 
 
 def run_artifacts(root: Path, seed: int, *, onnx: bool = True) -> Path:
-    """What an AutoML best child uploads: train_artifacts/{model.onnx,labels.json}, outputs/scoring file."""
+    """What an AutoML best child uploads: train_artifacts/{model.onnx,labels.json}, outputs/scoring file
+    (without `onnx`, a run whose export failed and that kept no checkpoint either)."""
+    (root / "train_artifacts").mkdir(parents=True)
     if onnx:
         tiny_classifier(root / "train_artifacts" / "model.onnx", seed=seed)
-    else:
-        (root / "train_artifacts").mkdir(parents=True)
-        (root / "train_artifacts" / "model.pt").write_bytes(b"checkpoint")
     write_labels(root / "train_artifacts" / "labels.json", ["cat", "dog", "fox", "owl"])
     scoring_file(
         root / "outputs" / "scoring_file_v_1_0_0.py",
@@ -127,7 +126,7 @@ def test_failed_running_and_unusable_runs_are_skipped_with_a_reason(
     assert [r.getMessage() for r in caplog.records] == [
         "skipping run AutoML_4: status Running",
         "skipping run AutoML_3: status Failed",
-        "skipping run AutoML_2 (best child AutoML_2_HD_0): no train_artifacts/model.onnx",
+        "skipping run AutoML_2 (best child AutoML_2_HD_0): no train_artifacts/model.onnx and no model.pt",
     ]
 
 
@@ -432,3 +431,20 @@ def test_run_dir_goes_through_the_same_validation_policy_and_publishing(
     with pytest.raises(ClassifierError, match=r"outputs 4 classes but labels\.json lists 2"):
         refresh_from_run_dir(Settings(**{**settings.__dict__, "promotion": "newest"}), broken, store=store)
     assert (pointer(store) or Pointer("", "", "", None, "")).version == published.version
+
+
+def test_a_run_with_only_model_pt_is_converted_and_published(
+    settings: Settings, store: BlobModelStore, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from tests.checkpoints import automl_checkpoint
+
+    artifacts = run_artifacts(tmp_path / "run", 1, onnx=False)
+    automl_checkpoint(artifacts / "train_artifacts" / "model.pt", "mobilenetv2", ["cat", "dog", "fox", "owl"])
+    child = automl_child("AutoML_10_HD_0", artifacts, 0.9)
+    outcome = refresh_model(settings, store=store, experiment=experiment_with(training_run("AutoML_10", [child])))
+    assert outcome.promoted and outcome.version == "AutoML_10_HD_0"
+    assert sorted(child.downloads) == ["outputs/scoring_file_v_1_0_0.py", "train_artifacts/model.pt"]
+    manifest, _ = store.read_manifest("AutoML_10_HD_0") or ({}, "")
+    assert set(manifest["files"]) == {"model.onnx", "labels.json"} and manifest["onnx_opset"] == 14
+    assert manifest["source"]["run_id"] == "AutoML_10_HD_0"
