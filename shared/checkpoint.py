@@ -298,6 +298,8 @@ def servable_folder(path: Path, cache_dir: Path) -> Path:
     checkpoint = find_file(root, CHECKPOINT_FILE) if root.is_dir() else None
     onnx_error: BundleError | None = None
     if root.is_dir() and find_file(root, MODEL_FILE) is not None:
+        if checkpoint is None:
+            return root  # nothing to fall back to: whoever loads it reports what is wrong
         try:
             Engine(load_bundle(root), threads=1)
             return root

@@ -76,9 +76,16 @@ def export_twin(model_pt: Path, run: Path) -> Path:
 
     network = load_network(read_checkpoint(model_pt), model_pt)
     (run / "train_artifacts").mkdir(parents=True)
-    torch.onnx.export(network, (torch.zeros(1, 3, 224, 224),), str(run / "train_artifacts" / "model.onnx"),
-                      dynamo=False, opset_version=16, input_names=["input1"], output_names=["output1"],
-                      dynamic_axes={"input1": {0: "batch"}, "output1": {0: "batch"}})  # fmt: skip
+    torch.onnx.export(
+        network,
+        (torch.zeros(1, 3, 224, 224),),
+        str(run / "train_artifacts" / "model.onnx"),
+        dynamo=False,
+        opset_version=16,
+        input_names=["input1"],
+        output_names=["output1"],
+        dynamic_axes={"input1": {0: "batch"}, "output1": {0: "batch"}},
+    )
     write_labels(run / "train_artifacts" / "labels.json", LABELS)
     return run
 
@@ -242,3 +249,16 @@ def test_convert_command_reports_what_it_made(tmp_path: Path, capsys: pytest.Cap
         f"converted {model_pt} to {tmp_path / 'bundle'}: multiclass, 5 labels, 256/224 px, opset 14, "
     )
     assert out.rstrip().endswith("of the logits' scale")
+
+
+def test_an_unusable_model_onnx_falls_back_to_model_pt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    automl_checkpoint(run / "train_artifacts" / "model.pt", "resnet18", LABELS)
+    (run / "train_artifacts" / "model.onnx").write_bytes(b"a failed export")
+    write_labels(run / "train_artifacts" / "labels.json", LABELS)
+    scores = classify_json(run, capsys)
+    assert len(scores) == len(SAMPLE_PHOTOS) and all(set(s) == set(LABELS) for s in scores.values())
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1
