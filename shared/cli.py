@@ -237,6 +237,12 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_search_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.searchsetup import main_search_setup
+
+    return main_search_setup(args)
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -300,6 +306,44 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model_pt", metavar="MODEL_PT", help="AutoML's model.pt (AutoML 1.25 or later)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="bundle folder to write (model.onnx, labels.json, ...)")
     convert.set_defaults(handler=cmd_convert)
+
+    search = commands.add_parser(
+        "search-setup", help="create or update the Azure AI Search data source, index, skillset and indexer"
+    )
+    search.add_argument("--search-endpoint", required=True, metavar="URL", help="https://<service>.search.windows.net")
+    search.add_argument(
+        "--function-url", required=True, metavar="URL", help="the function app, https://<app>.azurewebsites.net"
+    )
+    search.add_argument(
+        "--storage-resource-id", required=True, metavar="ID", help="resource id of the storage account with the images"
+    )
+    search.add_argument("--container", default="images", metavar="NAME", help="container with the images (images)")
+    search.add_argument(
+        "--prefix",
+        default="automl-images",
+        metavar="NAME",
+        help="names <prefix>-datasource, -index, ... (automl-images)",
+    )
+    search.add_argument(
+        "--auth-resource-id",
+        metavar="APP_ID",
+        help="Entra ID: the function app's app registration; the skill gets authResourceId APP_ID/.default",
+    )
+    search.add_argument(
+        "--function-key-env",
+        default="SKILL_FUNCTION_KEY",
+        metavar="NAME",
+        help="environment variable holding ClassifySkill's function key (SKILL_FUNCTION_KEY)",
+    )
+    search.add_argument(
+        "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
+    )
+    search.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="images per skill call (8)")
+    search.add_argument(
+        "--degree-of-parallelism", type=_positive_int, default=4, metavar="N", help="skill calls in flight (4)"
+    )
+    search.add_argument("--dry-run", action="store_true", help="print the rendered JSON (key redacted), change nothing")
+    search.set_defaults(handler=cmd_search_setup)
     return parser
 
 

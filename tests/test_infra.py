@@ -1,0 +1,519 @@
+"""infra/: every Bicep file parses (tree-sitter-bicep; no Bicep compiler can run here), holds the resources
+the deployment needs, and sets every setting the app reads; azure.yaml, main.parameters.json and the
+Dockerfile agree with it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tree_sitter_bicep
+from tree_sitter import Language, Node, Parser
+
+from shared.settings import LEGACY_ALIASES, Settings
+from tests.conftest import ROOT
+
+INFRA = ROOT / "infra"
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+PARSER = Parser(Language(tree_sitter_bicep.language()))
+
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+# Settings the Functions host or platform reads, not shared/settings.py.
+HOST_SETTINGS = {
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+}
+
+
+class RecordingEnv(dict[str, str]):
+    """A mapping that remembers which keys Settings.from_env asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def settings_the_app_reads() -> set[str]:
+    env = RecordingEnv()
+    Settings.from_env(env)
+    return env.asked - set(LEGACY_ALIASES)
+
+
+# --- a small reader of the Bicep syntax tree -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A Bicep expression that is not a literal (a reference, a call, an interpolated string ...)."""
+
+    text: str
+
+
+@dataclass
+class Resource:
+    path: str  # symbolic name, nested ones joined with '::' as Bicep writes them
+    type: str  # without the API version; nested types are completed with the parent's
+    existing: bool
+    conditional: bool
+    body: dict[str, Any]
+
+
+@dataclass
+class BicepFile:
+    path: Path
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {type, default?, allowed?}
+    variables: dict[str, Any] = field(default_factory=dict)
+    resources: list[Resource] = field(default_factory=list)
+    modules: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # name -> (file, body)
+    outputs: set[str] = field(default_factory=set)
+
+
+def _text(node: Node) -> str:
+    return (node.text or b"").decode()
+
+
+def bicep_value(node: Node) -> Any:
+    """Literals as Python values (str, int, bool, None, dict, list); anything else as Expr."""
+    if node.type == "string":
+        if any(c.type == "interpolation" for c in node.children):
+            return Expr(_text(node))
+        parts = []
+        for child in node.children:
+            if child.type == "string_content":
+                parts.append(_text(child))
+            elif child.type == "escape_sequence":
+                parts.append(_text(child)[1:])
+        return "".join(parts)
+    if node.type == "number":
+        return int(_text(node))
+    if node.type == "boolean":
+        return _text(node) == "true"
+    if node.type == "null":
+        return None
+    if node.type == "object":
+        result: dict[str, Any] = {}
+        for prop in node.named_children:
+            if prop.type != "object_property" or prop.named_children[0].type == "resource_declaration":
+                continue
+            key_node, value_node = prop.named_children[0], prop.named_children[-1]
+            key = bicep_value(key_node) if key_node.type == "string" else _text(key_node)
+            result[str(key)] = bicep_value(value_node)
+        return result
+    if node.type == "array":
+        return [bicep_value(child) for child in node.named_children]
+    return Expr(_text(node))
+
+
+def _body(declaration: Node) -> tuple[dict[str, Any], bool]:
+    for child in declaration.named_children:
+        if child.type == "object":
+            return bicep_value(child), False
+        if child.type == "if_statement":
+            return bicep_value(next(c for c in child.named_children if c.type == "object")), True
+    return {}, False
+
+
+def _resources(declaration: Node, parent_path: str, parent_type: str, out: list[Resource]) -> None:
+    name = _text(declaration.named_children[0])
+    type_string = bicep_value(declaration.named_children[1])
+    kind = type_string.split("@")[0]
+    full_type = f"{parent_type}/{kind}" if parent_type and "/" not in kind else kind
+    path = f"{parent_path}::{name}" if parent_path else name
+    body, conditional = _body(declaration)
+    existing = any(c.type == "existing" for c in declaration.children)
+    out.append(Resource(path, full_type, existing, conditional, body))
+    obj = next(
+        (c for c in declaration.named_children if c.type == "object"),
+        next((c for c in declaration.named_children if c.type == "if_statement"), None),
+    )
+    if obj is None:
+        return
+    if obj.type == "if_statement":
+        obj = next(c for c in obj.named_children if c.type == "object")
+    for prop in obj.named_children:
+        if prop.type == "object_property" and prop.named_children[0].type == "resource_declaration":
+            _resources(prop.named_children[0], path, full_type, out)
+
+
+def _decorator_allowed(declaration: Node) -> list[Any] | None:
+    previous = declaration.prev_named_sibling
+    if previous is None or previous.type != "decorators":
+        return None
+    for decorator in previous.named_children:
+        call = decorator.named_children[0]
+        if call.type == "call_expression" and _text(call.named_children[0]) == "allowed":
+            return bicep_value(call.named_children[1].named_children[0])  # type: ignore[no-any-return]
+    return None
+
+
+@cache
+def parse_tree(path: Path) -> Node:
+    return PARSER.parse(path.read_bytes()).root_node
+
+
+@cache
+def bicep(relative: str) -> BicepFile:
+    path = INFRA / relative
+    result = BicepFile(path)
+    for node in parse_tree(path).named_children:
+        if node.type == "parameter_declaration":
+            named = node.named_children
+            param: dict[str, Any] = {"type": _text(named[1])}
+            if len(named) > 2:
+                param["default"] = bicep_value(named[2])
+            allowed = _decorator_allowed(node)
+            if allowed is not None:
+                param["allowed"] = allowed
+            result.params[_text(named[0])] = param
+        elif node.type == "variable_declaration":
+            result.variables[_text(node.named_children[0])] = bicep_value(node.named_children[-1])
+        elif node.type == "resource_declaration":
+            _resources(node, "", "", result.resources)
+        elif node.type == "module_declaration":
+            body, _ = _body(node)
+            result.modules[_text(node.named_children[0])] = (bicep_value(node.named_children[1]), body)
+        elif node.type == "output_declaration":
+            result.outputs.add(_text(node.named_children[0]))
+    return result
+
+
+def all_resources() -> list[tuple[BicepFile, Resource]]:
+    return [(f, r) for p in BICEP_FILES for f in [bicep(str(p.relative_to(INFRA)))] for r in f.resources]
+
+
+def resources_of_type(kind: str) -> list[tuple[BicepFile, Resource]]:
+    return [(f, r) for f, r in all_resources() if r.type.lower() == kind.lower() and not r.existing]
+
+
+def problems(root: Node) -> list[str]:
+    found = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            line, column = node.start_point
+            found.append(
+                f"line {line + 1}, column {column + 1}: {'missing' if node.is_missing else 'error'} {node.type}"
+            )
+        stack.extend(node.children)
+    return found
+
+
+# --- the files parse ------------------------------------------------------------------------------------
+
+
+def test_the_expected_files_exist() -> None:
+    names = {str(p.relative_to(INFRA)) for p in BICEP_FILES}
+    assert {"main.bicep", "modules/functionapp.bicep", "modules/plan.bicep", "modules/storage.bicep"} <= names
+    assert (ROOT / "azure.yaml").is_file() and (INFRA / "main.parameters.json").is_file()
+    assert (ROOT / "Dockerfile").is_file()
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_bicep_file_parses_without_errors(path: Path) -> None:
+    assert problems(parse_tree(path)) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "resource a 'Microsoft.Web/sites@2024-04-01' = {\n  name: 'x'\n",  # unclosed object
+        "param p string = \nvar v = {{ a: }}\n",
+        "resource 'Microsoft.Web/sites@2024-04-01' = {}\n",  # no symbolic name
+    ],
+)
+def test_the_parse_check_catches_broken_bicep(source: str) -> None:
+    assert problems(PARSER.parse(source.encode()).root_node) != []
+
+
+def test_modules_exist_and_get_the_parameters_they_declare() -> None:
+    main = bicep("main.bicep")
+    used = set()
+    for symbol, (module_path, body) in main.modules.items():
+        module = bicep(module_path)
+        used.add(module_path)
+        passed = set(body["params"])
+        assert passed <= set(module.params), f"{symbol}: unknown params {passed - set(module.params)}"
+        required = {name for name, p in module.params.items() if "default" not in p}
+        assert required <= passed, f"{symbol}: missing params {required - passed}"
+    assert used == {f"modules/{p.name}" for p in (INFRA / "modules").glob("*.bicep")}, "a module nobody uses"
+    main_text = (INFRA / "main.bicep").read_text()
+    for symbol, output in re.findall(r"\b(\w+)\.outputs\.(\w+)", main_text):
+        assert output in bicep(main.modules[symbol][0]).outputs, f"{symbol}.outputs.{output} does not exist"
+
+
+def test_every_reference_to_a_declared_name_resolves() -> None:
+    """Identifiers used in a module file are its params, vars, resources, modules, loop variables or
+    Bicep functions: catches a renamed parameter that a compiler would reject."""
+    functions = {
+        "resourceGroup", "subscription", "subscriptionResourceId", "guid", "uniqueString", "toLower", "union",
+        "items", "empty", "min", "environment", "tenant",
+        # decorators
+        "description", "allowed", "minLength", "maxLength", "minValue", "maxValue", "secure",
+    }  # fmt: skip
+    for path in BICEP_FILES:
+        parsed = bicep(str(path.relative_to(INFRA)))
+        declared = set(parsed.params) | set(parsed.variables) | set(parsed.modules) | functions
+        declared |= {segment for r in parsed.resources for segment in r.path.split("::")}
+        for node in _walk(parse_tree(path)):
+            if node.type != "identifier" or node.parent is None:
+                continue
+            parent = node.parent
+            declaring = {
+                "object_property", "parameter_declaration", "variable_declaration", "resource_declaration",
+                "module_declaration", "output_declaration", "for_statement",
+            }  # fmt: skip
+            if parent.type == "for_loop_parameters" or (parent.type in declaring and parent.named_children[0] == node):
+                continue
+            name = _text(node)
+            loop_vars = _loop_variables(node)
+            assert name in declared | loop_vars, f"{path.name}: {name!r} is not declared"
+
+
+def _walk(node: Node) -> list[Node]:
+    out = [node]
+    for child in node.children:
+        out.extend(_walk(child))
+    return out
+
+
+def _loop_variables(node: Node) -> set[str]:
+    names: set[str] = set()
+    current: Node | None = node
+    while current is not None:
+        if current.type == "for_statement":
+            first = current.named_children[0]
+            names.add(_text(first))
+        current = current.parent
+    return names
+
+
+# --- the resources ---------------------------------------------------------------------------------------
+
+
+def test_flex_consumption_plan_with_an_elastic_premium_option() -> None:
+    main = bicep("main.bicep")
+    assert main.params["planType"]["default"] == "FlexConsumption"
+    assert set(main.params["planType"]["allowed"]) == {"FlexConsumption", "ElasticPremium"}
+    assert main.params["instanceMemoryMB"]["default"] == 4096
+    assert 4096 in main.params["instanceMemoryMB"]["allowed"]
+    assert main.params["maximumInstanceCount"]["type"] == "int"
+    assert main.modules["plan"][1]["params"]["planType"] == Expr("planType")
+
+    plan_file = bicep("modules/plan.bicep")
+    ((_, plan),) = resources_of_type("Microsoft.Web/serverfarms")
+    assert plan.body["sku"] == Expr("skus[planType]")
+    assert plan_file.variables["skus"]["FlexConsumption"] == {"name": "FC1", "tier": "FlexConsumption"}
+    assert plan_file.variables["skus"]["ElasticPremium"]["tier"] == "ElasticPremium"
+    assert plan_file.variables["kinds"] == {"FlexConsumption": "functionapp", "ElasticPremium": "elastic"}
+    assert plan.body["properties"]["reserved"] is True  # Linux
+
+
+def test_function_app_runs_python_311_as_the_managed_identity() -> None:
+    app_file = bicep("modules/functionapp.bicep")
+    ((_, app),) = resources_of_type("Microsoft.Web/sites")
+    assert app.body["kind"] == "functionapp,linux"
+    assert app.body["identity"]["type"] == "UserAssigned"
+    properties = app.body["properties"]
+    assert properties["functionAppConfig"] == Expr("isFlex ? flexConfig : null")
+    assert app_file.variables["isFlex"] == Expr("planType == 'FlexConsumption'")
+    flex = app_file.variables["flexConfig"]
+    assert flex["runtime"] == {"name": "python", "version": "3.11"}
+    assert flex["scaleAndConcurrency"] == {
+        "instanceMemoryMB": Expr("instanceMemoryMB"),
+        "maximumInstanceCount": Expr("maximumInstanceCount"),
+        "triggers": {"http": {"perInstanceConcurrency": Expr("httpPerInstanceConcurrency")}},
+    }
+    assert app_file.params["httpPerInstanceConcurrency"]["default"] == 1
+    storage = flex["deployment"]["storage"]
+    assert storage["type"] == "blobContainer"
+    assert storage["authentication"] == {
+        "type": "UserAssignedIdentity",
+        "userAssignedIdentityResourceId": Expr("identityId"),
+    }
+    assert properties["siteConfig"]["linuxFxVersion"] == Expr("isFlex ? null : 'Python|3.11'")
+    premium = app_file.variables["premiumSettings"]
+    assert premium["FUNCTIONS_WORKER_RUNTIME"] == "python" and premium["FUNCTIONS_EXTENSION_VERSION"] == "~4"
+    # azd deploys to the app tagged with the service name in azure.yaml.
+    assert app_file.params["serviceName"]["default"] == "skill"
+    ((_, identity),) = resources_of_type("Microsoft.ManagedIdentity/userAssignedIdentities")
+    assert identity.body["name"] == Expr("name")
+
+
+def test_storage_account_has_no_shared_keys_and_the_containers() -> None:
+    ((_, account),) = resources_of_type("Microsoft.Storage/storageAccounts")
+    properties = account.body["properties"]
+    assert properties["allowSharedKeyAccess"] is False
+    assert properties["allowBlobPublicAccess"] is False
+    assert properties["minimumTlsVersion"] == "TLS1_2"
+    containers = {r.path: r for _, r in resources_of_type("Microsoft.Storage/storageAccounts/blobServices/containers")}
+    assert {r.body["name"] for r in containers.values()} == {
+        Expr("deploymentContainerName"),
+        Expr("modelsContainerName"),
+        Expr("imagesContainerName"),
+    }
+    storage = bicep("modules/storage.bicep")
+    main = bicep("main.bicep")
+    assert storage.params["modelsContainerName"]["default"] == "models"
+    assert main.params["modelsContainerName"]["default"] == "models"
+    assert main.modules["storage"][1]["params"]["modelsContainerName"] == Expr("modelsContainerName")
+
+
+def _role_assignments() -> list[tuple[BicepFile, Resource, str]]:
+    found = []
+    for parsed, resource in resources_of_type("Microsoft.Authorization/roleAssignments"):
+        definition = resource.body["properties"]["roleDefinitionId"]
+        assert isinstance(definition, Expr)
+        guids = [
+            v for k, v in parsed.variables.items() if isinstance(v, str) and re.search(rf"\b{k}\b", definition.text)
+        ]
+        assert len(guids) == 1, definition
+        found.append((parsed, resource, guids[0]))
+    return found
+
+
+def _scope_type(parsed: BicepFile, scope: Any) -> str:
+    assert isinstance(scope, Expr)
+    (target,) = [r for r in parsed.resources if r.path == scope.text]
+    return target.type
+
+
+def test_role_assignments_for_the_host_and_the_model_store() -> None:
+    assignments = _role_assignments()
+    owners = [
+        (p, r) for p, r, guid in assignments if guid == STORAGE_BLOB_DATA_OWNER and r.body["properties"]["principalId"]
+    ]
+    assert [_scope_type(p, r.body["scope"]) for p, r in owners] == ["Microsoft.Storage/storageAccounts"]
+    assert owners[0][1].body["properties"]["principalId"] == Expr("appPrincipalId")
+
+    contributors = [(p, r) for p, r, guid in assignments if guid == STORAGE_BLOB_DATA_CONTRIBUTOR]
+    app_on_models = [
+        r
+        for p, r in contributors
+        if r.body["properties"]["principalId"] == Expr("appPrincipalId")
+        and _scope_type(p, r.body["scope"]) == "Microsoft.Storage/storageAccounts/blobServices/containers"
+        and r.body["scope"].text.endswith("::models")
+    ]
+    assert len(app_on_models) == 1 and not app_on_models[0].conditional
+    (models,) = [r for r in bicep("modules/storage-roles.bicep").resources if r.path.endswith("::models")]
+    assert models.body["name"] == Expr("modelsContainerName")
+    # main.bicep gives the roles to the app's identity.
+    roles = bicep("main.bicep").modules["storageRoles"][1]["params"]
+    assert roles["appPrincipalId"] == Expr("identity.outputs.principalId")
+    # Every assignment has a deterministic name, so re-deploying does not collide with itself.
+    for _, resource, _ in assignments:
+        assert isinstance(resource.body["name"], Expr) and resource.body["name"].text.startswith("guid(")
+
+
+def test_application_insights_on_log_analytics() -> None:
+    ((_, workspace),) = resources_of_type("Microsoft.OperationalInsights/workspaces")
+    ((_, insights),) = resources_of_type("Microsoft.Insights/components")
+    assert insights.body["properties"]["WorkspaceResourceId"] == Expr("logAnalytics.id")
+    assert workspace.path == "logAnalytics"
+    settings = bicep("main.bicep").variables["appSettings"]
+    assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == Expr("monitoring.outputs.connectionString")
+
+
+def test_host_storage_uses_the_identity_and_no_secret_is_in_any_file() -> None:
+    settings = bicep("main.bicep").variables["appSettings"]
+    assert settings["AzureWebJobsStorage__accountName"] == Expr("storage.outputs.name")
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["AzureWebJobsStorage__clientId"] == Expr("identity.outputs.clientId")
+    assert settings["AZURE_CLIENT_ID"] == Expr("identity.outputs.clientId")
+    assert "AzureWebJobsStorage" not in settings
+    # In Azure the model store is reached by URL with the identity; secrets are empty.
+    assert isinstance(settings["MODEL_BLOB_ACCOUNT_URL"], Expr)
+    assert settings["MODEL_BLOB_ACCOUNT_URL"].text.startswith("'https://${storage.outputs.name}.blob.")
+    for secret in ("MODEL_BLOB_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "SKILL_API_KEY"):
+        assert settings[secret] == ""
+    for path in [*BICEP_FILES, INFRA / "main.parameters.json"]:
+        text = path.read_text()
+        for forbidden in ("listKeys(", "AccountKey=", "InstrumentationKey="):
+            assert forbidden not in text, f"{path.name} holds {forbidden}"
+
+
+def test_every_setting_the_app_reads_is_in_the_bicep_app_settings_and_the_sample() -> None:
+    names = settings_the_app_reads()
+    assert len(names) >= 20
+    settings = bicep("main.bicep").variables["appSettings"]
+    sample = json.loads((ROOT / "local.settings.json.sample").read_text())["Values"]
+    assert sorted(names - set(settings)) == [], "add these to appSettings in infra/main.bicep"
+    assert sorted(names - set(sample)) == [], "add these to local.settings.json.sample"
+    # Nothing stale or misspelt: every app setting is the app's or the host's.
+    assert sorted(set(settings) - names - HOST_SETTINGS) == []
+
+
+def test_the_literal_app_settings_are_values_settings_accepts() -> None:
+    main = bicep("main.bicep")
+    env = {}
+    for name, value in main.variables["appSettings"].items():
+        if isinstance(value, str):
+            env[name] = value
+        elif isinstance(value, Expr) and value.text in main.params:
+            env[name] = str(main.params[value.text]["default"])
+    assert env["MODEL_REFRESH_SCHEDULE"] == "0 */30 * * * *"
+    settings = Settings.from_env(env)
+    assert settings.refresh_schedule == "0 */30 * * * *" and settings.promotion == "better"
+    assert settings.deadline_s == 200.0 and settings.default_top_k == 5
+
+
+def test_main_parameters_json_and_azure_yaml() -> None:
+    main = bicep("main.bicep")
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert set(parameters) <= set(main.params)
+    required = {name for name, p in main.params.items() if "default" not in p}
+    assert required <= set(parameters)
+    assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    azure_yaml = (ROOT / "azure.yaml").read_text()
+    service = re.search(r"^services:\n  (\w[\w-]*):\n((?:    .*\n)+)", azure_yaml, re.MULTILINE)
+    assert service is not None
+    assert service.group(1) == bicep("modules/functionapp.bicep").params["serviceName"]["default"]
+    assert {line.strip() for line in service.group(2).splitlines()} >= {
+        "project: .",
+        "language: python",
+        "host: function",
+    }
+    assert re.search(r"^infra:\n  provider: bicep\n  path: infra\n  module: main$", azure_yaml, re.MULTILINE)
+
+
+def test_dockerfile_builds_the_lean_runtime_on_the_functions_image() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.startswith("#")]
+    assert "FROM mcr.microsoft.com/azure-functions/python:4-python3.11" in lines
+    assert "RUN pip install --no-cache-dir -r /requirements.txt" in lines
+    assert not any("torch" in line for line in lines)
+    copied = {line.split()[1].rstrip("/") for line in lines if line.startswith("COPY ")}
+    functions = {p.parent.name for p in ROOT.glob("*/function.json")}
+    assert functions and functions <= copied
+    assert {"requirements.txt", "host.json", "shared", "model_cache/sample"} <= copied
+    assert "ENV AzureWebJobsScriptRoot=/home/site/wwwroot \\" in lines
+
+
+@pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_no_unused_parameters_or_variables(path: Path) -> None:
+    """What the Bicep linter warns about (no-unused-params, no-unused-vars)."""
+    parsed = bicep(str(path.relative_to(INFRA)))
+    used = {
+        _text(node)
+        for node in _walk(parse_tree(path))
+        if node.type == "identifier"
+        and node.parent is not None
+        and not (
+            node.parent.type in {"parameter_declaration", "variable_declaration", "object_property"}
+            and node.parent.named_children[0] == node
+        )
+    }
+    assert sorted((set(parsed.params) | set(parsed.variables)) - used) == []

@@ -1,0 +1,615 @@
+"""search-setup: the rendered data source, index, skillset and indexer are what Azure AI Search and the
+skill expect, and apply() writes them with PUT (against a recording HTTP server on 127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import azure.functions as func
+import pytest
+from azure.search.documents._utils.model_base import Model
+from azure.search.documents.indexes import models as sm
+from PIL import Image
+
+import ClassifySkill
+from shared.contract import INPUT_NAMES
+from shared.engine import Classification
+from shared.searchsetup import (
+    API_VERSION,
+    EntraAuth,
+    FunctionKeyAuth,
+    ResourceNames,
+    SearchSetupError,
+    apply,
+    main_search_setup,
+    redacted,
+    render,
+)
+from shared.skill import record_data
+from tests.conftest import SAMPLES, jpeg_bytes
+
+SEARCH = "https://my-search.search.windows.net"
+FUNCTION = "https://func-abc123.azurewebsites.net"
+STORAGE_ID = "/subscriptions/0000-1111/resourceGroups/rg-skill/providers/Microsoft.Storage/storageAccounts/stabc123"
+FUNCTION_KEY = "fk-SECRET-function-key-value"
+ADMIN_KEY = "ak-SECRET-admin-key-value"
+APP_ID = "11111111-2222-3333-4444-555555555555"
+MODELS = {
+    "datasource": sm.SearchIndexerDataSourceConnection,
+    "index": sm.SearchIndex,
+    "skillset": sm.SearchIndexerSkillset,
+    "indexer": sm.SearchIndexer,
+}
+# Free-form maps in the REST API (any key is valid).
+FREE_FORM = (sm.WebApiHttpHeaders,)
+
+
+def rendered_with_key(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    return render(SEARCH, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID, **kwargs)
+
+
+def unknown_keys(model: Model, data: dict[str, Any], where: str) -> list[str]:
+    """Keys the SDK model does not know (a misspelt property the service would reject), recursively."""
+    if isinstance(model, FREE_FORM):
+        return []
+    fields = {f._rest_name: attr for attr, f in type(model)._attr_to_rest_field.items()}
+    found = []
+    for key, value in data.items():
+        if key not in fields:
+            found.append(f"{where}.{key} ({type(model).__name__})")
+            continue
+        typed = getattr(model, fields[key])
+        if isinstance(typed, Model) and isinstance(value, dict):
+            found += unknown_keys(typed, value, f"{where}.{key}")
+        elif isinstance(typed, list) and isinstance(value, list):
+            for i, (item, raw) in enumerate(zip(typed, value, strict=True)):
+                if isinstance(item, Model) and isinstance(raw, dict):
+                    found += unknown_keys(item, raw, f"{where}.{key}[{i}]")
+    return found
+
+
+def sdk_objects(rendered: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    objects = {kind: MODELS[kind](json.loads(json.dumps(rendered[kind]))) for kind in MODELS}
+    for kind, obj in objects.items():
+        assert unknown_keys(obj, rendered[kind], kind) == []
+    return objects
+
+
+# --- render ------------------------------------------------------------------------------------------------
+
+
+def test_render_deserializes_with_the_sdk_models() -> None:
+    rendered = rendered_with_key()
+    assert list(rendered) == ["datasource", "index", "skillset", "indexer"]
+    objects = sdk_objects(rendered)
+
+    datasource = objects["datasource"]
+    assert datasource.name == "automl-images-datasource"
+    assert datasource.type == sm.SearchIndexerDataSourceType.AZURE_BLOB
+    assert datasource.credentials.connection_string == f"ResourceId={STORAGE_ID};"
+    assert datasource.container.name == "images"
+
+    index = objects["index"]
+    assert index.name == "automl-images-index"
+    assert [f.name for f in index.fields if f.key] == ["id"]
+
+    skillset = objects["skillset"]
+    web_api = [s for s in skillset.skills if isinstance(s, sm.WebApiSkill)]
+    assert len(web_api) == 1
+    skill = web_api[0]
+    assert skill.uri == f"{FUNCTION}/api/classify"
+    assert skill.http_method == "POST"
+    assert skill.timeout == datetime.timedelta(seconds=230)
+    assert (skill.batch_size, skill.degree_of_parallelism) == (8, 4)
+    assert skill.context == "/document/normalized_images/*"
+    assert dict(skill.http_headers) == {"x-functions-key": FUNCTION_KEY}
+    assert skill.auth_resource_id is None
+
+    indexer = objects["indexer"]
+    assert (indexer.data_source_name, indexer.target_index_name, indexer.skillset_name) == (
+        "automl-images-datasource",
+        "automl-images-index",
+        "automl-images-skillset",
+    )
+    configuration = indexer.parameters.configuration
+    assert configuration.image_action == sm.BlobIndexerImageAction.GENERATE_NORMALIZED_IMAGES
+    assert configuration.data_to_extract == sm.BlobIndexerDataToExtract.CONTENT_AND_METADATA
+
+
+def test_render_options_names_container_and_capacity() -> None:
+    rendered = rendered_with_key(
+        names=ResourceNames.from_prefix("pets"), container="pet-photos", batch_size=4, degree_of_parallelism=2
+    )
+    assert [rendered[k]["name"] for k in rendered] == ["pets-datasource", "pets-index", "pets-skillset", "pets-indexer"]
+    assert rendered["datasource"]["container"]["name"] == "pet-photos"
+    (skill,) = [s for s in rendered["skillset"]["skills"] if "uri" in s]
+    assert (skill["batchSize"], skill["degreeOfParallelism"]) == (4, 2)
+    # A URL that already ends in /api/classify, or has a trailing slash, gives the same skill URI.
+    for url in (FUNCTION + "/", FUNCTION + "/api/classify", FUNCTION + "/api/classify/"):
+        again = render(SEARCH, url, auth=FunctionKeyAuth("k"), storage_resource_id=STORAGE_ID)
+        assert again["skillset"]["skills"][0]["uri"] == f"{FUNCTION}/api/classify"
+    assert "{{" not in json.dumps(rendered)
+
+
+def test_entra_id_option_also_sends_the_function_key_when_there_is_one() -> None:
+    # ClassifySkill's authLevel is `function`: behind App Service authentication the host still checks keys.
+    rendered = render(SEARCH, FUNCTION, auth=EntraAuth(APP_ID, key="k-123"), storage_resource_id=STORAGE_ID)
+    skill = rendered["skillset"]["skills"][0]
+    assert skill["authResourceId"] == f"{APP_ID}/.default"
+    assert skill["httpHeaders"] == {"x-functions-key": "k-123"}
+
+
+def test_entra_id_option_uses_auth_resource_id_and_no_key() -> None:
+    rendered = render(SEARCH, FUNCTION, auth=EntraAuth(APP_ID), storage_resource_id=STORAGE_ID)
+    skill = rendered["skillset"]["skills"][0]
+    assert "httpHeaders" not in skill
+    assert skill["authResourceId"] == f"{APP_ID}/.default"
+    parsed = sdk_objects(rendered)["skillset"].skills[0]
+    assert parsed.auth_resource_id == f"{APP_ID}/.default" and parsed.http_headers is None
+    # The full value is taken as given.
+    again = render(SEARCH, FUNCTION, auth=EntraAuth(f"api://{APP_ID}/.default"), storage_resource_id=STORAGE_ID)
+    assert again["skillset"]["skills"][0]["authResourceId"] == f"api://{APP_ID}/.default"
+
+
+def test_skill_inputs_and_outputs_are_what_classify_skill_accepts_and_returns() -> None:
+    (skill,) = [s for s in rendered_with_key()["skillset"]["skills"] if s["@odata.type"].endswith("WebApiSkill")]
+    assert [i["name"] for i in skill["inputs"]] == ["image"]
+    assert {i["name"] for i in skill["inputs"]} <= set(INPUT_NAMES)
+    assert skill["inputs"][0]["source"] == "/document/normalized_images/*"
+    data = record_data(
+        Classification(label="cat", confidence=0.9, labels=("cat",), predictions=(("cat", 0.9), ("dog", 0.1))), "v1"
+    )
+    outputs = [o["name"] for o in skill["outputs"]]
+    assert outputs == ["label", "confidence", "labels", "predictions", "modelVersion"]
+    assert set(outputs) <= set(data)
+    # amllabel duplicates label for indexes built for the older PowerSkill; nothing else is left out.
+    assert set(data) - set(outputs) == {"amllabel"}
+
+
+# --- the enrichment pipeline, simulated on the real skill -------------------------------------------------
+
+
+def _relative(item: dict[str, Any], source: str, context: str) -> Any:
+    assert source.startswith(context), f"{source} is outside the skill's context {context}"
+    value: Any = item
+    for part in [p for p in source[len(context) :].split("/") if p]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _at_path(document: dict[str, Any], path: str) -> tuple[Any, bool]:
+    """Values at an enrichment path and whether it is a collection (it goes through '*')."""
+    parts = [p for p in path.split("/") if p]
+    assert parts[0] == "document"
+    values: list[Any] = [document]
+    for part in parts[1:]:
+        if part == "*":
+            values = [v for value in values for v in value]
+        else:
+            values = [value[part] for value in values if isinstance(value, dict) and value.get(part) is not None]
+    return (values, True) if "*" in parts else (values[0] if values else None, False)
+
+
+def _context_items(document: dict[str, Any], context: str) -> list[dict[str, Any]]:
+    items, collection = _at_path(document, context)
+    assert collection
+    return items  # type: ignore[no-any-return]
+
+
+def run_skillset(skillset: dict[str, Any], document: dict[str, Any]) -> None:
+    """What the indexer does with the skillset, in order: call the Web API skill through ClassifySkill.main
+    (the function the Functions host calls), write outputs by targetName, run the Shaper."""
+    for skill in skillset["skills"]:
+        items = _context_items(document, skill["context"])
+        if skill["@odata.type"] == "#Microsoft.Skills.Custom.WebApiSkill":
+            values = [
+                {
+                    "recordId": str(i),
+                    "data": {inp["name"]: _relative(item, inp["source"], skill["context"]) for inp in skill["inputs"]},
+                }
+                for i, item in enumerate(items)
+            ]
+            path = urlsplit(skill["uri"]).path
+            response = ClassifySkill.main(
+                func.HttpRequest(method="POST", url=path, body=json.dumps({"values": values}).encode(), params={})
+            )
+            assert response.status_code == 200
+            answers = {a["recordId"]: a for a in json.loads(response.get_body())["values"]}
+            for i, item in enumerate(items):
+                answer = answers[str(i)]
+                assert answer["errors"] is None
+                for output in skill["outputs"]:
+                    assert output["name"] in answer["data"], f"the skill does not return {output['name']!r}"
+                    item[output.get("targetName", output["name"])] = answer["data"][output["name"]]
+        elif skill["@odata.type"] == "#Microsoft.Skills.Util.ShaperSkill":
+            (output,) = skill["outputs"]
+            for item in items:
+                item[output["targetName"]] = {
+                    inp["name"]: _relative(item, inp["source"], skill["context"]) for inp in skill["inputs"]
+                }
+        else:
+            pytest.fail(f"no simulation for {skill['@odata.type']}")
+
+
+def type_problems(value: Any, field: dict[str, Any], where: str) -> list[str]:
+    """Whether `value` can be indexed into `field` (its EDM type, subfields of complex types)."""
+    kind = field["type"]
+    if kind.startswith("Collection("):
+        if not isinstance(value, list):
+            return [f"{where}: {kind} needs a list, got {type(value).__name__}"]
+        inner = {**field, "type": kind[len("Collection(") : -1]}
+        return [p for i, v in enumerate(value) for p in type_problems(v, inner, f"{where}[{i}]")]
+    if value is None:
+        return []
+    if kind == "Edm.ComplexType":
+        if not isinstance(value, dict):
+            return [f"{where}: complex type needs an object, got {type(value).__name__}"]
+        subfields = {f["name"]: f for f in field["fields"]}
+        found = [f"{where}.{k}: no such subfield in the index" for k in value if k not in subfields]
+        return found + [
+            p for k, v in value.items() if k in subfields for p in type_problems(v, subfields[k], f"{where}.{k}")
+        ]
+    accepted = {
+        "Edm.String": (str,),
+        "Edm.Double": (float, int),
+        "Edm.Int32": (int,),
+        "Edm.Int64": (int,),
+        "Edm.Boolean": (bool,),
+    }[kind]
+    if (isinstance(value, bool) and kind != "Edm.Boolean") or not isinstance(value, accepted):
+        return [f"{where}: {kind} cannot hold {value!r}"]
+    return []
+
+
+def normalized_image(image: Image.Image, page: int) -> dict[str, Any]:
+    """The object Azure AI Search puts at /document/normalized_images/* (generateNormalizedImages)."""
+    return {
+        "$type": "file",
+        "data": base64.b64encode(jpeg_bytes(image)).decode(),
+        "width": image.width,
+        "height": image.height,
+        "originalWidth": image.width,
+        "originalHeight": image.height,
+        "rotationFromOriginal": 0,
+        "contentOffset": 0,
+        "pageNumber": page,
+        "contentType": "image/jpeg",
+        "url": None,
+    }
+
+
+def test_the_pipeline_through_the_real_skill_fills_the_index_fields(install_service: Any) -> None:
+    install_service()
+    rendered = rendered_with_key()
+    # A document with two images, as a PDF with two pictures gives.
+    images = [Image.open(SAMPLES / "coffee.png"), Image.open(SAMPLES / "chelsea.png")]
+    document = {
+        "metadata_storage_path": "https://stabc123.blob.core.windows.net/images/two.pdf",
+        "normalized_images": [normalized_image(img.convert("RGB"), page) for page, img in enumerate(images, 1)],
+    }
+    run_skillset(rendered["skillset"], document)
+
+    index_fields = {f["name"]: f for f in rendered["index"]["fields"]}
+    mapped = {}
+    for mapping in rendered["indexer"]["outputFieldMappings"]:
+        target = mapping["targetFieldName"]
+        assert target in index_fields, f"{target} is not an index field"
+        value, collection = _at_path(document, mapping["sourceFieldName"])
+        assert collection == index_fields[target]["type"].startswith("Collection(")
+        assert type_problems(value, index_fields[target], target) == []
+        mapped[target] = value
+    for mapping in rendered["indexer"]["fieldMappings"]:
+        assert mapping["targetFieldName"] in index_fields
+    assert index_fields["id"]["key"] is True
+
+    images_field = mapped["images"]
+    assert [i["label"] for i in images_field] == ["espresso", "Egyptian cat"]
+    assert [i["pageNumber"] for i in images_field] == [1, 2]
+    assert all(len(i["predictions"]) == 5 and set(i["predictions"][0]) == {"label", "score"} for i in images_field)
+    assert mapped["labels"] == ["espresso", "Egyptian cat"]
+
+
+def test_type_check_catches_a_mismatch() -> None:
+    field = {
+        "name": "images",
+        "type": "Collection(Edm.ComplexType)",
+        "fields": [{"name": "score", "type": "Edm.Double"}],
+    }
+    assert type_problems([{"score": "high"}], field, "images") == ["images[0].score: Edm.Double cannot hold 'high'"]
+    assert type_problems([{"other": 1}], field, "images") == ["images[0].other: no such subfield in the index"]
+    assert type_problems("cat", {"name": "labels", "type": "Collection(Edm.String)"}, "labels") == [
+        "labels: Collection(Edm.String) needs a list, got str"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"storage_resource_id": "stabc123"},
+            "storage resource id 'stabc123' is invalid: expected /subscriptions/<id>/resourceGroups/<group>/providers/"
+            "Microsoft.Storage/storageAccounts/<account> (azd: STORAGE_ACCOUNT_ID)",
+        ),
+        (
+            {"function_url": "http://func.example.net"},
+            "function URL 'http://func.example.net' is invalid: expected an https:// URL",
+        ),
+        (
+            {"function_url": "https://func.example.net/api/classify?code=abc"},
+            "function URL 'https://func.example.net/api/classify?code=abc' is invalid: give it without a query string",
+        ),
+        ({"search_endpoint": "my-search"}, "search endpoint 'my-search' is invalid: expected an https:// URL"),
+        (
+            {"container": "Images"},
+            "container 'Images' is invalid: expected 3-63 lowercase letters, digits and hyphens",
+        ),
+        ({"batch_size": 0}, "batch size 0 is invalid: expected 1 to 1000 (4-16 for images)"),
+        ({"degree_of_parallelism": 11}, "degree of parallelism 11 is invalid: expected 1 to 10"),
+    ],
+)
+def test_render_refuses_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
+    arguments: dict[str, Any] = {
+        "search_endpoint": SEARCH,
+        "function_url": FUNCTION,
+        "auth": FunctionKeyAuth("k"),
+        "storage_resource_id": STORAGE_ID,
+        **kwargs,
+    }
+    with pytest.raises(SearchSetupError) as caught:
+        render(arguments.pop("search_endpoint"), arguments.pop("function_url"), **arguments)
+    assert str(caught.value) == message
+
+
+def test_bad_prefix() -> None:
+    with pytest.raises(SearchSetupError) as caught:
+        ResourceNames.from_prefix("My_Index")
+    assert str(caught.value) == (
+        "name prefix 'My_Index' is invalid: use 1-100 lowercase letters, digits and dashes, starting and ending with "
+        "a letter or digit"
+    )
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+
+
+def namespace(**overrides: Any) -> argparse.Namespace:
+    values: dict[str, Any] = {
+        "search_endpoint": SEARCH,
+        "function_url": FUNCTION,
+        "storage_resource_id": STORAGE_ID,
+        "container": "images",
+        "prefix": "automl-images",
+        "auth_resource_id": None,
+        "function_key_env": "SKILL_FUNCTION_KEY",
+        "key_env": None,
+        "batch_size": 8,
+        "degree_of_parallelism": 4,
+        "dry_run": False,
+    }
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_dry_run_prints_the_json_and_never_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main_search_setup(namespace(dry_run=True), {"SKILL_FUNCTION_KEY": FUNCTION_KEY})
+    out, err = capsys.readouterr()
+    assert (status, err) == (0, "")
+    printed = json.loads(out)
+    assert FUNCTION_KEY not in out
+    assert printed["skillset"]["skills"][0]["httpHeaders"] == {"x-functions-key": "<redacted: $SKILL_FUNCTION_KEY>"}
+    assert printed == redacted(rendered_with_key())
+    # Without the key in the environment the dry run still works: it never needs the key.
+    assert main_search_setup(namespace(dry_run=True), {}) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+
+
+def test_dry_run_with_entra_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_search_setup(namespace(dry_run=True, auth_resource_id=APP_ID), {}) == 0
+    skill = json.loads(capsys.readouterr().out)["skillset"]["skills"][0]
+    assert skill["authResourceId"] == f"{APP_ID}/.default" and "httpHeaders" not in skill
+
+
+class Recorder:
+    """A tiny search service on 127.0.0.1 that records every request (header names lowercased) and answers
+    from a script."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # path prefix -> (status, body)
+        self.seen: set[str] = set()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                url = urlsplit(self.path)
+                recorder.requests.append(
+                    {
+                        "path": url.path,
+                        "query": parse_qs(url.query),
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
+                )
+                status, answer = next(
+                    (a for prefix, a in recorder.answers.items() if url.path.startswith(prefix)),
+                    (200 if url.path in recorder.seen else 201, body),
+                )
+                recorder.seen.add(url.path)
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        host, port = self.server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+
+
+@pytest.fixture
+def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    recorder = Recorder()
+    thread = threading.Thread(target=recorder.server.serve_forever, daemon=True)
+    thread.start()
+    yield recorder
+    recorder.server.shutdown()
+    recorder.server.server_close()
+
+
+def test_apply_puts_the_four_objects_in_order_with_the_named_key_env(
+    search_service: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"MY_SEARCH_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    args = namespace(search_endpoint=search_service.url, key_env="MY_SEARCH_KEY")
+    assert main_search_setup(args, env) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.splitlines() == [
+        "datasource automl-images-datasource: created",
+        "index automl-images-index: created",
+        "skillset automl-images-skillset: created",
+        "indexer automl-images-indexer: created",
+    ]
+    requests = search_service.requests
+    assert [r["path"] for r in requests] == [
+        "/datasources/automl-images-datasource",
+        "/indexes/automl-images-index",
+        "/skillsets/automl-images-skillset",
+        "/indexers/automl-images-indexer",
+    ]
+    assert all(r["query"] == {"api-version": [API_VERSION]} for r in requests)
+    assert API_VERSION == "2024-07-01"
+    assert all(r["headers"]["api-key"] == ADMIN_KEY for r in requests)
+    assert all(r["headers"]["content-type"] == "application/json" for r in requests)
+    assert "authorization" not in requests[0]["headers"]
+    expected = render(search_service.url, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID)
+    assert [r["body"] for r in requests] == [expected[k] for k in ("datasource", "index", "skillset", "indexer")]
+    # The service needs the real key; only printing hides it.
+    assert requests[2]["body"]["skills"][0]["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
+
+    # Running again updates in place.
+    assert main_search_setup(args, env) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "datasource automl-images-datasource: updated"
+
+
+def test_apply_defaults_to_search_admin_key(search_service: Recorder) -> None:
+    rendered = rendered_with_key()
+    env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    assert main_search_setup(namespace(search_endpoint=search_service.url), env) == 0
+    assert {r["headers"]["api-key"] for r in search_service.requests} == {ADMIN_KEY}
+    assert len(rendered) == 4
+
+
+def test_apply_with_an_entra_id_credential_sends_a_bearer_token(search_service: Recorder) -> None:
+    class FakeCredential:
+        def __init__(self) -> None:
+            self.scopes: list[tuple[str, ...]] = []
+
+        def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+            self.scopes.append(scopes)
+            return argparse.Namespace(token="eyJ-token", expires_on=0)
+
+    credential = FakeCredential()
+    lines = apply(rendered_with_key(), search_service.url, credential)
+    assert len(lines) == 4
+    assert credential.scopes == [("https://search.azure.com/.default",)]
+    assert {r["headers"]["authorization"] for r in search_service.requests} == {"Bearer eyJ-token"}
+    assert all("api-key" not in r["headers"] for r in search_service.requests)
+
+
+def test_403_is_one_clear_line_without_the_key(search_service: Recorder, capsys: pytest.CaptureFixture[str]) -> None:
+    search_service.answers["/datasources/"] = (403, {"error": {"code": "", "message": "Forbidden"}})
+    env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    assert main_search_setup(namespace(search_endpoint=search_service.url), env) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: search service {search_service.url} refused the admin key (403 Forbidden) while writing the "
+        "datasource 'automl-images-datasource': check that it is an admin key (not a query key) of this service\n"
+    )
+    assert ADMIN_KEY not in err and FUNCTION_KEY not in err
+    assert len(search_service.requests) == 1
+
+
+def test_a_rejected_object_relays_the_service_message(
+    search_service: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = "The request is invalid. Details: Cannot change field 'labels' type.\nSecond line."
+    search_service.answers["/indexes/"] = (400, {"error": {"code": "OperationNotAllowed", "message": message}})
+    env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    assert main_search_setup(namespace(search_endpoint=search_service.url), env) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: search service {search_service.url} answered 400 Bad Request to the index 'automl-images-index': "
+        "The request is invalid. Details: Cannot change field 'labels' type. Second line.\n"
+    )
+    assert [r["path"] for r in search_service.requests] == [
+        "/datasources/automl-images-datasource",
+        "/indexes/automl-images-index",
+    ]
+
+
+def test_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    assert main_search_setup(namespace(search_endpoint=endpoint), env) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: search service {endpoint} is unreachable (")
+    assert "Traceback" not in err and ADMIN_KEY not in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        (
+            {"key_env": "MY_SEARCH_KEY"},
+            {"SKILL_FUNCTION_KEY": FUNCTION_KEY},
+            "error: environment variable MY_SEARCH_KEY is not set: put an admin key of the search service there, "
+            "for example with `az search admin-key show -g <group> --service-name <service>`, or leave out "
+            "--key-env to sign in with Entra ID\n",
+        ),
+        (
+            {},
+            {"SEARCH_ADMIN_KEY": ADMIN_KEY},
+            "error: environment variable SKILL_FUNCTION_KEY is not set: put ClassifySkill's function key there, for "
+            "example with `az functionapp function keys list -g <group> -n <app> --function-name ClassifySkill`, "
+            "or pass --auth-resource-id for Entra ID\n",
+        ),
+    ],
+)
+def test_missing_key_variables_are_one_line_and_nothing_is_sent(
+    search_service: Recorder,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    assert main_search_setup(namespace(search_endpoint=search_service.url, **overrides), env) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", message)
+    assert search_service.requests == []
