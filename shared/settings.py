@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.errors import SettingsError
 from shared.images import ImageLimits
@@ -188,3 +188,20 @@ class Settings:
                 env, "MODEL_REFRESH_SCHEDULE", "0 */30 * * * *", _ncrontab, "a six-field NCRONTAB expression"
             ),
         )
+
+
+class _RecordingEnv(dict[str, str]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def setting_names() -> frozenset[str]:
+    """Every app-setting name Settings.from_env reads (legacy aliases included), for docs and deployment checks."""
+    env = _RecordingEnv()
+    Settings.from_env(env)
+    return frozenset(env.asked)

@@ -6,26 +6,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import SettingsError
-from shared.settings import Settings
+from shared.settings import Settings, setting_names
 from tests.conftest import ROOT
-
-
-class RecordingEnv(dict[str, str]):
-    """A mapping that remembers which keys were asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: set[str] = set()
-
-    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
-        self.asked.add(key)
-        return super().get(key, default)
-
-
-def setting_names() -> set[str]:
-    env = RecordingEnv()
-    Settings.from_env(env)
-    return env.asked
 
 
 def test_defaults() -> None:
