@@ -358,7 +358,7 @@ record_data = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(st.tuples(st.text(min_size=1, max_size=6), record_data), max_size=6, unique_by=lambda r: r[0]),
     st.dictionaries(st.sampled_from(["topK", "threshold"]), st.text(max_size=4), max_size=2),
