@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -93,10 +95,12 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         )
     failed = 0
     show_progress = len(files) >= PROGRESS_MIN_FILES and err.isatty()
+    workers = settings.decode_threads or os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and len(files) > 1 else None
     started = time.perf_counter()
     for start in range(0, len(files), BATCH):
         chunk = files[start : start + BATCH]
-        outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options)
+        outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options, pool=pool)
         for (name, _), outcome in zip(chunk, outcomes, strict=True):
             if outcome.errors:
                 failed += 1
@@ -111,6 +115,8 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         if show_progress:
             err.write(f"\rclassified {min(start + BATCH, len(files))}/{len(files)}")
             err.flush()
+    if pool is not None:
+        pool.shutdown()
     if show_progress:
         err.write("\n")
     if len(files) >= PROGRESS_MIN_FILES or failed:
