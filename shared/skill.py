@@ -1,6 +1,6 @@
 """Classify a batch of encoded images: decode with limits, batched inference, one answer per image.
 
-Both the HTTP skill (`contract.handle_skill_request`) and the CLI go through `classify_batch`, so what a
+Both the HTTP skill (`app.SkillService.classify`) and the CLI go through `classify_batch`, so what a
 user sees locally is what the search index gets.
 """
 
