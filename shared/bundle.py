@@ -67,12 +67,11 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """Everything needed to serve one model; `model_bytes` is the ONNX file read once."""
+    """Everything needed to serve one model (the ONNX file itself stays on disk: ONNX Runtime reads it)."""
 
     root: Path
     model_path: Path
     labels_path: Path
-    model_bytes: bytes
     labels: tuple[str, ...]
     task: Task
     preprocessing: Preprocessing
@@ -273,7 +272,6 @@ def load_bundle(path: str | Path) -> ModelBundle:
         root=root,
         model_path=model_path,
         labels_path=labels_path,
-        model_bytes=model_bytes,
         labels=labels,
         task=task,
         preprocessing=Preprocessing(resize=resize, crop=crop, mean=mean, std=std, in_graph=in_graph),

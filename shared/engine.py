@@ -95,7 +95,7 @@ class Engine:
         options.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(
-                bundle.model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+                str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own unrelated types for bad graphs
             first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__

@@ -34,6 +34,7 @@ from shared.bundle import (
     MODEL_FILE,
     ModelBundle,
     build_manifest,
+    file_entry,
     load_bundle,
     write_manifest,
 )
@@ -544,7 +545,7 @@ def default_version(bundle: ModelBundle, source: dict[str, Any]) -> str:
     if isinstance(run_id, str) and run_id and (named := version_from_run_id(run_id)):
         return named
     digest = hashlib.sha256()
-    digest.update(_sha256(bundle.model_bytes).encode())
+    digest.update(file_entry(bundle.model_path)["sha256"].encode())
     digest.update(_sha256(bundle.labels_path.read_bytes()).encode())
     digest.update(json.dumps({"task": bundle.task, **bundle.preprocessing.as_dict()}, sort_keys=True).encode())
     return "m-" + digest.hexdigest()[:12]
