@@ -90,7 +90,7 @@ def _bool(raw: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting the app reads; names match the app-setting names (see README, "Settings")."""
+    """Every setting the app reads; names match the app-setting names (see docs/settings.md)."""
 
     model_dir: Path | None = None
     engine_threads: int = 0

@@ -58,7 +58,7 @@ def test_every_setting_is_in_the_sample_and_the_readme() -> None:
     names = setting_names()
     assert len(names) >= 12
     sample = json.loads((ROOT / "local.settings.json.sample").read_text())["Values"]
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "settings.md").read_text()
     from shared.settings import LEGACY_ALIASES
 
     assert names - set(sample) - set(LEGACY_ALIASES) == set()
