@@ -1,8 +1,9 @@
-// The AutoML image classifier skill on Azure Functions: identity, storage (host, deployment package,
-// model store, images), monitoring, the plan and the app. Deploy with `azd up`, or
-// `az deployment group create -g <group> -f infra/main.bicep -p infra/main.parameters.json` and a zip
-// deploy (README "Deploy to Azure"). No secret is passed or stored: every connection uses the app's
-// managed identity.
+// The AutoML image classifier skill on Azure Functions (Flex Consumption): identity, storage (host,
+// deployment package, model store, images), monitoring, the plan and the app. Deploy with `azd up`, or with
+// the Azure CLI passing parameters inline (docs/deploy.md "With the Azure CLI"):
+//   az deployment group create -g <group> -f infra/main.bicep -p environmentName=<name> principalId=<object-id>
+// main.parameters.json is azd's: its ${...} substitutions reach the Azure CLI as literal strings, so do not
+// pass it to `az deployment`. No secret is passed or stored: every connection uses the app's managed identity.
 targetScope = 'resourceGroup'
 
 @description('Name of the environment (azd: AZURE_ENV_NAME); resource names derive from it.')
@@ -13,13 +14,6 @@ param environmentName string
 @description('Region of every resource. Flex Consumption is offered in a subset of regions.')
 param location string = resourceGroup().location
 
-@description('Hosting plan: FlexConsumption (FC1) or ElasticPremium.')
-@allowed([
-  'FlexConsumption'
-  'ElasticPremium'
-])
-param planType string = 'FlexConsumption'
-
 @description('Flex Consumption instance memory, MB. 4096 leaves room for two model versions during a swap plus decoding buffers.')
 @allowed([
   2048
@@ -27,23 +21,20 @@ param planType string = 'FlexConsumption'
 ])
 param instanceMemoryMB int = 4096
 
-@description('Most instances the app scales out to. The indexer sends degreeOfParallelism calls at once, so more instances than that gain nothing for one indexer.')
-@minValue(1)
+@description('Flex Consumption: most instances the app scales out to, 40 to 1000 (the platform\'s bounds). A cap, not a reservation: idle instances cost nothing.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+@description('Flex Consumption always-ready instances for the HTTP functions (the skill): kept warm and billed while idle, so an indexer run never meets a cold start. 0: scale to zero.')
+@minValue(0)
+@maxValue(1000)
+param alwaysReadyInstances int = 0
 
 @description('Flex Consumption: skill calls one instance handles at once. 1 (one batch uses every core): an indexer with degreeOfParallelism N then keeps N instances busy.')
 @minValue(1)
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 1
-
-@description('Elastic Premium size, used when planType is ElasticPremium.')
-@allowed([
-  'EP1'
-  'EP2'
-  'EP3'
-])
-param elasticPremiumSku string = 'EP1'
 
 @description('Container of the model store.')
 param modelsContainerName string = 'models'
@@ -54,7 +45,7 @@ param imagesContainerName string = 'images'
 @description('Object id of the deploying user (azd: AZURE_PRINCIPAL_ID); gets blob access to the models and images containers. Empty: none.')
 param principalId string = ''
 
-@description('Kind of principal principalId is.')
+@description('Kind of principal principalId is (azd: AZURE_PRINCIPAL_TYPE, default User). ServicePrincipal when a pipeline deploys.')
 @allowed([
   'User'
   'ServicePrincipal'
@@ -99,6 +90,9 @@ var deploymentContainerName = 'app-package-${resourceToken}'
 var amlEnabled = !empty(amlWorkspaceName)
 var amlSubscription = empty(amlSubscriptionId) ? subscription().subscriptionId : amlSubscriptionId
 var amlGroup = empty(amlResourceGroup) ? resourceGroup().name : amlResourceGroup
+// Whether RefreshModel has anything to do. Without it the timer is disabled, so that it does not wake a Flex
+// instance every tick only to log that nothing is configured (shared/refresh.py: scheduled_work_configured).
+var refreshHasWork = amlEnabled
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -160,9 +154,6 @@ module plan 'modules/plan.bicep' = {
     name: 'plan-${resourceToken}'
     location: location
     tags: allTags
-    planType: planType
-    elasticPremiumSku: elasticPremiumSku
-    maximumElasticWorkerCount: min(maximumInstanceCount, 100)
   }
 }
 
@@ -198,6 +189,8 @@ var appSettings = {
   MODEL_PROMOTION: modelPromotion
   // The timer binding reads %MODEL_REFRESH_SCHEDULE%: the host does not start RefreshModel without it.
   MODEL_REFRESH_SCHEDULE: modelRefreshSchedule
+  // Microsoft Learn, "How to disable functions in Azure Functions": AzureWebJobs.<FUNCTION_NAME>.Disabled.
+  'AzureWebJobs.RefreshModel.Disabled': refreshHasWork ? 'false' : 'true'
 
   // Serving. AZUREML_MODEL_DIR is for a local folder instead of the store: unused in Azure.
   AZUREML_MODEL_DIR: ''
@@ -222,12 +215,12 @@ module functionApp 'modules/functionapp.bicep' = {
     location: location
     tags: allTags
     planId: plan.outputs.id
-    planType: planType
     identityId: identity.outputs.id
     storageBlobEndpoint: storage.outputs.blobEndpoint
     deploymentContainerName: storage.outputs.deploymentContainerName
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    alwaysReadyInstances: alwaysReadyInstances
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
     appSettings: union(appSettings, appSettingOverrides)
   }

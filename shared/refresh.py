@@ -236,11 +236,30 @@ def refresh_from_run_dir(
         )
 
 
+def timer_has_work(settings: Settings) -> bool:
+    """Whether RefreshModel's timer has anything to do with these settings: today, an AML workspace to poll.
+
+    infra/main.bicep holds the same condition (`refreshHasWork`) and disables the timer
+    (`AzureWebJobs.RefreshModel.Disabled`) when it is false, so that a Flex Consumption app is not woken every
+    tick for nothing. A second duty of the timer joins here, as an `or`, and in the Bicep variable.
+    """
+    return settings.aml_requested
+
+
 def run_scheduled(past_due: bool = False) -> RefreshOutcome | None:
-    """The timer's entry point: one summary line when it worked, one error line when it did not."""
+    """The timer's entry point: one summary line when it worked, one error line when it did not, one INFO line
+    when there is nothing to do (no AML workspace configured: not an error, models are then published by hand)."""
     started = time.monotonic()
     try:
-        outcome = refresh_model(Settings.from_env())
+        settings = Settings.from_env()
+        if not timer_has_work(settings):
+            logger.info(
+                "refresh: nothing to do: no AML workspace is configured (set AML_SUBSCRIPTION_ID, AML_RESOURCE_GROUP, "
+                "AML_WORKSPACE_NAME and AML_EXPERIMENT_NAME to refresh from AML, or set "
+                "AzureWebJobs.RefreshModel.Disabled=true to stop this timer)"
+            )
+            return None
+        outcome = refresh_model(settings)
     except ClassifierError as exc:
         logger.error("refresh failed after %.0f ms: %s", 1000 * (time.monotonic() - started), exc)
         return None

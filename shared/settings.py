@@ -123,6 +123,14 @@ class Settings:
     def uses_blob_store(self) -> bool:
         return bool(self.blob_connection_string or self.blob_account_url)
 
+    @property
+    def aml_requested(self) -> bool:
+        """Whether any AML_* setting is set, i.e. RefreshModel is meant to poll a workspace (it then needs all
+        four, and says which are missing)."""
+        return any(
+            (self.aml_subscription_id, self.aml_resource_group, self.aml_workspace_name, self.aml_experiment_name)
+        )
+
     def model_cache_dir(self) -> Path:
         """MODEL_CACHE_DIR, else model_cache/ beside the app when writable (locally), else the temp dir
         (the deployed app package is read-only)."""

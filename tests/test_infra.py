@@ -16,6 +16,7 @@ import tree_sitter_bicep
 from tree_sitter import Language, Node, Parser
 
 from shared.settings import LEGACY_ALIASES, Settings, setting_names
+from tests import bicepeval
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
@@ -24,8 +25,11 @@ PARSER = Parser(Language(tree_sitter_bicep.language()))
 
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 # Settings the Functions host or platform reads, not shared/settings.py.
 HOST_SETTINGS = {
+    "AzureWebJobs.RefreshModel.Disabled",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
@@ -290,22 +294,39 @@ def _loop_variables(node: Node) -> set[str]:
 # --- the resources ---------------------------------------------------------------------------------------
 
 
-def test_flex_consumption_plan_with_an_elastic_premium_option() -> None:
+def test_flex_consumption_plan_only() -> None:
+    """Elastic Premium was dropped (issue 10, defect 2): its zip push with remote build and no Azure Files share
+    is not a documented way to run Premium, and nothing here could test the documented one."""
     main = bicep("main.bicep")
-    assert main.params["planType"]["default"] == "FlexConsumption"
-    assert set(main.params["planType"]["allowed"]) == {"FlexConsumption", "ElasticPremium"}
+    assert "planType" not in main.params and "elasticPremiumSku" not in main.params
     assert main.params["instanceMemoryMB"]["default"] == 4096
-    assert 4096 in main.params["instanceMemoryMB"]["allowed"]
-    assert main.params["maximumInstanceCount"]["type"] == "int"
-    assert main.modules["plan"][1]["params"]["planType"] == Expr("planType")
-
-    plan_file = bicep("modules/plan.bicep")
+    assert set(main.params["instanceMemoryMB"]["allowed"]) == {2048, 4096}
     ((_, plan),) = resources_of_type("Microsoft.Web/serverfarms")
-    assert plan.body["sku"] == Expr("skus[planType]")
-    assert plan_file.variables["skus"]["FlexConsumption"] == {"name": "FC1", "tier": "FlexConsumption"}
-    assert plan_file.variables["skus"]["ElasticPremium"]["tier"] == "ElasticPremium"
-    assert plan_file.variables["kinds"] == {"FlexConsumption": "functionapp", "ElasticPremium": "elastic"}
-    assert plan.body["properties"]["reserved"] is True  # Linux
+    assert plan.body["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    assert plan.body["kind"] == "functionapp"
+    assert plan.body["properties"] == {"reserved": True}  # Linux
+    for path in [*BICEP_FILES, ROOT / "azure.yaml", INFRA / "main.parameters.json"]:
+        assert "ElasticPremium" not in path.read_text(), path.name
+    for path in [ROOT / "README.md", ROOT / "docs" / "deploy.md"]:
+        text = path.read_text()
+        assert not {"ElasticPremium", "planType", "PLAN_TYPE", "elasticPremiumSku"} & set(re.findall(r"\w+", text))
+
+
+@pytest.mark.parametrize("path", ["main.bicep", "modules/functionapp.bicep"])
+def test_maximum_instance_count_has_flex_consumptions_bounds(path: str) -> None:
+    """Flex Consumption's lowest maximum is 40 and its highest 1000 (Microsoft's Flex Consumption Bicep sample:
+    @minValue(40) @maxValue(1000))."""
+    declared = bicepeval.parameters(path)
+    assert (declared["maximumInstanceCount"]["minValue"], declared["maximumInstanceCount"]["maxValue"]) == (40, 1000)
+    assert 40 <= declared["maximumInstanceCount"]["default"] <= 1000
+    assert declared["alwaysReadyInstances"]["minValue"] == 0 and declared["alwaysReadyInstances"]["default"] == 0
+
+
+@pytest.mark.parametrize("count, expected", [(0, []), (2, [{"name": "http", "instanceCount": 2}])])
+def test_always_ready_instances_keep_the_http_group_warm(count: int, expected: list[dict[str, Any]]) -> None:
+    (app,) = [r for r in bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, "alwaysReadyInstances": count})
+              if r.type == "Microsoft.Web/sites"]  # fmt: skip
+    assert app.body["properties"]["functionAppConfig"]["scaleAndConcurrency"]["alwaysReady"] == expected
 
 
 def test_function_app_runs_python_311_as_the_managed_identity() -> None:
@@ -314,14 +335,13 @@ def test_function_app_runs_python_311_as_the_managed_identity() -> None:
     assert app.body["kind"] == "functionapp,linux"
     assert app.body["identity"]["type"] == "UserAssigned"
     properties = app.body["properties"]
-    assert properties["functionAppConfig"] == Expr("isFlex ? flexConfig : null")
-    assert app_file.variables["isFlex"] == Expr("planType == 'FlexConsumption'")
+    assert properties["functionAppConfig"] == Expr("flexConfig")
     flex = app_file.variables["flexConfig"]
     assert flex["runtime"] == {"name": "python", "version": "3.11"}
-    assert flex["scaleAndConcurrency"] == {
-        "instanceMemoryMB": Expr("instanceMemoryMB"),
-        "maximumInstanceCount": Expr("maximumInstanceCount"),
-        "triggers": {"http": {"perInstanceConcurrency": Expr("httpPerInstanceConcurrency")}},
+    assert flex["scaleAndConcurrency"]["instanceMemoryMB"] == Expr("instanceMemoryMB")
+    assert flex["scaleAndConcurrency"]["maximumInstanceCount"] == Expr("maximumInstanceCount")
+    assert flex["scaleAndConcurrency"]["triggers"] == {
+        "http": {"perInstanceConcurrency": Expr("httpPerInstanceConcurrency")}
     }
     assert app_file.params["httpPerInstanceConcurrency"]["default"] == 1
     storage = flex["deployment"]["storage"]
@@ -330,9 +350,6 @@ def test_function_app_runs_python_311_as_the_managed_identity() -> None:
         "type": "UserAssignedIdentity",
         "userAssignedIdentityResourceId": Expr("identityId"),
     }
-    assert properties["siteConfig"]["linuxFxVersion"] == Expr("isFlex ? null : 'Python|3.11'")
-    premium = app_file.variables["premiumSettings"]
-    assert premium["FUNCTIONS_WORKER_RUNTIME"] == "python" and premium["FUNCTIONS_EXTENSION_VERSION"] == "~4"
     # azd deploys to the app tagged with the service name in azure.yaml.
     assert app_file.params["serviceName"]["default"] == "skill"
     ((_, identity),) = resources_of_type("Microsoft.ManagedIdentity/userAssignedIdentities")
@@ -404,6 +421,22 @@ def test_role_assignments_for_the_host_and_the_model_store() -> None:
         assert isinstance(resource.body["name"], Expr) and resource.body["name"].text.startswith("guid(")
 
 
+@pytest.mark.parametrize(
+    "role", [STORAGE_BLOB_DATA_OWNER, STORAGE_QUEUE_DATA_CONTRIBUTOR, STORAGE_TABLE_DATA_CONTRIBUTOR]
+)
+def test_the_app_identity_has_what_the_host_needs_on_its_storage_account(role: str) -> None:
+    """Microsoft Learn "Connecting to host storage with an identity" and Microsoft's Flex Consumption Bicep
+    sample (rbac.bicep): Blob Data Owner, Queue Data Contributor, Table Data Contributor on the account."""
+    granted = [
+        (p, r)
+        for p, r, guid in _role_assignments()
+        if guid == role and r.body["properties"]["principalId"] == Expr("appPrincipalId")
+    ]
+    assert [_scope_type(p, r.body["scope"]) for p, r in granted] == ["Microsoft.Storage/storageAccounts"]
+    assert not granted[0][1].conditional
+    assert granted[0][1].body["properties"]["principalType"] == "ServicePrincipal"
+
+
 def test_application_insights_on_log_analytics() -> None:
     ((_, workspace),) = resources_of_type("Microsoft.OperationalInsights/workspaces")
     ((_, insights),) = resources_of_type("Microsoft.Insights/components")
@@ -464,6 +497,9 @@ def test_main_parameters_json_and_azure_yaml() -> None:
     assert required <= set(parameters)
     assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    # azd provision as a service principal (CI) needs ServicePrincipal here, or ARM answers UnmatchedPrincipalType.
+    assert parameters["principalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
+    assert set(main.params["principalType"]["allowed"]) == {"User", "ServicePrincipal", "Group"}
     azure_yaml = (ROOT / "azure.yaml").read_text()
     service = re.search(r"^services:\n  (\w[\w-]*):\n((?:    .*\n)+)", azure_yaml, re.MULTILINE)
     assert service is not None
@@ -503,3 +539,193 @@ def test_no_unused_parameters_or_variables(path: Path) -> None:
         )
     }
     assert sorted((set(parsed.params) | set(parsed.variables)) - used) == []
+
+
+# --- every resource body against Azure's type definitions (bicep-types-az) -------------------------------------
+
+CASES = bicepeval.parameter_cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[bicepeval.case_id(c) for c in CASES])
+def test_every_resource_body_matches_its_bicep_type_definition(case: dict[str, Any]) -> None:
+    resources = bicepeval.evaluate(case)
+    assert len(resources) >= 15
+    assert [error for resource in resources for error in bicepeval.check_resource(resource)] == []
+
+
+def test_the_parameter_cases_reach_the_conditional_branches() -> None:
+    """The sweep is only worth something if it switches branches: each conditional resource is deployed in
+    some case and left out in another, and each ternary on a parameter takes both sides."""
+    seen: dict[str, set[bool]] = {}
+    settings_seen: set[str] = set()
+    for case in CASES:
+        resources = bicepeval.evaluate(case)
+        symbols = {f"{r.file}:{r.symbol}" for r in resources}
+        for symbol in ("modules/aml-role.bicep:dataScientist", "modules/storage-roles.bicep:searchImagesReader",
+                       "modules/storage-roles.bicep:deployerModelsContributor"):  # fmt: skip
+            seen.setdefault(symbol, set()).add(symbol in symbols)
+        (app,) = [r for r in resources if r.type == "Microsoft.Web/sites"]
+        settings = {s["name"]: s["value"] for s in app.body["properties"]["siteConfig"]["appSettings"]}
+        settings_seen.add(settings["AzureWebJobs.RefreshModel.Disabled"])
+    assert all(both == {True, False} for both in seen.values()), seen
+    assert settings_seen == {"true", "false"}
+
+
+def _functionapp_with(old: str, new: str) -> dict[str, str]:
+    source = (INFRA / "modules" / "functionapp.bicep").read_text()
+    assert old in source, old
+    return {"modules/functionapp.bicep": source.replace(old, new, 1)}
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "    httpsOnly: true\n",
+            "    httpsOnly: true\n    httpsOnlyy: true\n",
+            "properties.httpsOnlyy: unknown property",
+        ),
+        (
+            "      minTlsVersion: '1.2'\n",
+            "      minTlsVersion: '1.2'\n      scaleAndConcurrency: {}\n",
+            "properties.siteConfig.scaleAndConcurrency: unknown property",
+        ),  # misplaced: belongs in functionAppConfig
+        (
+            "    type: 'UserAssigned'\n",
+            "    type: 'UserAssgned'\n",
+            "identity.type: 'UserAssgned' is not one of 'SystemAssigned' | 'UserAssigned'",
+        ),
+        ("    httpsOnly: true\n", "    httpsOnly: 'true'\n", "properties.httpsOnly: 'true' is not a boolean"),
+        (
+            "    maximumInstanceCount: maximumInstanceCount\n",
+            "    maximumInstanceCount: '40'\n",
+            "scaleAndConcurrency.maximumInstanceCount: '40' is not an integer",
+        ),
+        (
+            "    httpsOnly: true\n",
+            "    httpsOnly: true\n    defaultHostName: 'x.example'\n",
+            "properties.defaultHostName: read-only property",
+        ),
+        (
+            "    httpsOnly: true\n",
+            "    httpsOnly: true\n    HttpsOnly: true\n",
+            "properties.HttpsOnly: unknown property; the definition spells it 'httpsOnly'",
+        ),
+        ("Microsoft.Web/sites@2024-04-01", "Microsoft.Web/sites@2099-01-01", "no type definition for this type"),
+    ],
+)
+def test_the_schema_check_reports_injected_defects(old: str, new: str, message: str) -> None:
+    resources = bicepeval.evaluate(CASES[0], sources=_functionapp_with(old, new))
+    errors = [error for resource in resources for error in bicepeval.check_resource(resource)]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+# --- what Flex Consumption rejects although the schema allows it ----------------------------------------------
+
+# Microsoft Learn, "App settings reference for Azure Functions", section "Flex Consumption plan deprecations"
+# (learn.microsoft.com/azure/azure-functions/functions-app-settings#flex-consumption-plan-deprecations), plus the
+# siteConfig properties of ARM's BadRequest quoted in Azure/azure-cli#31414 and microsoft/azure-pipelines-tasks
+# #21032. One row per name; add a row when Microsoft adds one.
+FLEX_REJECTED_APP_SETTINGS = {
+    "ENABLE_ORYX_BUILD": "replaced by the remoteBuild parameter of a Flex deployment",
+    "FUNCTIONS_EXTENSION_VERSION": "set by the backend",
+    "FUNCTIONS_WORKER_RUNTIME": "replaced by functionAppConfig.runtime.name",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION": "replaced by functionAppConfig.runtime.version",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY": "replaced by functionAppConfig.scaleAndConcurrency.triggers",
+    "FUNCTIONS_WORKER_PROCESS_COUNT": "not valid",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED": "not valid",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": "replaced by the remoteBuild parameter of a Flex deployment",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": "replaced by functionAppConfig.deployment",
+    "WEBSITE_CONTENTOVERVNET": "not used for networking in Flex Consumption",
+    "WEBSITE_CONTENTSHARE": "replaced by functionAppConfig.deployment",
+    "WEBSITE_DNS_SERVER": "DNS comes from the integrated virtual network",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT": "replaced by scaleAndConcurrency.maximumInstanceCount",
+    "WEBSITE_NODE_DEFAULT_VERSION": "replaced by functionAppConfig.runtime.version",
+    "WEBSITE_RUN_FROM_PACKAGE": "not used for deployments in Flex Consumption",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": "no content share in Flex Consumption",
+    "WEBSITE_VNET_ROUTE_ALL": "not used for networking in Flex Consumption",
+}
+# Site properties, checked on `properties` and on `properties.siteConfig` (the table writes `properties.X`
+# for both; ARM's error names them Site.SiteConfig.X), case-insensitively as ARM reads them.
+FLEX_REJECTED_SITE_PROPERTIES = {
+    "alwaysOn": "not valid",
+    "containerSize": "renamed instanceMemoryMB",
+    "dnsConfiguration": "custom DNS comes from the virtual network",
+    "ftpsState": "FTPS not supported (ARM BadRequest, Azure/azure-cli#31414)",
+    "isReserved": "not valid",
+    "isXenon": "not valid",
+    "javaVersion": "replaced by functionAppConfig.runtime.version",
+    "linuxFxVersion": "replaced by functionAppConfig.runtime",
+    "netFrameworkVersion": "replaced by functionAppConfig.runtime.version (ARM BadRequest)",
+    "powerShellVersion": "replaced by functionAppConfig.runtime.version",
+    "functionAppScaleLimit": "renamed maximumInstanceCount",
+    "preWarmedInstanceCount": "renamed alwaysReady (ARM BadRequest)",
+    "use32BitWorkerProcess": "32-bit not supported (ARM BadRequest)",
+    "functionsRuntimeScaleMonitoringEnabled": "ARM BadRequest, Azure/azure-cli#31414",
+    "vnetBackupRestoreEnabled": "not used for networking in Flex Consumption",
+    "vnetContentShareEnabled": "not used for networking in Flex Consumption",
+    "vnetImagePullEnabled": "not used for networking in Flex Consumption",
+    "vnetRouteAllEnabled": "not used for networking in Flex Consumption",
+    "windowsFxVersion": "not valid",
+}
+
+
+def flex_violations(resources: list[bicepeval.Deployed]) -> list[str]:
+    """What a Flex Consumption app in `resources` sends that Flex rejects or ignores."""
+    found = []
+    rejected_properties = {name.lower(): why for name, why in FLEX_REJECTED_SITE_PROPERTIES.items()}
+    for app in [r for r in resources if r.type == "Microsoft.Web/sites" and not r.existing]:
+        properties = app.body.get("properties", {})
+        site_config = properties.get("siteConfig") or {}
+        for where, values in (("properties", properties), ("properties.siteConfig", site_config)):
+            for key, value in values.items():
+                if value is not None and str(key).lower() in rejected_properties:
+                    found.append(f"{app.symbol}: {where}.{key} ({rejected_properties[str(key).lower()]})")
+        for setting in site_config.get("appSettings") or []:
+            name = setting.get("name")
+            if isinstance(name, str) and name.upper() in FLEX_REJECTED_APP_SETTINGS:
+                found.append(f"{app.symbol}: app setting {name} ({FLEX_REJECTED_APP_SETTINGS[name.upper()]})")
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=[bicepeval.case_id(c) for c in CASES])
+def test_the_flex_consumption_app_sends_nothing_flex_rejects(case: dict[str, Any]) -> None:
+    resources = bicepeval.evaluate(case)
+    assert any(r.type == "Microsoft.Web/sites" for r in resources)
+    assert flex_violations(resources) == []
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "      minTlsVersion: '1.2'\n",
+            "      minTlsVersion: '1.2'\n      ftpsState: 'Disabled'\n",
+            "properties.siteConfig.ftpsState (FTPS not supported",
+        ),
+        (
+            "      minTlsVersion: '1.2'\n",
+            "      minTlsVersion: '1.2'\n      use32BitWorkerProcess: false\n",
+            "properties.siteConfig.use32BitWorkerProcess (32-bit",
+        ),
+        (
+            "    httpsOnly: true\n",
+            "    httpsOnly: true\n    vnetRouteAllEnabled: true\n",
+            "properties.vnetRouteAllEnabled",
+        ),
+        (
+            "        for setting in items(appSettings): {",
+            "        for setting in items(union(appSettings, { FUNCTIONS_WORKER_RUNTIME: 'python' })): {",
+            "app setting FUNCTIONS_WORKER_RUNTIME",
+        ),
+    ],
+)
+def test_the_flex_rules_report_injected_defects(old: str, new: str, message: str) -> None:
+    violations = flex_violations(bicepeval.evaluate(CASES[0], sources=_functionapp_with(old, new)))
+    assert len(violations) == 1 and message in violations[0], violations
+
+
+@pytest.mark.parametrize("name", ["WEBSITE_RUN_FROM_PACKAGE", "SCM_DO_BUILD_DURING_DEPLOYMENT", "website_contentshare"])
+def test_the_flex_rules_catch_a_rejected_setting_passed_as_an_override(name: str) -> None:
+    resources = bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, "appSettingOverrides": {name: "1"}})
+    assert [v.split(" (")[0] for v in flex_violations(resources)] == [f"functionApp: app setting {name}"]

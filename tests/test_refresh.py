@@ -448,3 +448,65 @@ def test_a_run_with_only_model_pt_is_converted_and_published(
     manifest, _ = store.read_manifest("AutoML_10_HD_0") or ({}, "")
     assert set(manifest["files"]) == {"model.onnx", "labels.json"} and manifest["onnx_opset"] == 14
     assert manifest["source"]["run_id"] == "AutoML_10_HD_0"
+
+
+AML_KEYS = ("AML_SUBSCRIPTION_ID", "AML_RESOURCE_GROUP", "AML_WORKSPACE_NAME", "AML_EXPERIMENT_NAME", "EXPERIMENT_NAME")
+
+
+def test_without_aml_the_timer_logs_one_info_line_and_touches_nothing(
+    blob_settings: Settings,
+    store: BlobModelStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The template's default (no AML workspace): not an error, and no AML call is even attempted."""
+    assert blob_settings.blob_connection_string is not None
+    monkeypatch.setenv("MODEL_BLOB_CONNECTION_STRING", blob_settings.blob_connection_string)
+    monkeypatch.setenv("MODEL_BLOB_CONTAINER", blob_settings.blob_container)
+    for key in AML_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    store.publish(tiny_bundle(tmp_path / "cur", seed=7), version="current-v")
+    before = pointer(store)
+    calls = patch_workspace(monkeypatch, FakeWorkspace([]))
+    with caplog.at_level(logging.DEBUG):
+        RefreshModel.main(func.timer.TimerRequest(past_due=False))
+    records = [r for r in caplog.records if r.name.startswith("shared")]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        (
+            "INFO",
+            "refresh: nothing to do: no AML workspace is configured (set AML_SUBSCRIPTION_ID, AML_RESOURCE_GROUP, "
+            "AML_WORKSPACE_NAME and AML_EXPERIMENT_NAME to refresh from AML, or set "
+            "AzureWebJobs.RefreshModel.Disabled=true to stop this timer)",
+        )
+    ]
+    assert calls == [] and pointer(store) == before
+
+
+def test_a_partial_aml_configuration_is_still_an_error_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for key in AML_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AML_WORKSPACE_NAME", "ws-labeling")
+    monkeypatch.setenv("MODEL_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    with caplog.at_level(logging.INFO, logger="shared.refresh"):
+        RefreshModel.main(func.timer.TimerRequest(past_due=False))
+    ((level, message),) = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "shared.refresh"]
+    assert level == "ERROR"
+    assert message.endswith(": AML is not configured: set AML_SUBSCRIPTION_ID, AML_RESOURCE_GROUP, AML_EXPERIMENT_NAME")
+
+
+@pytest.mark.parametrize(
+    ("env", "has_work"),
+    [
+        ({}, False),
+        ({"AML_WORKSPACE_NAME": "ws"}, True),
+        ({"EXPERIMENT_NAME": "labeling_Training_1"}, True),
+        ({"MODEL_BLOB_ACCOUNT_URL": "https://acct.blob.core.windows.net"}, False),
+    ],
+)
+def test_timer_has_work(env: dict[str, str], has_work: bool) -> None:
+    from shared.refresh import timer_has_work
+
+    assert timer_has_work(Settings.from_env(env)) is has_work

@@ -1,6 +1,7 @@
-// The function app (Python 3.11, Linux) on the plan from plan.bicep, running as the user-assigned identity.
-// On Flex Consumption the runtime, scale and deployment package come from functionAppConfig; on Elastic
-// Premium from siteConfig and the FUNCTIONS_* settings.
+// The function app (Python 3.11, Linux) on the Flex Consumption plan from plan.bicep, running as the
+// user-assigned identity. The runtime, scale and deployment package come from functionAppConfig. Flex rejects
+// or ignores the site properties and app settings in Microsoft's "Flex Consumption plan deprecations" table
+// (App settings reference for Azure Functions): none of them is sent (tests/test_infra.py holds the table).
 
 @description('Name of the function app (also its host name: <name>.azurewebsites.net).')
 param name string
@@ -16,13 +17,6 @@ param serviceName string = 'skill'
 
 @description('Resource id of the hosting plan.')
 param planId string
-
-@description('FlexConsumption or ElasticPremium, as the plan.')
-@allowed([
-  'FlexConsumption'
-  'ElasticPremium'
-])
-param planType string = 'FlexConsumption'
 
 @description('Resource id of the user-assigned identity the app runs as.')
 param identityId string
@@ -40,10 +34,15 @@ param deploymentContainerName string
 ])
 param instanceMemoryMB int = 4096
 
-@description('Most instances the app scales out to.')
-@minValue(1)
+@description('Most instances the app scales out to: Flex Consumption accepts 40 to 1000.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+@description('Always-ready instances for the HTTP function group (the skill); 0 lets the app scale to zero.')
+@minValue(0)
+@maxValue(1000)
+param alwaysReadyInstances int = 0
 
 @description('Flex Consumption: HTTP requests one instance handles at once. One batch already keeps every core busy (parallel decoding, ONNX Runtime threads), so 1: the platform adds instances instead.')
 @minValue(1)
@@ -52,8 +51,6 @@ param httpPerInstanceConcurrency int = 1
 
 @description('App settings, name to value (main.bicep builds them).')
 param appSettings object
-
-var isFlex = planType == 'FlexConsumption'
 
 var flexConfig = {
   deployment: {
@@ -67,6 +64,13 @@ var flexConfig = {
     }
   }
   scaleAndConcurrency: {
+    // 'http' is the function group of every HTTP-triggered function (aka.ms/flexconsumption/alwaysready).
+    alwaysReady: alwaysReadyInstances > 0 ? [
+      {
+        name: 'http'
+        instanceCount: alwaysReadyInstances
+      }
+    ] : []
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     triggers: {
@@ -80,18 +84,6 @@ var flexConfig = {
     version: '3.11'
   }
 }
-
-// Flex Consumption takes the runtime from functionAppConfig and rejects these settings; Elastic Premium
-// needs them. Elastic Premium is created without an Azure Files content share
-// (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING needs a shared key, and shared keys are off).
-var premiumSettings = {
-  FUNCTIONS_EXTENSION_VERSION: '~4'
-  FUNCTIONS_WORKER_RUNTIME: 'python'
-  SCM_DO_BUILD_DURING_DEPLOYMENT: 'true'
-  ENABLE_ORYX_BUILD: 'true'
-}
-
-var settings = union(isFlex ? {} : premiumSettings, appSettings)
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: name
@@ -109,15 +101,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     // Key Vault references in app settings (AZURE_CLIENT_SECRET, if ever) resolve with this identity.
     keyVaultReferenceIdentity: identityId
-    functionAppConfig: isFlex ? flexConfig : null
+    functionAppConfig: flexConfig
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      linuxFxVersion: isFlex ? null : 'Python|3.11'
-      functionAppScaleLimit: isFlex ? null : maximumInstanceCount
-      minimumElasticInstanceCount: isFlex ? null : 1
       appSettings: [
-        for setting in items(settings): {
+        for setting in items(appSettings): {
           name: setting.key
           value: setting.value
         }

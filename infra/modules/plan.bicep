@@ -1,5 +1,6 @@
-// The hosting plan: Flex Consumption (FC1, Linux) by default, or Elastic Premium (EP1-EP3, Linux) for
-// those who need always-warm instances or features Flex Consumption lacks in their region.
+// The hosting plan: Flex Consumption (FC1, Linux), shaped like Microsoft's Flex Consumption Bicep sample
+// (Azure-Samples/azure-functions-flex-consumption-samples, IaC/bicep). Scale settings live on the app
+// (functionAppConfig.scaleAndConcurrency), not on the plan.
 
 @description('Name of the plan.')
 param name string
@@ -10,52 +11,18 @@ param location string
 @description('Tags for the plan.')
 param tags object = {}
 
-@description('FlexConsumption (FC1) or ElasticPremium.')
-@allowed([
-  'FlexConsumption'
-  'ElasticPremium'
-])
-param planType string = 'FlexConsumption'
-
-@description('Elastic Premium size, used when planType is ElasticPremium.')
-@allowed([
-  'EP1'
-  'EP2'
-  'EP3'
-])
-param elasticPremiumSku string = 'EP1'
-
-@description('Elastic Premium: most instances the plan bursts to (at most 100).')
-@minValue(1)
-@maxValue(100)
-param maximumElasticWorkerCount int = 20
-
-var skus = {
-  FlexConsumption: {
-    name: 'FC1'
-    tier: 'FlexConsumption'
-  }
-  ElasticPremium: {
-    name: elasticPremiumSku
-    tier: 'ElasticPremium'
-  }
-}
-
-var kinds = {
-  FlexConsumption: 'functionapp'
-  ElasticPremium: 'elastic'
-}
-
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: name
   location: location
   tags: tags
-  kind: kinds[planType]
-  sku: skus[planType]
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
   properties: {
     // Linux.
     reserved: true
-    maximumElasticWorkerCount: planType == 'ElasticPremium' ? maximumElasticWorkerCount : null
   }
 }
 

@@ -1,8 +1,11 @@
 // Data-plane roles on the storage account. Shared keys are off, so these are the only way in.
 //
-// - The app's identity: Storage Blob Data Owner on the account. The Functions host needs it for
-//   AzureWebJobsStorage (timer locks and secrets, blob leases) and Flex Consumption reads the deployment
-//   package with it.
+// - The app's identity: Storage Blob Data Owner, Storage Queue Data Contributor and Storage Table Data
+//   Contributor on the account, what the Functions host needs for AzureWebJobsStorage through an identity
+//   (Microsoft Learn "Connecting to host storage with an identity"; the same three roles as Microsoft's Flex
+//   Consumption Bicep sample, Azure-Samples/azure-functions-flex-consumption-samples IaC/bicep/rbac.bicep):
+//   blobs for timer locks, secrets and leases, and the deployment package Flex Consumption reads; queues and
+//   tables for the host's own bookkeeping (diagnostic events go to a table).
 // - The app's identity: Storage Blob Data Contributor on the `models` container, the model store's own
 //   need (RefreshModel publishes, every instance reads current.json and versions). Redundant with Owner
 //   on the account today; explicit so that moving host storage to another account keeps the store working.
@@ -40,6 +43,8 @@ param searchPrincipalId string = ''
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -62,6 +67,26 @@ resource hostBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: account
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource hostQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(account.id, appPrincipalId, storageQueueDataContributor)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributor)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource hostTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(account.id, appPrincipalId, storageTableDataContributor)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }
