@@ -1,0 +1,131 @@
+"""infra/search/*.json as search-setup renders them, checked against the azure-search-documents models
+(tests/searchmodels.py): every key known, required fields present, enum values valid, JSON types right.
+Deserializing alone would not do: the SDK's models accept unknown keys and missing required ones."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from shared.searchsetup import EntraAuth, FunctionKeyAuth, SkillAuth, render
+from tests import searchmodels
+
+SEARCH = "https://my-search.search.windows.net"
+FUNCTION = "https://func-abc123.azurewebsites.net"
+STORAGE_ID = "/subscriptions/0000-1111/resourceGroups/rg-skill/providers/Microsoft.Storage/storageAccounts/stabc123"
+APP_ID = "11111111-2222-3333-4444-555555555555"
+
+# The variants search-setup can render; add a row when render() grows an option that changes the objects.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "function-key": {"auth": FunctionKeyAuth("k-123")},
+    "entra-and-key": {"auth": EntraAuth(APP_ID, key="k-123")},
+    "entra-only": {"auth": EntraAuth(APP_ID)},
+    "small-batches": {"auth": FunctionKeyAuth("k-123"), "batch_size": 1, "degree_of_parallelism": 10},
+    "other-names": {"auth": FunctionKeyAuth("k-123"), "container": "photos"},
+}
+
+
+def rendered(auth: SkillAuth, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    return render(SEARCH, FUNCTION, auth=auth, storage_resource_id=STORAGE_ID, **kwargs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", sorted(searchmodels.MODELS))
+def test_every_rendered_object_matches_the_rest_models(variant: str, kind: str) -> None:
+    objects = rendered(**VARIANTS[variant])
+    assert set(objects) == set(searchmodels.MODELS)
+    assert searchmodels.check(kind, objects[kind]) == []
+
+
+def test_the_models_the_checker_reads_are_not_empty() -> None:
+    """Guards against a vacuous pass (e.g. a future SDK whose classes the checker no longer reads)."""
+    index = searchmodels.fields(searchmodels.MODELS["index"])
+    assert {name for name, (_, required, _) in index.items() if required} == {"name", "fields"}
+    skillset = searchmodels.fields(searchmodels.MODELS["skillset"])
+    assert {name for name, (_, required, _) in skillset.items() if required} == {"name", "skills"}
+    from azure.search.documents.indexes.models._models import WebApiSkill
+
+    web_api = searchmodels.fields(WebApiSkill)
+    assert {"uri", "inputs", "outputs", "@odata.type", "httpHeaders", "authResourceId", "batchSize"} <= set(web_api)
+    assert {name for name, (_, required, _) in web_api.items() if required} == {
+        "@odata.type",
+        "inputs",
+        "outputs",
+        "uri",
+    }
+
+
+def _web_api_skill(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    (skill,) = [s for s in objects["skillset"]["skills"] if s["@odata.type"] == "#Microsoft.Skills.Custom.WebApiSkill"]
+    return skill
+
+
+def _unknown_key(objects: dict[str, dict[str, Any]]) -> str:
+    _web_api_skill(objects)["batch_size"] = 8
+    return "skillset"
+
+
+def _miscased_key(objects: dict[str, dict[str, Any]]) -> str:
+    _web_api_skill(objects)["BatchSize"] = _web_api_skill(objects).pop("batchSize")
+    return "skillset"
+
+
+def _missing_required(objects: dict[str, dict[str, Any]]) -> str:
+    del _web_api_skill(objects)["uri"]
+    return "skillset"
+
+
+def _bad_field_type(objects: dict[str, dict[str, Any]]) -> str:
+    objects["index"]["fields"][0]["type"] = "Edm.Text"
+    return "index"
+
+
+def _bad_image_action(objects: dict[str, dict[str, Any]]) -> str:
+    objects["indexer"]["parameters"]["configuration"]["imageAction"] = "generateNormalizedImage"
+    return "indexer"
+
+
+def _bad_skill_type(objects: dict[str, dict[str, Any]]) -> str:
+    _web_api_skill(objects)["@odata.type"] = "#Microsoft.Skills.Custom.WebApiSkil"
+    return "skillset"
+
+
+def _wrong_json_type(objects: dict[str, dict[str, Any]]) -> str:
+    _web_api_skill(objects)["batchSize"] = "8"
+    return "skillset"
+
+
+def _bad_timeout(objects: dict[str, dict[str, Any]]) -> str:
+    _web_api_skill(objects)["timeout"] = "230"
+    return "skillset"
+
+
+def _missing_nested_required(objects: dict[str, dict[str, Any]]) -> str:
+    del objects["index"]["fields"][0]["name"]
+    return "index"
+
+
+@pytest.mark.parametrize(
+    ("inject", "message"),
+    [
+        (_unknown_key, "skillset.skills[0].batch_size: unknown property of WebApiSkill (known: @odata.type, "),
+        (
+            _miscased_key,
+            "skillset.skills[0].BatchSize: unknown property of WebApiSkill; the model spells it 'batchSize'",
+        ),
+        (_missing_required, "skillset.skills[0].uri: required property of WebApiSkill missing"),
+        (_bad_field_type, "index.fields[0].type: 'Edm.Text' is not one of ['Edm.Boolean', "),
+        (_bad_image_action, "indexer.parameters.configuration.imageAction: 'generateNormalizedImage' is not one of "),
+        (_bad_skill_type, "skillset.skills[0].@odata.type: '#Microsoft.Skills.Custom.WebApiSkil' is not one of "),
+        (_wrong_json_type, "skillset.skills[0].batchSize: '8' is not an integer"),
+        (_bad_timeout, "skillset.skills[0].timeout: '230' is not an ISO 8601 duration such as 'PT230S'"),
+        (_missing_nested_required, "index.fields[0].name: required property of SearchField missing"),
+    ],
+)
+def test_the_check_reports_injected_defects(inject: Any, message: str) -> None:
+    objects = copy.deepcopy(rendered(FunctionKeyAuth("k-123")))
+    kind = inject(objects)
+    errors = searchmodels.check(kind, objects[kind])
+    assert len(errors) == 1 and errors[0].startswith(message), errors
