@@ -26,7 +26,7 @@ param instanceMemoryMB int = 4096
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Flex Consumption always-ready instances for the HTTP functions (the skill): kept warm and billed while idle, so an indexer run never meets a cold start. 0: scale to zero.')
+@description('Flex Consumption always-ready instances for the HTTP functions (the skill), at most maximumInstanceCount: kept warm and billed while idle, so an indexer run does not start cold. 0: scale to zero.')
 @minValue(0)
 @maxValue(1000)
 param alwaysReadyInstances int = 0

@@ -164,6 +164,7 @@ def _evaluate_file(file: str, given: dict[str, Any], sources: Mapping[str, str],
             scope.modules.add(_text(node.named_children[0]))
     for name, info in declared.items():
         if name in given:
+            _check_parameter(file, name, info, given[name])
             scope.params[name] = given[name]
         elif "default" in info:
             # Defaults may refer to other parameters or functions: evaluate them in the file's scope.
@@ -180,6 +181,25 @@ def _evaluate_file(file: str, given: dict[str, Any], sources: Mapping[str, str],
             _resource(node, scope, "", "", out)
         elif node.type == "module_declaration":
             _module(node, scope, sources, out)
+
+
+def _check_parameter(file: str, name: str, info: Mapping[str, Any], value: Any) -> None:
+    """A value passed to a parameter meets its decorators (what ARM checks when the deployment starts)."""
+    if not _known(value):
+        return
+    problems = []
+    if "allowed" in info and value not in info["allowed"]:
+        problems.append(f"not one of {info['allowed']}")
+    if "minValue" in info and value < info["minValue"]:
+        problems.append(f"below @minValue({info['minValue']})")
+    if "maxValue" in info and value > info["maxValue"]:
+        problems.append(f"above @maxValue({info['maxValue']})")
+    if "minLength" in info and len(value) < info["minLength"]:
+        problems.append(f"shorter than @minLength({info['minLength']})")
+    if "maxLength" in info and len(value) > info["maxLength"]:
+        problems.append(f"longer than @maxLength({info['maxLength']})")
+    if problems:
+        raise BicepEvalError(f"{file}: parameter {name} = {value!r} is {', '.join(problems)}")
 
 
 def _nested_symbols(declaration: Node, scope: _Scope, prefix: str = "") -> None:

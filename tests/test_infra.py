@@ -729,3 +729,42 @@ def test_the_flex_rules_report_injected_defects(old: str, new: str, message: str
 def test_the_flex_rules_catch_a_rejected_setting_passed_as_an_override(name: str) -> None:
     resources = bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, "appSettingOverrides": {name: "1"}})
     assert [v.split(" (")[0] for v in flex_violations(resources)] == [f"functionApp: app setting {name}"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"maximumInstanceCount": 39}, "main.bicep: parameter maximumInstanceCount = 39 is below @minValue(40)"),
+        ({"principalType": "Robot"}, "main.bicep: parameter principalType = 'Robot' is not one of"),
+    ],
+)
+def test_the_evaluator_enforces_parameter_decorators(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(bicepeval.BicepEvalError) as caught:
+        bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, **params})
+    assert str(caught.value).startswith(message)
+
+
+def test_a_module_gets_values_its_decorators_accept() -> None:
+    """main.bicep passes maximumInstanceCount to functionapp.bicep: a narrower module bound would fail there."""
+    source = (INFRA / "modules" / "functionapp.bicep").read_text().replace("@minValue(40)", "@minValue(100)", 1)
+    with pytest.raises(
+        bicepeval.BicepEvalError, match=r"modules/functionapp.bicep: parameter maximumInstanceCount = 40"
+    ):
+        bicepeval.evaluate(CASES[0], sources={"modules/functionapp.bicep": source})
+
+
+def test_always_ready_instances_never_exceed_the_maximum() -> None:
+    case = {**bicepeval.REQUIRED_PARAMETERS, "alwaysReadyInstances": 1000, "maximumInstanceCount": 40}
+    (app,) = [r for r in bicepeval.evaluate(case) if r.type == "Microsoft.Web/sites"]
+    assert app.body["properties"]["functionAppConfig"]["scaleAndConcurrency"]["alwaysReady"] == [
+        {"name": "http", "instanceCount": 40}
+    ]
+
+
+def test_no_document_passes_azds_parameters_file_to_the_azure_cli() -> None:
+    """main.parameters.json holds azd substitutions (${AZURE_LOCATION}) that `az deployment` would pass as
+    literal strings."""
+    command = re.compile(r"az deployment [^\n]*(-p|--parameters)\s+@?\S*main\.parameters\.json")
+    for path in [INFRA / "main.bicep", *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]:
+        assert not command.search(path.read_text()), path.name
+    assert command.search("// `az deployment group create -g g -f infra/main.bicep -p infra/main.parameters.json`")

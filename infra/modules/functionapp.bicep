@@ -64,11 +64,12 @@ var flexConfig = {
     }
   }
   scaleAndConcurrency: {
-    // 'http' is the function group of every HTTP-triggered function (aka.ms/flexconsumption/alwaysready).
+    // 'http' is the function group of every HTTP-triggered function (aka.ms/flexconsumption/alwaysready);
+    // always-ready instances are part of the app's instances, so never more than maximumInstanceCount.
     alwaysReady: alwaysReadyInstances > 0 ? [
       {
         name: 'http'
-        instanceCount: alwaysReadyInstances
+        instanceCount: min(alwaysReadyInstances, maximumInstanceCount)
       }
     ] : []
     instanceMemoryMB: instanceMemoryMB
