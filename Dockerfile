@@ -1,5 +1,5 @@
 # The skill as a container, for Azure Container Apps or App Service (Web App for Containers), on the
-# official Azure Functions Python image. Not needed for Flex Consumption / Elastic Premium, which build
+# official Azure Functions Python image. Not needed for Flex Consumption (infra/main.bicep), which builds
 # from requirements.txt themselves.
 #
 #   docker build -t automl-image-skill .

@@ -1,11 +1,12 @@
 // Data-plane roles on the storage account. Shared keys are off, so these are the only way in.
 //
-// - The app's identity: Storage Blob Data Owner, Storage Queue Data Contributor and Storage Table Data
-//   Contributor on the account, what the Functions host needs for AzureWebJobsStorage through an identity
-//   (Microsoft Learn "Connecting to host storage with an identity"; the same three roles as Microsoft's Flex
-//   Consumption Bicep sample, Azure-Samples/azure-functions-flex-consumption-samples IaC/bicep/rbac.bicep):
-//   blobs for timer locks, secrets and leases, and the deployment package Flex Consumption reads; queues and
-//   tables for the host's own bookkeeping (diagnostic events go to a table).
+// - The app's identity: Storage Blob Data Owner, Storage Table Data Contributor and Storage Queue Data
+//   Contributor on the account, for AzureWebJobsStorage through an identity (Microsoft Learn, "Connecting to
+//   host storage with an identity"): blobs for timer locks, keys and leases, and the deployment package Flex
+//   Consumption reads; tables for the host's diagnostic events (the table's "host only, with support for
+//   diagnostic events" row); queues are not needed by the host alone, only by extensions that keep queues
+//   there (blob triggers), and are granted as in Microsoft's Flex Consumption Bicep sample
+//   (Azure-Samples/azure-functions-flex-consumption-samples, IaC/bicep/rbac.bicep) so that adding one works.
 // - The app's identity: Storage Blob Data Contributor on the `models` container, the model store's own
 //   need (RefreshModel publishes, every instance reads current.json and versions). Redundant with Owner
 //   on the account today; explicit so that moving host storage to another account keeps the store working.
