@@ -1,6 +1,6 @@
 # The skill as a container, for Azure Container Apps or App Service (Web App for Containers), on the
 # official Azure Functions Python image. Not needed for Flex Consumption (infra/main.bicep), which builds
-# from requirements.txt themselves.
+# from requirements.txt itself.
 #
 #   docker build -t automl-image-skill .
 #   docker run -p 8080:80 -e AzureWebJobsStorage=... -e MODEL_BLOB_ACCOUNT_URL=... automl-image-skill
