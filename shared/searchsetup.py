@@ -106,6 +106,7 @@ DEFAULT_VISUAL_FEATURES = ("tags", "description")
 _SENTENCE_FIELDS = frozenset({"imageCaptions"})
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OBJECT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,118}[a-z0-9])?")
 _CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 _STORAGE_ID = re.compile(
@@ -496,8 +497,9 @@ def redacted(
         if isinstance(headers, dict):
             skill["httpHeaders"] = {name: f"<redacted: ${source}>" for name in headers}
     billing = shown.get("skillset", {}).get("cognitiveServices")
-    if isinstance(billing, dict) and "key" in billing:
-        billing["key"] = f"<redacted: ${ai_services_key_source or 'the AI Services key'}>"
+    if isinstance(billing, dict) and billing.get("key"):
+        source_text = ai_services_key_source or "the AI Services key"
+        billing["key"] = f"<redacted: {'$' if _ENV_NAME.fullmatch(source_text) else ''}{source_text}>"
     return shown
 
 
