@@ -931,3 +931,18 @@ def test_dry_run_reports_the_same_missing_input_as_the_real_run(
         assert main_search_setup(args, env) == 1
         assert capsys.readouterr() == ("", message), f"dry_run={dry_run}"
     assert search_service.requests == []
+
+
+def test_rendered_enum_values_are_the_sdks() -> None:
+    # The SDK models accept any string for an enum; check the values against the enums themselves.
+    analysis = ImageAnalysis(AIServicesIdentity(AI_ENDPOINT), features=VISUAL_FEATURES)
+    for per_page in (False, True):
+        rendered = rendered_with_key(image_analysis=analysis, per_page=per_page)
+        (skill,) = [s for s in rendered["skillset"]["skills"] if s["@odata.type"].endswith("ImageAnalysisSkill")]
+        assert set(skill["visualFeatures"]) <= {v.value for v in sm.VisualFeature}
+        assert skill["defaultLanguageCode"] in {v.value for v in sm.ImageAnalysisSkillLanguage}
+        action = rendered["indexer"]["parameters"]["configuration"]["imageAction"]
+        assert action in {v.value for v in sm.BlobIndexerImageAction}
+        for field in rendered["index"]["fields"]:
+            inner = field["type"].removeprefix("Collection(").removesuffix(")")
+            assert inner in {v.value for v in sm.SearchFieldDataType}, field["name"]
