@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir -r /requirements.txt
 
 COPY host.json /home/site/wwwroot/host.json
 COPY ClassifySkill/ /home/site/wwwroot/ClassifySkill/
+COPY ExtractionSkill/ /home/site/wwwroot/ExtractionSkill/
 COPY Health/ /home/site/wwwroot/Health/
 COPY RefreshModel/ /home/site/wwwroot/RefreshModel/
 COPY shared/ /home/site/wwwroot/shared/

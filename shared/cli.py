@@ -249,6 +249,12 @@ def cmd_search_setup(args: argparse.Namespace, settings: Settings) -> int:
     return main_search_setup(args)
 
 
+def cmd_migrate_skillset(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.migrate import main_migrate_skillset
+
+    return main_migrate_skillset(args)
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -348,8 +354,69 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--degree-of-parallelism", type=_positive_int, default=4, metavar="N", help="skill calls in flight (4)"
     )
+    search.add_argument(
+        "--image-analysis",
+        action="store_true",
+        help="also run the built-in ImageAnalysisSkill (tags, captions) and index its outputs",
+    )
+    search.add_argument(
+        "--visual-features",
+        metavar="LIST",
+        help="with --image-analysis: comma-separated, from adult, brands, categories, description, objects, tags "
+        "(tags,description)",
+    )
+    search.add_argument(
+        "--ai-services-endpoint",
+        metavar="URL",
+        help="with --image-analysis: bill this AI Services resource keylessly with the search service's identity",
+    )
+    search.add_argument(
+        "--ai-services-key-env",
+        metavar="NAME",
+        help="with --image-analysis: environment variable holding a key of the AI Services resource to bill",
+    )
+    search.add_argument(
+        "--per-page",
+        action="store_true",
+        help="render each PDF page as one image (imageAction generateNormalizedImagePerPage)",
+    )
     search.add_argument("--dry-run", action="store_true", help="print the rendered JSON (key redacted), change nothing")
     search.set_defaults(handler=cmd_search_setup)
+
+    migrate = commands.add_parser(
+        "migrate-skillset",
+        help="rewrite the older PowerSkill's skillset JSON to call this function app (prints the new JSON)",
+    )
+    migrate.add_argument("file", metavar="FILE", help="the skillset JSON (notebook or portal export); - for stdin")
+    migrate.add_argument(
+        "--function-url", required=True, metavar="URL", help="the function app, https://<app>.azurewebsites.net"
+    )
+    migrate.add_argument(
+        "--function-key-env",
+        default="SKILL_FUNCTION_KEY",
+        metavar="NAME",
+        help="environment variable holding the function key, sent as x-functions-key (SKILL_FUNCTION_KEY)",
+    )
+    migrate.add_argument(
+        "--auth-resource-id",
+        metavar="APP_ID",
+        help="Entra ID: the function app's app registration; the skill gets authResourceId APP_ID/.default",
+    )
+    migrate.add_argument("--name", metavar="NAME", help="the skillset's name, when the file has none (the notebook's)")
+    migrate.add_argument(
+        "--ai-services-key-env",
+        metavar="NAME",
+        help="environment variable holding the AI Services key the skillset bills (when the file has none)",
+    )
+    migrate.add_argument(
+        "--search-endpoint",
+        metavar="URL",
+        help="write the migrated skillset to this search service (PUT) instead of printing it",
+    )
+    migrate.add_argument(
+        "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
+    )
+    migrate.set_defaults(handler=cmd_migrate_skillset)
     return parser
 
 

@@ -28,7 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 Main = Callable[[func.HttpRequest], func.HttpResponse]
 
 # route -> (method, function folder, needs the function key)
-ROUTES = {"/api/classify": ("POST", "ClassifySkill", True), "/api/health": ("GET", "Health", False)}
+ROUTES = {
+    "/api/classify": ("POST", "ClassifySkill", True),
+    "/api/extraction": ("POST", "ExtractionSkill", True),  # the older PowerSkill's route, same service
+    "/api/health": ("GET", "Health", False),
+}
 
 
 def _function_main(folder: str) -> Main:

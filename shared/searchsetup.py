@@ -9,12 +9,21 @@ no document-level `Edm.String label` could hold a PDF's answers. The index there
 
 - `images`, Collection(Edm.ComplexType): one entry per image holding the skill's outputs with their own
   types, `label` (Edm.String, null below the threshold), `confidence` (Edm.Double), `labels`
-  (Collection(Edm.String)), `predictions` (Collection(Edm.ComplexType) of `label` Edm.String and `score`
-  Edm.Double), `modelVersion` (Edm.String), plus the image's `pageNumber` (Edm.Int32). A Shaper skill
-  builds that object per image (`/document/normalized_images/*/classification`), so one image's label and
-  score stay together: `images/any(i: i/label eq 'cat' and i/confidence ge 0.8)`;
+  (Collection(Edm.String)), `modelVersion` (Edm.String), plus the image's `pageNumber` (Edm.Int32). A Shaper
+  skill builds that object per image (`/document/normalized_images/*/classification`), so one image's label
+  and score stay together: `images/any(i: i/label eq 'cat' and i/confidence ge 0.8)`;
 - `labels`, Collection(Edm.String): every label at or above the threshold in any image of the document
   (`/document/normalized_images/*/labels/*`), for plain filters and facets (`labels/any(l: l eq 'cat')`).
+
+Azure AI Search stores at most 3,000 elements across all complex collections of one document (string
+collections do not count), and the blob indexer extracts at most 1,000 images from one document. So each
+complex collection holds exactly one element per image (no nested complex collection such as the top-k
+`predictions`): `images` costs at most 1,000 elements, leaving 2,000 for other per-image collections.
+complex_elements_per_document() checks that bound on every render.
+
+With `--image-analysis` the skillset also runs the built-in ImageAnalysisSkill and the index gets its
+outputs as string (and boolean) collections, not as the complex types the skill returns, for the same
+reason: a document's tags would otherwise count against the 3,000 elements.
 
 The data source connects with the search service's managed identity (`ResourceId=<storage account id>;`,
 no key); the skill authenticates with a function key in `x-functions-key` or, with `--auth-resource-id`,
@@ -57,8 +66,47 @@ MAX_DEGREE_OF_PARALLELISM = 10
 MAX_BATCH_SIZE = 1000
 REQUEST_TIMEOUT_S = 60.0
 WEB_API_SKILL = "#Microsoft.Skills.Custom.WebApiSkill"
+IMAGE_ANALYSIS_SKILL = "#Microsoft.Skills.Vision.ImageAnalysisSkill"
+# Keyless billing (AIServicesByIdentity) is not in 2024-07-01; Microsoft Learn ("Attach a billable resource to
+# a skillset") documents it on 2025-11-01-preview. Only the skillset that uses it is written with that version.
+KEYLESS_BILLING_API_VERSION = "2025-11-01-preview"
+AI_SERVICES_BY_IDENTITY = "#Microsoft.Azure.Search.AIServicesByIdentity"
+COGNITIVE_SERVICES_BY_KEY = "#Microsoft.Azure.Search.CognitiveServicesByKey"
+# Service limits, index limits: "Maximum elements across all complex collections per document: 3000"
+# (complex collections only, not string collections).
+MAX_COMPLEX_ELEMENTS_PER_DOCUMENT = 3000
+# "Extract text and information from images": at most 1,000 images are extracted from a document.
+MAX_IMAGES_PER_DOCUMENT = 1000
+PER_IMAGE = "/document/normalized_images/*"
+IMAGE_ACTIONS = {False: "generateNormalizedImages", True: "generateNormalizedImagePerPage"}
+
+# ImageAnalysisSkill visual feature -> (its output's targetName, [(index field, type, path below the image)]).
+# Flattened to simple collections: they do not count against MAX_COMPLEX_ELEMENTS_PER_DOCUMENT.
+_ANALYSIS_OUTPUTS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "tags": ("visionTags", [("imageTags", "Collection(Edm.String)", "visionTags/*/name")]),
+    "description": (
+        "visionDescription",
+        [("imageCaptions", "Collection(Edm.String)", "visionDescription/captions/*/text")],
+    ),
+    "categories": ("visionCategories", [("imageCategories", "Collection(Edm.String)", "visionCategories/*/name")]),
+    "brands": ("visionBrands", [("imageBrands", "Collection(Edm.String)", "visionBrands/*/name")]),
+    "objects": ("visionObjects", [("imageObjects", "Collection(Edm.String)", "visionObjects/*/object")]),
+    "adult": (
+        "visionAdult",
+        [
+            ("imageAdultContent", "Collection(Edm.Boolean)", "visionAdult/isAdultContent"),
+            ("imageRacyContent", "Collection(Edm.Boolean)", "visionAdult/isRacyContent"),
+            ("imageGoryContent", "Collection(Edm.Boolean)", "visionAdult/isGoryContent"),
+        ],
+    ),
+}
+VISUAL_FEATURES = tuple(sorted(_ANALYSIS_OUTPUTS))
+DEFAULT_VISUAL_FEATURES = ("tags", "description")
+# Fields whose text is searched but not filtered or faceted (sentences, not keywords).
+_SENTENCE_FIELDS = frozenset({"imageCaptions"})
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OBJECT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,118}[a-z0-9])?")
 _CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 _STORAGE_ID = re.compile(
@@ -119,6 +167,32 @@ class EntraAuth:
 
 
 SkillAuth = FunctionKeyAuth | EntraAuth
+
+
+@dataclass(frozen=True)
+class AIServicesIdentity:
+    """Bill the ImageAnalysisSkill to an AI Services resource with the search service's managed identity
+    (keyless; the identity needs Cognitive Services User on the resource). `endpoint` is the resource's
+    `https://<name>.cognitiveservices.azure.com` or `https://<name>.services.ai.azure.com`."""
+
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class AIServicesKey:
+    """Bill the ImageAnalysisSkill with a key of an AI Services resource in the search service's region.
+    `key` is a secret (never shown); `source` names the environment variable it came from."""
+
+    key: str = field(repr=False)
+    source: str
+
+
+@dataclass(frozen=True)
+class ImageAnalysis:
+    """The built-in ImageAnalysisSkill beside the classifier: its visual features and who pays for it."""
+
+    billing: AIServicesIdentity | AIServicesKey
+    features: tuple[str, ...] = DEFAULT_VISUAL_FEATURES
 
 
 class AccessTokenLike(Protocol):
@@ -212,6 +286,8 @@ def render(
     container: str = DEFAULT_CONTAINER,
     batch_size: int = DEFAULT_BATCH_SIZE,
     degree_of_parallelism: int = DEFAULT_DEGREE_OF_PARALLELISM,
+    image_analysis: ImageAnalysis | None = None,
+    per_page: bool = False,
     template_dir: Path = TEMPLATE_DIR,
 ) -> dict[str, dict[str, Any]]:
     """The four objects, keys "datasource", "index", "skillset", "indexer", as the REST API takes them.
@@ -219,7 +295,11 @@ def render(
     `storage_resource_id` is the storage account's resource id (the data source connects with the search
     service's managed identity); `container` holds the images. With FunctionKeyAuth the skill carries the
     key in `httpHeaders` (use redacted() before showing the result); with EntraAuth it has
-    `authResourceId` instead. Raises SearchSetupError for a bad argument or template.
+    `authResourceId` instead. `image_analysis` adds the built-in ImageAnalysisSkill, its index fields and
+    output field mappings, and the skillset's `cognitiveServices` billing (a key is redacted() too);
+    `per_page` renders each PDF page as one image (`generateNormalizedImagePerPage`). Raises
+    SearchSetupError for a bad argument or template, or an index whose complex collections could exceed
+    Azure AI Search's 3,000 elements per document.
     """
     search_endpoint_url(search_endpoint)
     uri = skill_uri(function_url)
@@ -263,17 +343,172 @@ def render(
     skill = _web_api_skills(rendered["skillset"])[0]
     skill["batchSize"] = batch_size
     skill["degreeOfParallelism"] = degree_of_parallelism
+    configuration = rendered["indexer"].setdefault("parameters", {}).setdefault("configuration", {})
+    configuration["imageAction"] = IMAGE_ACTIONS[per_page]
+    if image_analysis is not None:
+        _add_image_analysis(rendered, image_analysis)
+    complex_elements_per_document(rendered["index"], rendered["indexer"])
     return rendered
 
 
-def redacted(rendered: Mapping[str, dict[str, Any]], source: str = DEFAULT_FUNCTION_KEY_ENV) -> dict[str, Any]:
-    """A copy safe to print: every skill header value (the function key) replaced by where it comes from."""
+def ai_services_endpoint(url: str) -> str:
+    """An AI Services resource's endpoint, https, without a trailing slash. SearchSetupError otherwise."""
+    base = _base_url(url, "AI Services endpoint")
+    if urllib.parse.urlsplit(base).path:
+        raise SearchSetupError(
+            f"AI Services endpoint {url!r} is invalid: give the resource's endpoint only, like "
+            "https://<name>.cognitiveservices.azure.com"
+        )
+    return base
+
+
+def visual_features(raw: str) -> tuple[str, ...]:
+    """`tags,description` -> ("tags", "description"), each checked. SearchSetupError names the bad one."""
+    features = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if not features:
+        raise SearchSetupError(f"visual features are empty: choose from {', '.join(VISUAL_FEATURES)}")
+    for feature in features:
+        if feature == "faces":
+            raise SearchSetupError(
+                "visual feature 'faces' is not offered: Image Analysis 3.2 retired the gender and limited the age "
+                "of faces, and face rectangles have no searchable field; choose from " + ", ".join(VISUAL_FEATURES)
+            )
+        if feature not in _ANALYSIS_OUTPUTS:
+            raise SearchSetupError(
+                f"visual feature {feature!r} is unknown: choose from {', '.join(VISUAL_FEATURES)} (lowercase)"
+            )
+    return features
+
+
+def _index_field(name: str, kind: str) -> dict[str, Any]:
+    text = kind == "Collection(Edm.String)"
+    keyword = name not in _SENTENCE_FIELDS
+    return {
+        "name": name,
+        "type": kind,
+        "searchable": text,
+        "filterable": keyword,
+        "sortable": False,
+        "facetable": keyword,
+        "retrievable": True,
+    }
+
+
+def _add_image_analysis(rendered: dict[str, dict[str, Any]], analysis: ImageAnalysis) -> None:
+    features = visual_features(",".join(analysis.features))
+    rendered["skillset"]["skills"].append(
+        {
+            "@odata.type": IMAGE_ANALYSIS_SKILL,
+            "name": "analyze-images",
+            "description": "Azure AI Vision's tags and captions beside the classifier's labels.",
+            "context": PER_IMAGE,
+            "defaultLanguageCode": "en",
+            "visualFeatures": list(features),
+            "inputs": [{"name": "image", "source": PER_IMAGE}],
+            "outputs": [{"name": f, "targetName": _ANALYSIS_OUTPUTS[f][0]} for f in features],
+        }
+    )
+    billing = analysis.billing
+    if isinstance(billing, AIServicesIdentity):
+        rendered["skillset"]["cognitiveServices"] = {
+            "@odata.type": AI_SERVICES_BY_IDENTITY,
+            "description": "Billed with the search service's managed identity (Cognitive Services User).",
+            "subdomainUrl": ai_services_endpoint(billing.endpoint),
+            "identity": None,
+        }
+    else:
+        rendered["skillset"]["cognitiveServices"] = {
+            "@odata.type": COGNITIVE_SERVICES_BY_KEY,
+            "description": "Billed with a key of an AI Services resource in the search service's region.",
+            "key": billing.key,
+        }
+    existing = {f["name"] for f in rendered["index"]["fields"]}
+    for feature in features:
+        for name, kind, path in _ANALYSIS_OUTPUTS[feature][1]:
+            if name in existing:
+                raise SearchSetupError(f"the index template already has a field {name!r}; rename it to add {feature}")
+            rendered["index"]["fields"].append(_index_field(name, kind))
+            rendered["indexer"].setdefault("outputFieldMappings", []).append(
+                {"sourceFieldName": f"{PER_IMAGE}/{path}", "targetFieldName": name}
+            )
+
+
+def _nested_complex_collection(field: Mapping[str, Any]) -> str | None:
+    for sub in field.get("fields") or []:
+        if sub.get("type") == "Collection(Edm.ComplexType)":
+            return str(sub.get("name"))
+        found = _nested_complex_collection(sub)
+        if found is not None:
+            return f"{sub.get('name')}/{found}"
+    return None
+
+
+def complex_elements_per_document(index: Mapping[str, Any], indexer: Mapping[str, Any]) -> int:
+    """The most elements one document can put in the index's complex collections, which Azure AI Search
+    caps at MAX_COMPLEX_ELEMENTS_PER_DOCUMENT (3,000) per document.
+
+    A Collection(Edm.ComplexType) field filled with one object per image (`/document/normalized_images/*/X`)
+    costs MAX_IMAGES_PER_DOCUMENT (1,000); anything else in a complex collection (a nested complex
+    collection, a source path through another `*`) has no bound. Raises SearchSetupError when the total
+    has no bound or exceeds the limit.
+    """
+    fields = {f.get("name"): f for f in index.get("fields", []) if isinstance(f, dict)}
+    limit = MAX_COMPLEX_ELEMENTS_PER_DOCUMENT
+    total = 0
+    for mapping in indexer.get("outputFieldMappings") or []:
+        name = mapping.get("targetFieldName")
+        field_ = fields.get(name)
+        if field_ is None or field_.get("type") != "Collection(Edm.ComplexType)":
+            continue
+        source = str(mapping.get("sourceFieldName", ""))
+        nested = _nested_complex_collection(field_)
+        if nested is not None:
+            raise SearchSetupError(
+                f"index field {name!r} has the complex collection {nested!r} inside it, so one image can add any "
+                f"number of elements; Azure AI Search allows {limit:,} across all complex collections of a "
+                "document: store such lists as string collections"
+            )
+        if not (source.startswith(PER_IMAGE + "/") and source.count("*") == 1):
+            raise SearchSetupError(
+                f"index field {name!r} is a complex collection filled from {source}, which has no bound per "
+                f"document; Azure AI Search allows {limit:,} elements across all complex collections of a "
+                f"document: fill it with one object per image ({PER_IMAGE}/NAME)"
+            )
+        total += MAX_IMAGES_PER_DOCUMENT
+    if total > limit:
+        raise SearchSetupError(
+            f"the index's complex collections can hold {total:,} elements per document ({MAX_IMAGES_PER_DOCUMENT:,} "
+            f"images each); Azure AI Search allows {limit:,}: keep at most {limit // MAX_IMAGES_PER_DOCUMENT} "
+            "per-image complex collections"
+        )
+    return total
+
+
+def redacted(
+    rendered: Mapping[str, dict[str, Any]],
+    source: str = DEFAULT_FUNCTION_KEY_ENV,
+    ai_services_key_source: str | None = None,
+) -> dict[str, Any]:
+    """A copy safe to print: every skill header value (the function key) and the AI Services key replaced
+    by where they come from."""
     shown = copy.deepcopy(dict(rendered))
     for skill in _web_api_skills(shown.get("skillset", {})):
         headers = skill.get("httpHeaders")
         if isinstance(headers, dict):
             skill["httpHeaders"] = {name: f"<redacted: ${source}>" for name in headers}
+    billing = shown.get("skillset", {}).get("cognitiveServices")
+    if isinstance(billing, dict) and billing.get("key"):
+        source_text = ai_services_key_source or "the AI Services key"
+        billing["key"] = f"<redacted: {'$' if _ENV_NAME.fullmatch(source_text) else ''}{source_text}>"
     return shown
+
+
+def api_version_for(kind: str, body: Mapping[str, Any]) -> str:
+    """The REST API version to write an object with: 2024-07-01, except a skillset billed keylessly."""
+    billing = body.get("cognitiveServices") if kind == "skillset" else None
+    if isinstance(billing, dict) and billing.get("@odata.type") == AI_SERVICES_BY_IDENTITY:
+        return KEYLESS_BILLING_API_VERSION
+    return API_VERSION
 
 
 def _service_message(error: urllib.error.HTTPError) -> str:
@@ -314,11 +549,13 @@ def apply(
     timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> list[str]:
     """Create or update the data source, index, skillset and indexer, in that order, with PUT
-    `<endpoint>/<collection>/<name>?api-version=2024-07-01`.
+    `<endpoint>/<collection>/<name>?api-version=2024-07-01` (api_version_for(): a skillset billed keylessly
+    needs KEYLESS_BILLING_API_VERSION).
 
     `credential_or_key` is an admin key (sent as `api-key`) or a credential such as DefaultAzureCredential
     (a bearer token for https://search.azure.com/.default). Returns one line per object, like
-    "index automl-images-index: created". Raises SearchSetupError on the first failure (unreachable
+    "index automl-images-index: created"; kinds missing from `rendered` are skipped (migrate-skillset writes
+    only a skillset). Raises SearchSetupError on the first failure (unreachable
     service, refused credentials, an object the service rejects); objects before it stay as written.
     """
     endpoint = search_endpoint_url(search_endpoint)
@@ -335,10 +572,11 @@ def apply(
         )
         what = "your Entra ID token"
     done: list[str] = []
-    for kind in KINDS:
+    for kind in (k for k in KINDS if k in rendered):
         body = rendered[kind]
         name = str(body.get("name", ""))
-        url = f"{endpoint}/{COLLECTIONS[kind]}/{urllib.parse.quote(name, safe='')}?api-version={API_VERSION}"
+        version = api_version_for(kind, body)
+        url = f"{endpoint}/{COLLECTIONS[kind]}/{urllib.parse.quote(name, safe='')}?api-version={version}"
         try:
             status = _put(url, body, headers, timeout_s)
         except urllib.error.HTTPError as exc:
@@ -366,13 +604,11 @@ def _env_value(env: Mapping[str, str], name: str, what: str, hint: str) -> str:
     return value
 
 
-def _skill_auth(args: argparse.Namespace, env: Mapping[str, str], dry_run: bool) -> SkillAuth:
+def _skill_auth(args: argparse.Namespace, env: Mapping[str, str]) -> SkillAuth:
     app_id: str | None = getattr(args, "auth_resource_id", None)
     source: str = getattr(args, "function_key_env", None) or DEFAULT_FUNCTION_KEY_ENV
     if app_id:
         return EntraAuth(app_id.strip(), key=env.get(source, "").strip() or None, source=source)
-    if dry_run:
-        return FunctionKeyAuth(key=env.get(source, ""), source=source)
     key = _env_value(
         env,
         source,
@@ -381,6 +617,42 @@ def _skill_auth(args: argparse.Namespace, env: Mapping[str, str], dry_run: bool)
         "or pass --auth-resource-id for Entra ID",
     )
     return FunctionKeyAuth(key=key, source=source)
+
+
+def _image_analysis(args: argparse.Namespace, env: Mapping[str, str]) -> ImageAnalysis | None:
+    endpoint: str | None = getattr(args, "ai_services_endpoint", None)
+    key_env: str | None = getattr(args, "ai_services_key_env", None)
+    if not getattr(args, "image_analysis", False):
+        if endpoint or key_env or getattr(args, "visual_features", None):
+            raise SearchSetupError(
+                "--ai-services-endpoint, --ai-services-key-env and --visual-features only apply with --image-analysis"
+            )
+        return None
+    features = visual_features(getattr(args, "visual_features", None) or ",".join(DEFAULT_VISUAL_FEATURES))
+    if endpoint and key_env:
+        raise SearchSetupError(
+            "give either --ai-services-endpoint (keyless, with the search service's identity) or "
+            "--ai-services-key-env (a key), not both"
+        )
+    billing: AIServicesIdentity | AIServicesKey
+    if endpoint:
+        billing = AIServicesIdentity(ai_services_endpoint(endpoint))
+    elif key_env:
+        key = _env_value(
+            env,
+            key_env,
+            "a key of the AI Services resource (in the search service's region)",
+            "for example with `az cognitiveservices account keys list -g <group> -n <resource> --query key1 -o tsv`, "
+            "or use --ai-services-endpoint for keyless billing",
+        )
+        billing = AIServicesKey(key=key, source=key_env)
+    else:
+        raise SearchSetupError(
+            "--image-analysis needs an AI Services resource to bill: --ai-services-endpoint "
+            "https://<name>.cognitiveservices.azure.com (keyless, the search service's identity needs Cognitive "
+            "Services User on it) or --ai-services-key-env NAME (a variable holding its key)"
+        )
+    return ImageAnalysis(billing=billing, features=features)
 
 
 def _search_credential(key_env: str | None, env: Mapping[str, str]) -> str | TokenCredentialLike:
@@ -404,13 +676,18 @@ def _search_credential(key_env: str | None, env: Mapping[str, str]) -> str | Tok
 def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """The `search-setup` command. `args` has search_endpoint, function_url, storage_resource_id (str),
     dry_run (bool) and optionally container, prefix, auth_resource_id, function_key_env, key_env,
-    batch_size, degree_of_parallelism. Prints the rendered JSON (--dry-run, the function key redacted) or
-    one line per object written; on failure one `error:` line on stderr and status 1.
+    batch_size, degree_of_parallelism, image_analysis, visual_features, ai_services_endpoint,
+    ai_services_key_env, per_page. Prints the rendered JSON (--dry-run, keys redacted) or one line per
+    object written; on failure one `error:` line on stderr and status 1.
+
+    The dry run checks every input the real run reads before it contacts the service (the function key,
+    the AI Services key, a search key named with --key-env), so it fails where the real run would.
     """
     env = os.environ if env is None else env
     dry_run = bool(getattr(args, "dry_run", False))
     try:
-        auth = _skill_auth(args, env, dry_run)
+        auth = _skill_auth(args, env)
+        analysis = _image_analysis(args, env)
         rendered = render(
             args.search_endpoint,
             args.function_url,
@@ -420,11 +697,19 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             container=getattr(args, "container", None) or DEFAULT_CONTAINER,
             batch_size=getattr(args, "batch_size", None) or DEFAULT_BATCH_SIZE,
             degree_of_parallelism=getattr(args, "degree_of_parallelism", None) or DEFAULT_DEGREE_OF_PARALLELISM,
+            image_analysis=analysis,
+            per_page=bool(getattr(args, "per_page", False)),
         )
+        key_env: str | None = getattr(args, "key_env", None)
         if dry_run:
-            sys.stdout.write(json.dumps(redacted(rendered, auth.source), indent=2) + "\n")
+            if key_env:
+                _search_credential(key_env, env)  # the same error as the real run; the key is not used
+            ai_key_source = (
+                analysis.billing.source if analysis and isinstance(analysis.billing, AIServicesKey) else None
+            )
+            sys.stdout.write(json.dumps(redacted(rendered, auth.source, ai_key_source), indent=2) + "\n")
             return 0
-        credential = _search_credential(getattr(args, "key_env", None), env)
+        credential = _search_credential(key_env, env)
         for line in apply(rendered, args.search_endpoint, credential):
             sys.stdout.write(line + "\n")
     except SearchSetupError as exc:

@@ -25,11 +25,18 @@ from shared.contract import INPUT_NAMES
 from shared.engine import Classification
 from shared.searchsetup import (
     API_VERSION,
+    KEYLESS_BILLING_API_VERSION,
+    MAX_COMPLEX_ELEMENTS_PER_DOCUMENT,
+    VISUAL_FEATURES,
+    AIServicesIdentity,
+    AIServicesKey,
     EntraAuth,
     FunctionKeyAuth,
+    ImageAnalysis,
     ResourceNames,
     SearchSetupError,
     apply,
+    complex_elements_per_document,
     main_search_setup,
     redacted,
     render,
@@ -48,6 +55,25 @@ MODELS = {
     "index": sm.SearchIndex,
     "skillset": sm.SearchIndexerSkillset,
     "indexer": sm.SearchIndexer,
+}
+AI_KEY = "ai-SECRET-services-key-value"
+AI_ENDPOINT = "https://my-ai.cognitiveservices.azure.com"
+# Per image, what the ImageAnalysisSkill's outputs hold (Microsoft Learn, "Image Analysis cognitive skill",
+# skill outputs; Image Analysis 3.2's analyze response).
+IMAGE_ANALYSIS_OUTPUT: dict[str, Any] = {
+    "tags": [{"name": "cup", "confidence": 0.98}, {"name": "coffee", "confidence": 0.95, "hint": "drink"}],
+    "description": {"tags": ["cup", "coffee"], "captions": [{"text": "a cup of coffee", "confidence": 0.61}]},
+    "categories": [{"name": "food_", "score": 0.8}],
+    "brands": [{"name": "Contoso", "confidence": 0.7, "rectangle": {"x": 1, "y": 2, "w": 3, "h": 4}}],
+    "objects": [{"object": "cup", "confidence": 0.9, "rectangle": {"x": 1, "y": 2, "w": 3, "h": 4}}],
+    "adult": {
+        "isAdultContent": False,
+        "isRacyContent": False,
+        "isGoryContent": False,
+        "adultScore": 0.01,
+        "racyScore": 0.02,
+        "goreScore": 0.0,
+    },
 }
 # Free-form maps in the REST API (any key is valid).
 FREE_FORM = (sm.WebApiHttpHeaders,)
@@ -169,10 +195,11 @@ def test_skill_inputs_and_outputs_are_what_classify_skill_accepts_and_returns() 
         Classification(label="cat", confidence=0.9, labels=("cat",), predictions=(("cat", 0.9), ("dog", 0.1))), "v1"
     )
     outputs = [o["name"] for o in skill["outputs"]]
-    assert outputs == ["label", "confidence", "labels", "predictions", "modelVersion"]
+    assert outputs == ["label", "confidence", "labels", "modelVersion"]
     assert set(outputs) <= set(data)
-    # amllabel duplicates label for indexes built for the older PowerSkill; nothing else is left out.
-    assert set(data) - set(outputs) == {"amllabel"}
+    # amllabel duplicates label for indexes built for the older PowerSkill; the top-k predictions would cost
+    # k complex elements per image (Azure AI Search allows 3,000 per document), so the index leaves them out.
+    assert set(data) - set(outputs) == {"amllabel", "predictions"}
 
 
 # --- the enrichment pipeline, simulated on the real skill -------------------------------------------------
@@ -236,6 +263,12 @@ def run_skillset(skillset: dict[str, Any], document: dict[str, Any]) -> None:
                 item[output["targetName"]] = {
                     inp["name"]: _relative(item, inp["source"], skill["context"]) for inp in skill["inputs"]
                 }
+        elif skill["@odata.type"] == "#Microsoft.Skills.Vision.ImageAnalysisSkill":
+            # What the skill writes per image, shaped as its reference documents each output.
+            targets = {o["name"]: o.get("targetName", o["name"]) for o in skill["outputs"]}
+            for item in items:
+                for name, target in targets.items():
+                    item[target] = IMAGE_ANALYSIS_OUTPUT[name]
         else:
             pytest.fail(f"no simulation for {skill['@odata.type']}")
 
@@ -287,17 +320,19 @@ def normalized_image(image: Image.Image, page: int) -> dict[str, Any]:
     }
 
 
-def test_the_pipeline_through_the_real_skill_fills_the_index_fields(install_service: Any) -> None:
-    install_service()
-    rendered = rendered_with_key()
-    # A document with two images, as a PDF with two pictures gives.
+def two_image_document() -> dict[str, Any]:
+    """A document with two images, as a PDF with two pictures gives."""
     images = [Image.open(SAMPLES / "coffee.png"), Image.open(SAMPLES / "chelsea.png")]
-    document = {
+    return {
         "metadata_storage_path": "https://stabc123.blob.core.windows.net/images/two.pdf",
         "normalized_images": [normalized_image(img.convert("RGB"), page) for page, img in enumerate(images, 1)],
     }
-    run_skillset(rendered["skillset"], document)
 
+
+def index_document(rendered: dict[str, dict[str, Any]], document: dict[str, Any]) -> dict[str, Any]:
+    """Run the skillset on `document`, then the indexer's output field mappings: the values each index field
+    gets, each checked against the field's type."""
+    run_skillset(rendered["skillset"], document)
     index_fields = {f["name"]: f for f in rendered["index"]["fields"]}
     mapped = {}
     for mapping in rendered["indexer"]["outputFieldMappings"]:
@@ -310,11 +345,17 @@ def test_the_pipeline_through_the_real_skill_fills_the_index_fields(install_serv
     for mapping in rendered["indexer"]["fieldMappings"]:
         assert mapping["targetFieldName"] in index_fields
     assert index_fields["id"]["key"] is True
+    return mapped
+
+
+def test_the_pipeline_through_the_real_skill_fills_the_index_fields(install_service: Any) -> None:
+    install_service()
+    mapped = index_document(rendered_with_key(), two_image_document())
 
     images_field = mapped["images"]
     assert [i["label"] for i in images_field] == ["espresso", "Egyptian cat"]
     assert [i["pageNumber"] for i in images_field] == [1, 2]
-    assert all(len(i["predictions"]) == 5 and set(i["predictions"][0]) == {"label", "score"} for i in images_field)
+    assert all(set(i) == {"label", "confidence", "labels", "modelVersion", "pageNumber"} for i in images_field)
     assert mapped["labels"] == ["espresso", "Egyptian cat"]
 
 
@@ -407,9 +448,6 @@ def test_dry_run_prints_the_json_and_never_the_key(capsys: pytest.CaptureFixture
     assert FUNCTION_KEY not in out
     assert printed["skillset"]["skills"][0]["httpHeaders"] == {"x-functions-key": "<redacted: $SKILL_FUNCTION_KEY>"}
     assert printed == redacted(rendered_with_key())
-    # Without the key in the environment the dry run still works: it never needs the key.
-    assert main_search_setup(namespace(dry_run=True), {}) == 0
-    assert json.loads(capsys.readouterr().out) == printed
 
 
 def test_dry_run_with_entra_id(capsys: pytest.CaptureFixture[str]) -> None:
@@ -613,3 +651,298 @@ def test_missing_key_variables_are_one_line_and_nothing_is_sent(
     out, err = capsys.readouterr()
     assert (out, err) == ("", message)
     assert search_service.requests == []
+
+
+# --- the 3,000 complex elements per document ----------------------------------------------------------------
+
+
+def test_a_document_fills_at_most_1000_complex_elements_whatever_its_image_count() -> None:
+    # Each image is one element of `images` and nothing nested: the extraction cap of 1,000 images per
+    # document bounds it at 1,000 of the 3,000 Azure AI Search allows, leaving 2,000 for other collections.
+    rendered = rendered_with_key()
+    assert complex_elements_per_document(rendered["index"], rendered["indexer"]) == 1000
+    assert MAX_COMPLEX_ELEMENTS_PER_DOCUMENT == 3000
+    # Image analysis adds only simple collections, which do not count.
+    analysis = ImageAnalysis(AIServicesIdentity(AI_ENDPOINT), features=VISUAL_FEATURES)
+    rendered = rendered_with_key(image_analysis=analysis)
+    assert complex_elements_per_document(rendered["index"], rendered["indexer"]) == 1000
+
+
+def predictions_nested_in_images(index: dict[str, Any]) -> dict[str, Any]:
+    """The shape before: the top-k predictions as a complex collection inside each image."""
+    index = json.loads(json.dumps(index))
+    (images,) = [f for f in index["fields"] if f["name"] == "images"]
+    images["fields"].append(
+        {
+            "name": "predictions",
+            "type": "Collection(Edm.ComplexType)",
+            "fields": [{"name": "label", "type": "Edm.String"}, {"name": "score", "type": "Edm.Double"}],
+        }
+    )
+    return index
+
+
+def test_the_bound_refuses_nested_unbounded_and_too_many_complex_collections(tmp_path: Any) -> None:
+    rendered = rendered_with_key()
+    index, indexer = rendered["index"], rendered["indexer"]
+    with pytest.raises(SearchSetupError) as caught:
+        complex_elements_per_document(predictions_nested_in_images(index), indexer)
+    assert str(caught.value) == (
+        "index field 'images' has the complex collection 'predictions' inside it, so one image can add any number "
+        "of elements; Azure AI Search allows 3,000 across all complex collections of a document: store such lists "
+        "as string collections"
+    )
+    # A complex collection filled from a path through a second `*` (say, objects detected in each image).
+    objects = {
+        "name": "objects",
+        "type": "Collection(Edm.ComplexType)",
+        "fields": [{"name": "label", "type": "Edm.String"}],
+    }
+    wide = {**index, "fields": [*index["fields"], objects]}
+    mapping = {"sourceFieldName": "/document/normalized_images/*/objects/*", "targetFieldName": "objects"}
+    with pytest.raises(SearchSetupError) as caught:
+        complex_elements_per_document(
+            wide, {**indexer, "outputFieldMappings": [*indexer["outputFieldMappings"], mapping]}
+        )
+    assert str(caught.value) == (
+        "index field 'objects' is a complex collection filled from /document/normalized_images/*/objects/*, which "
+        "has no bound per document; Azure AI Search allows 3,000 elements across all complex collections of a "
+        "document: fill it with one object per image (/document/normalized_images/*/NAME)"
+    )
+    # Four one-per-image collections would reach 4,000.
+    extra = [{**objects, "name": f"c{i}"} for i in range(3)]
+    mappings = [
+        {"sourceFieldName": f"/document/normalized_images/*/c{i}", "targetFieldName": f"c{i}"} for i in range(3)
+    ]
+    four = (
+        {**index, "fields": [*index["fields"], *extra]},
+        {**indexer, "outputFieldMappings": [*indexer["outputFieldMappings"], *mappings]},
+    )
+    with pytest.raises(SearchSetupError) as caught:
+        complex_elements_per_document(*four)
+    assert str(caught.value) == (
+        "the index's complex collections can hold 4,000 elements per document (1,000 images each); Azure AI Search "
+        "allows 3,000: keep at most 3 per-image complex collections"
+    )
+    # render() runs the check on the templates, so an edit that breaks the bound fails at once.
+    from shared.searchsetup import TEMPLATE_DIR
+
+    for name in ("datasource", "skillset", "indexer"):
+        (tmp_path / f"{name}.json").write_text((TEMPLATE_DIR / f"{name}.json").read_text())
+    template = json.loads((TEMPLATE_DIR / "index.json").read_text())
+    (tmp_path / "index.json").write_text(json.dumps(predictions_nested_in_images(template)))
+    with pytest.raises(SearchSetupError, match="has the complex collection 'predictions' inside it"):
+        rendered_with_key(template_dir=tmp_path)
+
+
+# --- --image-analysis and --per-page ---------------------------------------------------------------------
+
+
+def test_without_the_options_nothing_changes() -> None:
+    rendered = rendered_with_key()
+    assert [s["@odata.type"] for s in rendered["skillset"]["skills"]] == [
+        "#Microsoft.Skills.Custom.WebApiSkill",
+        "#Microsoft.Skills.Util.ShaperSkill",
+    ]
+    assert "cognitiveServices" not in rendered["skillset"]
+    assert rendered["indexer"]["parameters"]["configuration"]["imageAction"] == "generateNormalizedImages"
+    assert {f["name"] for f in rendered["index"]["fields"]} == {
+        "id", "content", "metadata_storage_name", "metadata_storage_path", "metadata_content_type",
+        "metadata_storage_size", "metadata_storage_last_modified", "labels", "images",
+    }  # fmt: skip
+
+
+def test_per_page_renders_each_pdf_page_as_one_image() -> None:
+    rendered = rendered_with_key(per_page=True)
+    configuration = sdk_objects(rendered)["indexer"].parameters.configuration
+    assert configuration.image_action == sm.BlobIndexerImageAction.GENERATE_NORMALIZED_IMAGE_PER_PAGE
+
+
+def test_image_analysis_keyless_adds_the_skill_fields_and_mappings() -> None:
+    rendered = rendered_with_key(image_analysis=ImageAnalysis(AIServicesIdentity(AI_ENDPOINT)))
+    skillset = sdk_objects(rendered)["skillset"]
+    (analysis,) = [s for s in skillset.skills if isinstance(s, sm.ImageAnalysisSkill)]
+    assert analysis.visual_features == [sm.VisualFeature.TAGS, sm.VisualFeature.DESCRIPTION]
+    assert analysis.context == "/document/normalized_images/*"
+    assert [(i.name, i.source) for i in analysis.inputs] == [("image", "/document/normalized_images/*")]
+    billing = skillset.cognitive_services_account
+    assert isinstance(billing, sm.AIServicesAccountIdentity)
+    assert billing.subdomain_url == AI_ENDPOINT and billing.identity is None
+    assert rendered["skillset"]["cognitiveServices"]["identity"] is None  # system-assigned, as Learn says
+    index_fields = {f["name"]: f for f in rendered["index"]["fields"]}
+    assert index_fields["imageTags"]["type"] == "Collection(Edm.String)" and index_fields["imageTags"]["facetable"]
+    assert index_fields["imageCaptions"]["searchable"] and not index_fields["imageCaptions"]["filterable"]
+    assert rendered["indexer"]["outputFieldMappings"][-2:] == [
+        {"sourceFieldName": "/document/normalized_images/*/visionTags/*/name", "targetFieldName": "imageTags"},
+        {
+            "sourceFieldName": "/document/normalized_images/*/visionDescription/captions/*/text",
+            "targetFieldName": "imageCaptions",
+        },
+    ]
+
+
+def test_image_analysis_with_a_key_and_every_feature(install_service: Any) -> None:
+    install_service()
+    analysis = ImageAnalysis(AIServicesKey(AI_KEY, "MY_AI_KEY"), features=VISUAL_FEATURES)
+    rendered = rendered_with_key(image_analysis=analysis)
+    billing = sdk_objects(rendered)["skillset"].cognitive_services_account
+    assert isinstance(billing, sm.CognitiveServicesAccountKey) and billing.key == AI_KEY
+    # The whole pipeline: the classifier through ClassifySkill.main, the analysis as documented, every mapped
+    # value fits its field.
+    mapped = index_document(rendered, two_image_document())
+    assert mapped["imageTags"] == ["cup", "coffee", "cup", "coffee"]
+    assert mapped["imageCaptions"] == ["a cup of coffee", "a cup of coffee"]
+    assert mapped["imageCategories"] == ["food_", "food_"]
+    assert mapped["imageBrands"] == ["Contoso", "Contoso"] and mapped["imageObjects"] == ["cup", "cup"]
+    assert mapped["imageAdultContent"] == [False, False] and mapped["imageGoryContent"] == [False, False]
+    assert [i["label"] for i in mapped["images"]] == ["espresso", "Egyptian cat"]
+    # Printing hides both keys.
+    shown = json.dumps(redacted(rendered, "SKILL_FUNCTION_KEY", "MY_AI_KEY"))
+    assert AI_KEY not in shown and FUNCTION_KEY not in shown and "<redacted: $MY_AI_KEY>" in shown
+
+
+def test_apply_writes_a_keyless_skillset_with_the_preview_api_version(search_service: Recorder) -> None:
+    keyless = rendered_with_key(image_analysis=ImageAnalysis(AIServicesIdentity(AI_ENDPOINT)))
+    apply(keyless, search_service.url, ADMIN_KEY)
+    versions = {r["path"].split("/")[1]: r["query"]["api-version"] for r in search_service.requests}
+    assert versions == {
+        "datasources": [API_VERSION],
+        "indexes": [API_VERSION],
+        "skillsets": [KEYLESS_BILLING_API_VERSION],
+        "indexers": [API_VERSION],
+    }
+    search_service.requests.clear()
+    apply(rendered_with_key(image_analysis=ImageAnalysis(AIServicesKey(AI_KEY, "K"))), search_service.url, ADMIN_KEY)
+    assert {r["query"]["api-version"][0] for r in search_service.requests} == {API_VERSION}
+    assert search_service.requests[2]["body"]["cognitiveServices"]["key"] == AI_KEY
+
+
+def test_image_analysis_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"SKILL_FUNCTION_KEY": FUNCTION_KEY, "MY_AI_KEY": AI_KEY}
+    args = namespace(
+        dry_run=True,
+        image_analysis=True,
+        visual_features="tags, objects",
+        ai_services_key_env="MY_AI_KEY",
+        per_page=True,
+    )
+    assert main_search_setup(args, env) == 0
+    out = capsys.readouterr().out
+    assert AI_KEY not in out and FUNCTION_KEY not in out
+    printed = json.loads(out)
+    assert printed["skillset"]["cognitiveServices"] == {
+        "@odata.type": "#Microsoft.Azure.Search.CognitiveServicesByKey",
+        "description": "Billed with a key of an AI Services resource in the search service's region.",
+        "key": "<redacted: $MY_AI_KEY>",
+    }
+    assert printed["skillset"]["skills"][-1]["visualFeatures"] == ["tags", "objects"]
+    assert printed["indexer"]["parameters"]["configuration"]["imageAction"] == "generateNormalizedImagePerPage"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"image_analysis": True},
+            "--image-analysis needs an AI Services resource to bill: --ai-services-endpoint "
+            "https://<name>.cognitiveservices.azure.com (keyless, the search service's identity needs Cognitive "
+            "Services User on it) or --ai-services-key-env NAME (a variable holding its key)",
+        ),
+        (
+            {"image_analysis": True, "ai_services_endpoint": AI_ENDPOINT, "ai_services_key_env": "MY_AI_KEY"},
+            "give either --ai-services-endpoint (keyless, with the search service's identity) or "
+            "--ai-services-key-env (a key), not both",
+        ),
+        (
+            {"ai_services_endpoint": AI_ENDPOINT},
+            "--ai-services-endpoint, --ai-services-key-env and --visual-features only apply with --image-analysis",
+        ),
+        (
+            {"image_analysis": True, "ai_services_endpoint": "http://my-ai.cognitiveservices.azure.com"},
+            "AI Services endpoint 'http://my-ai.cognitiveservices.azure.com' is invalid: expected an https:// URL",
+        ),
+        (
+            {"image_analysis": True, "ai_services_endpoint": AI_ENDPOINT + "/vision/v3.2/analyze"},
+            f"AI Services endpoint '{AI_ENDPOINT}/vision/v3.2/analyze' is invalid: give the resource's endpoint only, "
+            "like https://<name>.cognitiveservices.azure.com",
+        ),
+        (
+            {"image_analysis": True, "ai_services_endpoint": AI_ENDPOINT, "visual_features": "tags,Color"},
+            "visual feature 'Color' is unknown: choose from adult, brands, categories, description, objects, tags "
+            "(lowercase)",
+        ),
+        (
+            {"image_analysis": True, "ai_services_endpoint": AI_ENDPOINT, "visual_features": "faces"},
+            "visual feature 'faces' is not offered: Image Analysis 3.2 retired the gender and limited the age of "
+            "faces, and face rectangles have no searchable field; choose from adult, brands, categories, "
+            "description, objects, tags",
+        ),
+        (
+            {"image_analysis": True, "ai_services_endpoint": AI_ENDPOINT, "visual_features": " , "},
+            "visual features are empty: choose from adult, brands, categories, description, objects, tags",
+        ),
+    ],
+)
+def test_bad_image_analysis_options_are_one_line(
+    capsys: pytest.CaptureFixture[str], overrides: dict[str, Any], message: str
+) -> None:
+    assert main_search_setup(namespace(dry_run=True, **overrides), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 1
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+
+
+# --- the dry run fails where the real run would (issue 13, finding 11) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        (
+            {},
+            {"SEARCH_ADMIN_KEY": ADMIN_KEY},
+            "error: environment variable SKILL_FUNCTION_KEY is not set: put ClassifySkill's function key there, for "
+            "example with `az functionapp function keys list -g <group> -n <app> --function-name ClassifySkill`, "
+            "or pass --auth-resource-id for Entra ID\n",
+        ),
+        (
+            {"key_env": "MY_SEARCH_KEY"},
+            {"SKILL_FUNCTION_KEY": FUNCTION_KEY},
+            "error: environment variable MY_SEARCH_KEY is not set: put an admin key of the search service there, "
+            "for example with `az search admin-key show -g <group> --service-name <service>`, or leave out "
+            "--key-env to sign in with Entra ID\n",
+        ),
+        (
+            {"image_analysis": True, "ai_services_key_env": "MY_AI_KEY"},
+            {"SKILL_FUNCTION_KEY": FUNCTION_KEY, "SEARCH_ADMIN_KEY": ADMIN_KEY},
+            "error: environment variable MY_AI_KEY is not set: put a key of the AI Services resource (in the search "
+            "service's region) there, for example with `az cognitiveservices account keys list -g <group> -n "
+            "<resource> --query key1 -o tsv`, or use --ai-services-endpoint for keyless billing\n",
+        ),
+    ],
+)
+def test_dry_run_reports_the_same_missing_input_as_the_real_run(
+    search_service: Recorder,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for dry_run in (False, True):
+        args = namespace(search_endpoint=search_service.url, dry_run=dry_run, **overrides)
+        assert main_search_setup(args, env) == 1
+        assert capsys.readouterr() == ("", message), f"dry_run={dry_run}"
+    assert search_service.requests == []
+
+
+def test_rendered_enum_values_are_the_sdks() -> None:
+    # The SDK models accept any string for an enum; check the values against the enums themselves.
+    analysis = ImageAnalysis(AIServicesIdentity(AI_ENDPOINT), features=VISUAL_FEATURES)
+    for per_page in (False, True):
+        rendered = rendered_with_key(image_analysis=analysis, per_page=per_page)
+        (skill,) = [s for s in rendered["skillset"]["skills"] if s["@odata.type"].endswith("ImageAnalysisSkill")]
+        assert set(skill["visualFeatures"]) <= {v.value for v in sm.VisualFeature}
+        assert skill["defaultLanguageCode"] in {v.value for v in sm.ImageAnalysisSkillLanguage}
+        action = rendered["indexer"]["parameters"]["configuration"]["imageAction"]
+        assert action in {v.value for v in sm.BlobIndexerImageAction}
+        for field in rendered["index"]["fields"]:
+            inner = field["type"].removeprefix("Collection(").removesuffix(")")
+            assert inner in {v.value for v in sm.SearchFieldDataType}, field["name"]

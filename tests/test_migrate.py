@@ -1,0 +1,418 @@
+"""migrate-skillset: the older PowerSkill's skillset (as its notebook wrote it, or as the service returns it)
+becomes one that calls this function app; only the PowerSkill's Web API skill changes; the docs' commands
+run as written against a stand-in search service on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from azure.search.documents.indexes import models as sm
+
+from shared import cli
+from shared.migrate import main_migrate_skillset, migrate_skillset
+from shared.searchsetup import EntraAuth, FunctionKeyAuth, render
+from tests.conftest import ROOT, SAMPLES
+from tests.test_searchsetup import _at_path, run_skillset, type_problems, unknown_keys
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "powerskill"
+NOTEBOOK = FIXTURES / "notebook-skillset.json"
+PORTAL = FIXTURES / "portal-skillset.json"
+FUNCTION = "https://func-abc123.azurewebsites.net"
+FUNCTION_KEY = "fk-SECRET-function-key-value"
+ADMIN_KEY = "ak-SECRET-admin-key-value"
+AI_KEY = "ai-SECRET-services-key-value"
+OLD_KEY = "old-powerskill-key-not-a-secret"
+COGSVC_KEY = "cogsvc-key-not-a-secret"
+STORAGE_ID = "/subscriptions/0000-1111/resourceGroups/rg-skill/providers/Microsoft.Storage/storageAccounts/stabc123"
+
+
+def load(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def web_api(skillset: dict[str, Any]) -> dict[str, Any]:
+    (skill,) = [s for s in skillset["skills"] if s["@odata.type"] == "#Microsoft.Skills.Custom.WebApiSkill"]
+    return skill
+
+
+def test_the_notebooks_skillset_calls_the_function_app_and_nothing_else_changes() -> None:
+    before = load(NOTEBOOK)
+    after = migrate_skillset(before, FUNCTION, FunctionKeyAuth(FUNCTION_KEY))
+    assert before == load(NOTEBOOK)  # the input is not modified
+    old, new = web_api(before), web_api(after)
+    assert new["uri"] == f"{FUNCTION}/api/classify"
+    assert new["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
+    assert (new["timeout"], new["batchSize"]) == ("PT230S", 8)
+    changed = {"uri", "httpHeaders", "timeout", "batchSize"}
+    assert {k: v for k, v in new.items() if k not in changed} == {k: v for k, v in old.items() if k not in changed}
+    assert new["inputs"] == [{"name": "images", "source": "/document/normalized_images/*"}]
+    assert new["outputs"] == [{"name": "amllabel"}]
+    # The other skill and the billing are exactly as they were.
+    assert after["skills"][0] == before["skills"][0]
+    assert after["cognitiveServices"] == before["cognitiveServices"]
+    assert {k for k in after if k != "skills"} == {k for k in before if k != "skills"}
+    # What the service's models accept.
+    parsed = sm.SearchIndexerSkillset(json.loads(json.dumps({"name": "aml-classifier-skillset", **after})))
+    assert unknown_keys(parsed, {"name": "aml-classifier-skillset", **after}, "skillset") == []
+    (skill,) = [s for s in parsed.skills if isinstance(s, sm.WebApiSkill)]
+    assert skill.uri == f"{FUNCTION}/api/classify" and skill.batch_size == 8
+
+
+def test_the_migrated_skill_still_fills_the_notebooks_amllabel_field(install_service: Any) -> None:
+    """The notebook's indexer maps /document/normalized_images/*/amllabel to an `amllabel`
+    Collection(Edm.String) field: run the migrated Web API skill through ClassifySkill.main and map it."""
+    install_service()
+    migrated = migrate_skillset(load(NOTEBOOK), FUNCTION, FunctionKeyAuth(FUNCTION_KEY))
+    only_ours = {**migrated, "skills": [web_api(migrated)]}  # the built-in analysis cannot run here
+    image = {"$type": "file", "data": base64.b64encode((SAMPLES / "coffee.png").read_bytes()).decode()}
+    document: dict[str, Any] = {"normalized_images": [image, copy.deepcopy(image)]}
+    run_skillset(only_ours, document)
+    value, collection = _at_path(document, "/document/normalized_images/*/amllabel")
+    field = {"name": "amllabel", "type": "Collection(Edm.String)"}
+    assert collection and type_problems(value, field, "amllabel") == []
+    assert value == ["espresso", "espresso"]
+
+
+def test_a_portal_export_keeps_its_etag_and_names_and_drops_the_response_context() -> None:
+    before = load(PORTAL)
+    after = migrate_skillset(before, FUNCTION + "/", FunctionKeyAuth(FUNCTION_KEY))
+    assert "@odata.context" not in after
+    assert after["@odata.etag"] == before["@odata.etag"] and after["name"] == "aml-classifier-skillset"
+    new = web_api(after)
+    assert (new["name"], new["uri"], new["timeout"], new["batchSize"]) == (
+        "#2",
+        f"{FUNCTION}/api/classify",
+        "PT230S",
+        8,
+    )
+    assert new["authResourceId"] is None and new["degreeOfParallelism"] is None
+    assert after["skills"][0] == before["skills"][0]
+    parsed = sm.SearchIndexerSkillset(json.loads(json.dumps(after)))
+    assert unknown_keys(parsed, after, "skillset") == []
+
+
+def test_batch_size_within_the_recommendation_is_kept_and_other_headers_stay() -> None:
+    skillset = load(NOTEBOOK)
+    web_api(skillset)["batchSize"] = 12
+    web_api(skillset)["httpHeaders"]["X-Trace"] = "on"
+    after = web_api(migrate_skillset(skillset, FUNCTION, FunctionKeyAuth(FUNCTION_KEY)))
+    assert after["batchSize"] == 12
+    assert after["httpHeaders"] == {"X-Trace": "on", "x-functions-key": FUNCTION_KEY}
+
+
+def test_entra_id_without_a_key_sends_no_key_header() -> None:
+    after = web_api(migrate_skillset(load(NOTEBOOK), FUNCTION, EntraAuth("11111111-2222-3333-4444-555555555555")))
+    assert "httpHeaders" not in after
+    assert after["authResourceId"] == "11111111-2222-3333-4444-555555555555/.default"
+
+
+def namespace(file: Path | str, **overrides: Any) -> argparse.Namespace:
+    values: dict[str, Any] = {
+        "file": str(file),
+        "function_url": FUNCTION,
+        "function_key_env": "SKILL_FUNCTION_KEY",
+        "auth_resource_id": None,
+        "name": None,
+        "ai_services_key_env": None,
+        "search_endpoint": None,
+        "key_env": None,
+    }
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_printing_redacts_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_migrate_skillset(namespace(NOTEBOOK), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    for secret in (FUNCTION_KEY, OLD_KEY, COGSVC_KEY):
+        assert secret not in out
+    printed = json.loads(out)
+    assert web_api(printed)["httpHeaders"] == {"x-functions-key": "<redacted: $SKILL_FUNCTION_KEY>"}
+    assert printed["cognitiveServices"]["key"] == f"<redacted: as in {NOTEBOOK}>"
+
+
+def test_the_command_line_entry_point(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_FUNCTION_KEY", FUNCTION_KEY)
+    status = cli.main(
+        ["migrate-skillset", str(PORTAL), "--function-url", FUNCTION, "--function-key-env", "MY_FUNCTION_KEY"]
+    )
+    out, err = capsys.readouterr()
+    assert (status, err) == (0, "")
+    assert web_api(json.loads(out))["httpHeaders"] == {"x-functions-key": "<redacted: $MY_FUNCTION_KEY>"}
+    assert FUNCTION_KEY not in out
+
+
+def _search_setup_skillset(tmp_path: Path) -> Path:
+    rendered = render(
+        "https://s.search.windows.net", FUNCTION, auth=FunctionKeyAuth("k"), storage_resource_id=STORAGE_ID
+    )
+    path = tmp_path / "ours.json"
+    path.write_text(json.dumps(rendered["skillset"]))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "overrides", "env", "message"),
+    [
+        (
+            "{not json",
+            {},
+            None,
+            "{file} is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+        ),
+        ('[{"skills": []}]', {}, None, '{file} is not a skillset: expected a JSON object with a "skills" list'),
+        (
+            '{"name": "x", "fields": []}',
+            {},
+            None,
+            '{file} is not a skillset: expected a JSON object with a "skills" list',
+        ),
+        (
+            json.dumps({"skills": [load(NOTEBOOK)["skills"][0]]}),
+            {},
+            None,
+            "{file} has no skill of the AutoML Vision Classifier PowerSkill: expected a "
+            "#Microsoft.Skills.Custom.WebApiSkill whose uri ends in /api/extraction or that outputs amllabel",
+        ),
+        (
+            None,  # the file does not exist
+            {},
+            None,
+            "cannot read {file} (No such file or directory)",
+        ),
+        (
+            NOTEBOOK.read_text(),
+            {},
+            {},
+            "environment variable SKILL_FUNCTION_KEY is not set: put ClassifySkill's function key there, for example "
+            "with `az functionapp function keys list -g <group> -n <app> --function-name ClassifySkill`, or pass "
+            "--auth-resource-id for Entra ID",
+        ),
+        (
+            NOTEBOOK.read_text(),
+            {"function_url": "http://dogs.example.net"},
+            None,
+            "function URL 'http://dogs.example.net' is invalid: expected an https:// URL",
+        ),
+        (
+            NOTEBOOK.read_text(),
+            {"search_endpoint": "https://s.search.windows.net"},
+            None,
+            '{file} has no "name" (the notebook put it in the URL): pass --name with the skillset\'s name',
+        ),
+        (
+            PORTAL.read_text(),
+            {"search_endpoint": "https://s.search.windows.net"},
+            None,
+            "{file} has no AI Services key in cognitiveServices (an export can leave it out) and writing it would stop "
+            "the billing: pass --ai-services-key-env NAME with the key in that variable",
+        ),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | None,
+    overrides: dict[str, Any],
+    env: dict[str, str] | None,
+    message: str,
+) -> None:
+    path = tmp_path / "skillset.json"
+    if content is not None:
+        path.write_text(content)
+    status = main_migrate_skillset(
+        namespace(path, **overrides), {"SKILL_FUNCTION_KEY": FUNCTION_KEY} if env is None else env
+    )
+    assert status == 1
+    assert capsys.readouterr() == ("", f"error: {message.format(file=path)}\n")
+
+
+def test_search_setups_own_skillset_is_not_a_powerskill(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _search_setup_skillset(tmp_path)
+    assert main_migrate_skillset(namespace(path), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 1
+    assert "has no skill of the AutoML Vision Classifier PowerSkill" in capsys.readouterr().err
+
+
+# --- writing it, and the docs' commands as written ---------------------------------------------------------
+
+
+class SearchStandIn:
+    """Azure AI Search's skillset API on 127.0.0.1, as far as these commands use it: PUT and GET
+    /skillsets/<name>?api-version=..., the admin key in `api-key`, 201 on create and 200 on update, the
+    service's error shape, and a GET that carries @odata.context and @odata.etag."""
+
+    def __init__(self, admin_key: str) -> None:
+        self.skillsets: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; odata.metadata=minimal")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _route(self) -> str | None:
+                url = urlsplit(self.path)
+                stand_in.requests.append(
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "query": parse_qs(url.query),
+                        "headers": dict(self.headers),
+                    }
+                )
+                if self.headers.get("api-key") != admin_key:
+                    self._answer(403, {"error": {"code": "", "message": "Forbidden"}})
+                    return None
+                match = re.fullmatch(r"/skillsets/([a-z0-9-]+)", url.path)
+                if match is None or "api-version" not in parse_qs(url.query):
+                    self._answer(404, {"error": {"code": "", "message": f"No route {url.path}"}})
+                    return None
+                return match.group(1)
+
+            def do_GET(self) -> None:
+                name = self._route()
+                if name is None:
+                    return
+                if name not in stand_in.skillsets:
+                    self._answer(
+                        404, {"error": {"code": "", "message": f"No skillset with the name '{name}' was found."}}
+                    )
+                    return
+                host = self.headers.get("Host")
+                self._answer(
+                    200,
+                    {
+                        "@odata.context": f"http://{host}/$metadata#skillsets/$entity",
+                        "@odata.etag": '"0x1"',
+                        **stand_in.skillsets[name],
+                    },
+                )
+
+            def do_PUT(self) -> None:
+                name = self._route()
+                if name is None:
+                    return
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                stand_in.requests[-1]["body"] = body
+                if body.get("name", name) != name:
+                    self._answer(
+                        400, {"error": {"code": "", "message": "The name in the body does not match the URL."}}
+                    )
+                    return
+                created = name not in stand_in.skillsets
+                stand_in.skillsets[name] = {k: v for k, v in body.items() if k != "@odata.etag"}
+                self._answer(201 if created else 200, body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        host, port = self.server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+
+
+@pytest.fixture
+def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStandIn]:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    stand_in = SearchStandIn(ADMIN_KEY)
+    thread = threading.Thread(target=stand_in.server.serve_forever, daemon=True)
+    thread.start()
+    yield stand_in
+    stand_in.server.shutdown()
+    stand_in.server.server_close()
+
+
+def test_writing_the_notebooks_skillset(search_service: SearchStandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"SKILL_FUNCTION_KEY": FUNCTION_KEY, "SEARCH_ADMIN_KEY": ADMIN_KEY}
+    args = namespace(NOTEBOOK, search_endpoint=search_service.url, name="aml-classifier-skillset")
+    assert main_migrate_skillset(args, env) == 0
+    assert capsys.readouterr() == ("skillset aml-classifier-skillset: created\n", "")
+    (put,) = search_service.requests
+    assert (put["method"], put["path"], put["query"]) == (
+        "PUT",
+        "/skillsets/aml-classifier-skillset",
+        {"api-version": ["2024-07-01"]},
+    )
+    # The service gets the real keys: the function key and the billing key the file had.
+    written = put["body"]
+    assert web_api(written)["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
+    assert written["cognitiveServices"]["key"] == COGSVC_KEY
+
+
+def test_docs_commands_run_as_written(search_service: SearchStandIn, tmp_path: Path) -> None:
+    """Every `curl` and `.venv/bin/python -m shared` line of docs/migrating.md, run by bash with the variables
+    the page exports set to a stand-in search service and test keys, and `azd` answering `env get-value`."""
+    search_service.skillsets["aml-classifier-skillset"] = {"name": "aml-classifier-skillset", **load(PORTAL)}
+    for response_only in ("@odata.context", "@odata.etag"):
+        search_service.skillsets["aml-classifier-skillset"].pop(response_only)
+    text = (ROOT / "docs" / "migrating.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    commands = [
+        line.strip()
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip().startswith(("curl ", ".venv/bin/python -m shared "))
+    ]
+    assert len(commands) == 4
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    azd = bin_dir / "azd"
+    azd.write_text('#!/bin/sh\n[ "$1 $2" = "env get-value" ] && printenv "$3"\n')
+    azd.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    (work / "shared").symlink_to(ROOT / "shared")
+    env = {
+        **{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "SEARCH_ENDPOINT": search_service.url,
+        "FUNCTION_URL": FUNCTION,
+        "SKILL_FUNCTION_KEY": FUNCTION_KEY,
+        "SEARCH_ADMIN_KEY": ADMIN_KEY,
+        "AI_SERVICES_KEY": AI_KEY,
+        "STORAGE_ACCOUNT_ID": STORAGE_ID,
+    }
+    outputs = []
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command], check=False, cwd=work, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert (done.returncode, done.stderr) == (0, ""), command
+        outputs.append(done.stdout)
+        for secret in (FUNCTION_KEY, ADMIN_KEY, AI_KEY):
+            assert secret not in done.stdout
+    downloaded, printed, written, setup = outputs
+    assert downloaded == "" and json.loads((work / "skillset.json").read_text())["@odata.etag"] == '"0x1"'
+    assert web_api(json.loads(printed))["uri"] == f"{FUNCTION}/api/classify"
+    assert written == "skillset aml-classifier-skillset: updated\n"
+    stored = search_service.skillsets["aml-classifier-skillset"]
+    assert web_api(stored)["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
+    assert stored["cognitiveServices"]["key"] == AI_KEY  # the export had none: it came from AI_SERVICES_KEY
+    rendered = json.loads(setup)
+    assert rendered["skillset"]["name"] == "dogs-skillset"
+    assert rendered["skillset"]["skills"][-1]["visualFeatures"] == ["tags", "description", "categories", "brands"]
+    assert rendered["indexer"]["parameters"]["configuration"]["imageAction"] == "generateNormalizedImagePerPage"
