@@ -472,7 +472,7 @@ def run_scheduled(settings: Settings | None = None, *, clock: Callable[[], float
     except ClassifierError as exc:
         logger.error("reindex failed after %.0f ms: %s", 1000 * (time.monotonic() - started), exc)
         return None
-    logger.info("reindex %s: %s", outcome.action, outcome.message)
+    logger.info("reindex: %s", outcome.message)
     return outcome
 
 

@@ -484,14 +484,14 @@ def test_the_timer_runs_a_pass_on_every_tick_without_aml(
     with caplog.at_level(logging.INFO):
         RefreshModel.main(func.timer.TimerRequest(past_due=False))
     assert reindex_lines(caplog) == [
-        "reindex baseline: took v1 as the baseline: the index is re-enriched from the next version on"
+        "reindex: took v1 as the baseline: the index is re-enriched from the next version on"
     ]
     publish(store, tmp_path, "v2", seed=2)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         RefreshModel.main(func.timer.TimerRequest(past_due=False))
     assert reindex_lines(caplog) == [
-        "reindex done: re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run"
+        "reindex: re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run"
     ]
     assert stub.calls() == [STATUS, RESET, RUN] and recorded(store) == ("v2", None)
 
@@ -514,7 +514,7 @@ def test_a_failing_refresh_does_not_stop_the_pass_and_a_failing_pass_is_one_line
     assert [r.getMessage() for r in caplog.records if r.name == "RefreshModel"] == [
         "refresh failed unexpectedly: RuntimeError"
     ]
-    assert reindex_lines(caplog)[0].startswith("reindex baseline: took v1")
+    assert reindex_lines(caplog)[0].startswith("reindex: took v1")
     publish(store, tmp_path, "v2", seed=2)
     monkeypatch.setenv("SEARCH_ADMIN_KEY", "not-the-key")
     caplog.clear()
