@@ -88,10 +88,8 @@ def _result(status: str, start: str, end: str | None) -> dict[str, Any]:
         "itemsFailed": 0,
         "initialTrackingState": None,
         "finalTrackingState": None,
-        "mode": "indexingAllDocs",
         "errors": [],
         "warnings": [],
-        "metrics": None,
     }
 
 
@@ -224,7 +222,6 @@ class SearchStub:
                         "lastResult": found.history[0] if found.history else None,
                         "executionHistory": found.history,
                         "limits": LIMITS,
-                        "currentState": {"mode": "indexingAllDocs"},
                     },
                 )
 
