@@ -192,6 +192,18 @@ var appSettings = {
   // Microsoft Learn, "How to disable functions in Azure Functions": AzureWebJobs.<FUNCTION_NAME>.Disabled.
   'AzureWebJobs.RefreshModel.Disabled': refreshHasWork ? 'false' : 'true'
 
+  // Re-enrichment after a new model (docs/reindex.md): off while SEARCH_ENDPOINT is empty; set it, and the
+  // names when they differ from search-setup's, in appSettingOverrides. The app's identity needs Search Service
+  // Contributor on the search service; SEARCH_ADMIN_KEY stays empty (or a Key Vault reference).
+  SEARCH_ENDPOINT: ''
+  SEARCH_INDEXER_NAME: 'automl-images-indexer'
+  SEARCH_SKILLSET_NAME: 'automl-images-skillset'
+  SEARCH_SKILL_NAME: 'classify-images'
+  SEARCH_INDEX_NAME: 'automl-images-index'
+  SEARCH_ADMIN_KEY: ''
+  REINDEX_MODE: ''
+  REINDEX_DELAY_SECONDS: ''
+
   // Serving. AZUREML_MODEL_DIR is for a local folder instead of the store: unused in Azure.
   AZUREML_MODEL_DIR: ''
   ENGINE_THREADS: '0'

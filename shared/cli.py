@@ -255,6 +255,34 @@ def cmd_migrate_skillset(args: argparse.Namespace, settings: Settings) -> int:
     return main_migrate_skillset(args)
 
 
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    """One re-enrichment pass (exit 0 whatever it decided), or `--status`; errors are one `error:` line."""
+    from shared.reindex import ReindexError, SearchService, read_status, run_pass
+
+    if not settings.search_endpoint:
+        raise ReindexError("re-enrichment is off: set SEARCH_ENDPOINT to the search service's URL")
+    store = open_store(settings)
+    service = SearchService.from_settings(settings)
+    if args.status:
+        status = read_status(settings, store, service)
+        record = status.recorded
+        print(f"current version: {status.current or 'none (nothing is published)'}")
+        if record is None:
+            print("last re-enriched with: none yet (the next pass takes the current version as its baseline)")
+        else:
+            claim = f"; re-enriching with {record.pending} since {record.claimed}" if record.pending else ""
+            print(f"last re-enriched with: {record.version} ({record.mode}, {record.recorded}){claim}")
+        print(f"indexer {settings.search_indexer_name}: {status.indexer.describe()}")
+        if status.stale is not None:
+            print(f"documents with an image classified by another version than {status.current}: {status.stale}")
+        return 0
+    if settings.reindex_mode == "off":
+        raise ReindexError("re-enrichment is off (REINDEX_MODE=off): set REINDEX_MODE to full or skills")
+    outcome = run_pass(settings, store, service, now=args.now, dry_run=args.dry_run)
+    print(outcome.message)
+    return 0
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value < 1:
@@ -417,6 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
     )
     migrate.set_defaults(handler=cmd_migrate_skillset)
+
+    reindex = commands.add_parser(
+        "reindex", help="re-enrich the search index with the current model version, once (as RefreshModel does)"
+    )
+    reindex.add_argument("--now", action="store_true", help="ignore REINDEX_DELAY_SECONDS")
+    reindex.add_argument("--dry-run", action="store_true", help="say what it would do; only GET requests")
+    reindex.add_argument(
+        "--status",
+        action="store_true",
+        help="print the current version, the version last re-enriched, the indexer's state and the stale documents",
+    )
+    reindex.set_defaults(handler=cmd_reindex)
     return parser
 
 

@@ -237,13 +237,14 @@ def refresh_from_run_dir(
 
 
 def timer_has_work(settings: Settings) -> bool:
-    """Whether RefreshModel's timer has anything to do with these settings: today, an AML workspace to poll.
+    """Whether RefreshModel's timer has anything to do with these settings: an AML workspace to poll, or a search
+    index to re-enrich when the current version changes (`REINDEX_MODE`, see shared.reindex).
 
     infra/main.bicep holds the same condition (`refreshHasWork`) and disables the timer
     (`AzureWebJobs.RefreshModel.Disabled`) when it is false, so that a Flex Consumption app is not woken every
-    tick for nothing. A second duty of the timer joins here, as an `or`, and in the Bicep variable.
+    tick for nothing.
     """
-    return settings.aml_requested
+    return settings.aml_requested or settings.reindex_mode != "off"
 
 
 def run_scheduled(past_due: bool = False) -> RefreshOutcome | None:
@@ -252,12 +253,15 @@ def run_scheduled(past_due: bool = False) -> RefreshOutcome | None:
     started = time.monotonic()
     try:
         settings = Settings.from_env()
-        if not timer_has_work(settings):
-            logger.info(
-                "refresh: nothing to do: no AML workspace is configured (set AML_SUBSCRIPTION_ID, AML_RESOURCE_GROUP, "
-                "AML_WORKSPACE_NAME and AML_EXPERIMENT_NAME to refresh from AML, or set "
-                "AzureWebJobs.RefreshModel.Disabled=true to stop this timer)"
-            )
+        if not settings.aml_requested:
+            if timer_has_work(settings):
+                logger.info("refresh: no AML workspace is configured; this timer only re-enriches the search index")
+            else:
+                logger.info(
+                    "refresh: nothing to do: no AML workspace is configured (set AML_SUBSCRIPTION_ID, "
+                    "AML_RESOURCE_GROUP, AML_WORKSPACE_NAME and AML_EXPERIMENT_NAME to refresh from AML, or set "
+                    "AzureWebJobs.RefreshModel.Disabled=true to stop this timer)"
+                )
             return None
         outcome = refresh_model(settings)
     except ClassifierError as exc:

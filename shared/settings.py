@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,38 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _search_endpoint(raw: str) -> str:
+    # A search endpoint receives an admin key or a token: https only, except plain http to this machine (the
+    # stand-in search service of the tests).
+    parsed = urllib.parse.urlsplit(raw)
+    secure = parsed.scheme == "https" or (parsed.scheme == "http" and _is_loopback(parsed.hostname))
+    if not secure or not parsed.hostname or parsed.query or parsed.fragment or parsed.path.strip("/"):
+        raise ValueError
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _search_object_name(raw: str) -> str:
+    # Azure AI Search names of indexers, skillsets and indexes: lowercase letters, digits and dashes.
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?", raw):
+        raise ValueError
+    return raw
+
+
+def _skill_name(raw: str) -> str:
+    if len(raw) > 128 or not raw.isprintable():
+        raise ValueError
+    return raw
+
+
 def _ncrontab(raw: str) -> str:
     # The Functions host parses the schedule; here we only catch the common mistake of a 5-field cron.
     if len(raw.split()) != 6:
@@ -118,6 +152,15 @@ class Settings:
     azure_client_secret: str | None = field(default=None, repr=False)
     promotion: str = "better"
     refresh_schedule: str = "0 */30 * * * *"
+    # Re-enrichment (shared/reindex.py, docs/reindex.md).
+    search_endpoint: str | None = None
+    search_indexer_name: str = "automl-images-indexer"
+    search_skillset_name: str = "automl-images-skillset"
+    search_skill_name: str = "classify-images"
+    search_index_name: str = "automl-images-index"
+    search_admin_key: str | None = field(default=None, repr=False)
+    reindex_mode: str = "off"
+    reindex_delay_s: float = 180.0
 
     @property
     def uses_blob_store(self) -> bool:
@@ -151,6 +194,27 @@ class Settings:
         """Build from a mapping (default `os.environ`); SettingsError names the first bad key."""
         env = os.environ if env is None else env
         model_dir = env.get("AZUREML_MODEL_DIR", "").strip()
+        poll_s = _get(env, "MODEL_POLL_SECONDS", 60.0, _bounded_float(1, 86_400), "seconds from 1 to 86400")
+        search_endpoint = _get(
+            env,
+            "SEARCH_ENDPOINT",
+            None,
+            _search_endpoint,
+            "the search service's URL, https://<service>.search.windows.net (plain http only to a loopback address)",
+        )
+        reindex_mode = _get(
+            env,
+            "REINDEX_MODE",
+            "full" if search_endpoint else "off",
+            _choice("off", "full", "skills"),
+            "off, full or skills",
+        )
+        if reindex_mode != "off" and not search_endpoint:
+            raise SettingsError(
+                f"setting REINDEX_MODE={reindex_mode} needs SEARCH_ENDPOINT: set it to the search service's URL, "
+                "or set REINDEX_MODE=off"
+            )
+        search_name = "lowercase letters, digits and dashes (1-128, starting and ending with a letter or digit)"
         return cls(
             model_dir=Path(model_dir) if model_dir else None,
             engine_threads=_get(env, "ENGINE_THREADS", 0, _bounded_int(0, 256), "an integer from 0 (all cores) to 256"),
@@ -183,7 +247,7 @@ class Settings:
             ),
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,
             cache_dir=Path(cache) if (cache := env.get("MODEL_CACHE_DIR", "").strip()) else None,
-            poll_s=_get(env, "MODEL_POLL_SECONDS", 60.0, _bounded_float(1, 86_400), "seconds from 1 to 86400"),
+            poll_s=poll_s,
             aml_subscription_id=env.get("AML_SUBSCRIPTION_ID") or None,
             aml_resource_group=env.get("AML_RESOURCE_GROUP") or None,
             aml_workspace_name=env.get("AML_WORKSPACE_NAME") or None,
@@ -194,6 +258,27 @@ class Settings:
             promotion=_get(env, "MODEL_PROMOTION", "better", _choice("better", "newest"), "better or newest"),
             refresh_schedule=_get(
                 env, "MODEL_REFRESH_SCHEDULE", "0 */30 * * * *", _ncrontab, "a six-field NCRONTAB expression"
+            ),
+            search_endpoint=search_endpoint,
+            search_indexer_name=_get(
+                env, "SEARCH_INDEXER_NAME", "automl-images-indexer", _search_object_name, search_name
+            ),
+            search_skillset_name=_get(
+                env, "SEARCH_SKILLSET_NAME", "automl-images-skillset", _search_object_name, search_name
+            ),
+            search_skill_name=_get(
+                env, "SEARCH_SKILL_NAME", "classify-images", _skill_name, "a skill name of 1-128 printable characters"
+            ),
+            search_index_name=_get(env, "SEARCH_INDEX_NAME", "automl-images-index", _search_object_name, search_name),
+            search_admin_key=env.get("SEARCH_ADMIN_KEY") or None,
+            reindex_mode=reindex_mode,
+            # The time every instance needs to load a new version: two polls, plus a minute to download it.
+            reindex_delay_s=_get(
+                env,
+                "REINDEX_DELAY_SECONDS",
+                2 * poll_s + 60,
+                _bounded_float(0, 7 * 86_400),
+                "seconds from 0 to 604800",
             ),
         )
 

@@ -621,3 +621,114 @@ class BlobSource:
             return None
         folder = self.cache_dir / version
         return folder if (folder / MANIFEST_FILE).is_file() else None
+
+
+# -- the re-enrichment record (shared/reindex.py) ------------------------------------------------------------
+# `reindex.json` beside current.json remembers which version the search index was last re-enriched with, and
+# the claim of a pass that is re-enriching right now. It is written like current.json: If-Match the ETag that
+# was read, If-None-Match * when creating it, so two passes cannot both claim the same version.
+
+REINDEX_RECORD = "reindex.json"
+
+
+@dataclass(frozen=True)
+class ReindexRecord:
+    """`reindex.json` and the ETag it was read with.
+
+    `version` is the version the index was last re-enriched with (or the baseline); `pending` is the version a
+    pass has claimed and is re-enriching, with `claimed` the UTC time of the claim ("%Y-%m-%dT%H:%M:%SZ").
+    """
+
+    version: str
+    recorded: str
+    mode: str
+    pending: str | None
+    claimed: str | None
+    etag: str
+
+
+def read_reindex_record(store: BlobModelStore) -> ReindexRecord | None:
+    """The record, or None when no pass has written one yet. Raises StoreError."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    blob = store.container.get_blob_client(REINDEX_RECORD)
+    with store._errors(f"reading {REINDEX_RECORD}"):
+        try:
+            downloader = blob.download_blob()
+            body = downloader.readall()
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise StoreError(f"container {store.description} does not exist") from None
+            return None
+    try:
+        data = json.loads(body)
+        pending = data.get("pending")
+        return ReindexRecord(
+            version=check_version_name(str(data["version"])),
+            recorded=str(data.get("recorded", "")),
+            mode=str(data.get("mode", "")),
+            pending=check_version_name(str(pending)) if pending else None,
+            claimed=str(data["claimed"]) if data.get("claimed") else None,
+            etag=downloader.properties.etag,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, StoreError):
+        raise StoreError(
+            f"{store.description}/{REINDEX_RECORD} is not a valid re-enrichment record: delete it, and the next "
+            "pass takes the current version as its baseline"
+        ) from None
+
+
+def write_reindex_record(
+    store: BlobModelStore,
+    *,
+    version: str,
+    mode: str,
+    expected: ReindexRecord | None,
+    pending: str | None = None,
+    claimed: str | None = None,
+    recorded: str | None = None,
+) -> ReindexRecord:
+    """Write the record conditionally: If-Match `expected.etag`, or If-None-Match * when `expected` is None.
+
+    Raises StoreConflict when the record changed since `expected` was read (another pass wrote it), StoreError
+    for any other failure.
+    """
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+    from azure.storage.blob import ContentSettings
+
+    check_version_name(version)
+    recorded = recorded or _utc_now()
+    data = {"version": version, "recorded": recorded, "mode": mode, "pending": pending, "claimed": claimed}
+    body = json.dumps(data, sort_keys=True).encode()
+    blob = store.container.get_blob_client(REINDEX_RECORD)
+    content = ContentSettings(content_type="application/json", cache_control="no-cache")
+    with store._errors(f"writing {REINDEX_RECORD}"):
+        try:
+            if expected is None:
+                result = blob.upload_blob(body, overwrite=False, content_settings=content)
+            else:
+                result = blob.upload_blob(
+                    body,
+                    overwrite=True,
+                    etag=expected.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                    content_settings=content,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            raise StoreConflict(f"{REINDEX_RECORD} changed while it was being written") from None
+    return ReindexRecord(version, recorded, mode, pending, claimed, result["etag"])
+
+
+def pointer_since(store: BlobModelStore, pointer: Pointer) -> float:
+    """When `pointer`'s version became current, in seconds since the epoch: its `promoted` time, else (a
+    pointer written by hand or by an older tool) current.json's Last-Modified. Raises StoreError."""
+    import calendar
+
+    try:
+        return float(calendar.timegm(time.strptime(pointer.promoted, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        pass
+    with store._errors(f"reading the properties of {POINTER}"):
+        modified = store.container.get_blob_client(POINTER).get_blob_properties().last_modified
+    return float(modified.timestamp())

@@ -504,6 +504,8 @@ def test_a_partial_aml_configuration_is_still_an_error_naming_what_is_missing(
         ({"AML_WORKSPACE_NAME": "ws"}, True),
         ({"EXPERIMENT_NAME": "labeling_Training_1"}, True),
         ({"MODEL_BLOB_ACCOUNT_URL": "https://acct.blob.core.windows.net"}, False),
+        ({"SEARCH_ENDPOINT": "https://search.search.windows.net"}, True),
+        ({"SEARCH_ENDPOINT": "https://search.search.windows.net", "REINDEX_MODE": "off"}, False),
     ],
 )
 def test_timer_has_work(env: dict[str, str], has_work: bool) -> None:

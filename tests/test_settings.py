@@ -63,3 +63,71 @@ def test_every_setting_is_in_the_sample_and_the_readme() -> None:
 
     assert names - set(sample) - set(LEGACY_ALIASES) == set()
     assert {n for n in names if f"| `{n}` |" not in readme} == set()
+
+
+# -- re-enrichment (shared/reindex.py) ----------------------------------------------------------------------
+
+
+def test_reindex_defaults_follow_the_endpoint_and_the_poll_period() -> None:
+    off = Settings.from_env({"MODEL_POLL_SECONDS": "30"})
+    assert (off.search_endpoint, off.reindex_mode, off.reindex_delay_s) == (None, "off", 120.0)
+    on = Settings.from_env({"SEARCH_ENDPOINT": "https://srch.search.windows.net/", "SEARCH_ADMIN_KEY": "admin-key-x"})
+    assert on.search_endpoint == "https://srch.search.windows.net"
+    assert (on.reindex_mode, on.reindex_delay_s) == ("full", 180.0)
+    assert (on.search_indexer_name, on.search_skillset_name, on.search_skill_name, on.search_index_name) == (
+        "automl-images-indexer",
+        "automl-images-skillset",
+        "classify-images",
+        "automl-images-index",
+    )
+    assert "admin-key-x" not in repr(on)
+    local = Settings.from_env({"SEARCH_ENDPOINT": "http://127.0.0.1:8080", "REINDEX_MODE": "Skills"})
+    assert (local.search_endpoint, local.reindex_mode) == ("http://127.0.0.1:8080", "skills")
+
+
+ENDPOINT_EXPECTED = (
+    "expected the search service's URL, https://<service>.search.windows.net (plain http only to a loopback address)"
+)
+SEARCH_NAME_EXPECTED = (
+    "expected lowercase letters, digits and dashes (1-128, starting and ending with a letter or digit)"
+)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SEARCH_ENDPOINT": "http://srch.search.windows.net"},
+            f"setting SEARCH_ENDPOINT='http://srch.search.windows.net' is invalid: {ENDPOINT_EXPECTED}",
+        ),
+        (
+            {"SEARCH_ENDPOINT": "https://srch.search.windows.net/indexes?x=1"},
+            f"setting SEARCH_ENDPOINT='https://srch.search.windows.net/indexes?x=1' is invalid: {ENDPOINT_EXPECTED}",
+        ),
+        (
+            {"REINDEX_MODE": "skills"},
+            "setting REINDEX_MODE=skills needs SEARCH_ENDPOINT: set it to the search service's URL, or set "
+            "REINDEX_MODE=off",
+        ),
+        (
+            {"SEARCH_ENDPOINT": "https://s.search.windows.net", "REINDEX_MODE": "partial"},
+            "setting REINDEX_MODE='partial' is invalid: expected off, full or skills",
+        ),
+        (
+            {"REINDEX_DELAY_SECONDS": "-1"},
+            "setting REINDEX_DELAY_SECONDS='-1' is invalid: expected seconds from 0 to 604800",
+        ),
+        (
+            {"SEARCH_INDEXER_NAME": "My_Indexer"},
+            f"setting SEARCH_INDEXER_NAME='My_Indexer' is invalid: {SEARCH_NAME_EXPECTED}",
+        ),
+        (
+            {"SEARCH_SKILL_NAME": "x" * 129},
+            f"setting SEARCH_SKILL_NAME='{'x' * 129}' is invalid: expected a skill name of 1-128 printable characters",
+        ),
+    ],
+)
+def test_bad_reindex_values_name_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == message

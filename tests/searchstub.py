@@ -1,0 +1,310 @@
+"""A stand-in Azure AI Search service on 127.0.0.1 for the re-enrichment tests.
+
+It records every request and answers the few operations a re-enrichment pass makes the way the REST API
+reference documents them, in both URL forms (`/indexers/{name}/reset` and the SDK's
+`/indexers('{name}')/search.reset`):
+
+- `POST .../reset` 204; `POST .../run` 202, or 409 while a run is in progress (the service's message, as
+  users report it: "Another indexer invocation is currently in progress; concurrent invocations are not
+  allowed."); after a run is accepted, `lastResult.status` is `inProgress` until the test calls
+  `finish_run()`;
+- `GET .../status` 200 with the shape of the real `SearchIndexerStatus` JSON (`name`, `status`,
+  `lastResult`, `executionHistory`, `limits`);
+- `GET /indexers('{name}')` 200 with the definition; its `cache` only on a `-preview` api-version (GA
+  versions do not have the property);
+- `POST /skillsets/{name}/resetskills` or `/skillsets('{name}')/search.resetskills` 204, preview versions only;
+- `POST /indexes('{name}')/docs/search.post.search` with `count: true` and the one filter shape
+  `images/any(i: i/modelVersion ne null and i/modelVersion ne '<v>')`: `@odata.count` of matching documents;
+- 404 for an unknown indexer, skillset or index; 403 for a missing or wrong `api-key`.
+
+Errors have the service's envelope `{"error": {"code": "", "message": "..."}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FILTER = re.compile(r"^images/any\(i: i/modelVersion ne null and i/modelVersion ne '((?:[^']|'')*)'\)$")
+ROUTES = [
+    # (method, pattern, operation); both the classic and the OData-style URL forms.
+    ("GET", re.compile(r"^/indexers/([^/]+)/status$"), "status"),
+    ("GET", re.compile(r"^/indexers\('([^']+)'\)/search\.status$"), "status"),
+    ("POST", re.compile(r"^/indexers/([^/]+)/reset$"), "reset"),
+    ("POST", re.compile(r"^/indexers\('([^']+)'\)/search\.reset$"), "reset"),
+    ("POST", re.compile(r"^/indexers/([^/]+)/run$"), "run"),
+    ("POST", re.compile(r"^/indexers\('([^']+)'\)/search\.run$"), "run"),
+    ("GET", re.compile(r"^/indexers/([^/()]+)$"), "get_indexer"),
+    ("GET", re.compile(r"^/indexers\('([^']+)'\)$"), "get_indexer"),
+    ("POST", re.compile(r"^/skillsets/([^/]+)/resetskills$"), "resetskills"),
+    ("POST", re.compile(r"^/skillsets\('([^']+)'\)/search\.resetskills$"), "resetskills"),
+    ("POST", re.compile(r"^/indexes\('([^']+)'\)/docs/search\.post\.search$"), "search"),
+    ("POST", re.compile(r"^/indexes/([^/]+)/docs/search$"), "search"),
+]
+NOT_FOUND = "No {kind} with the name '{name}' was found in a service named '{service}'."
+BUSY = "Another indexer invocation is currently in progress; concurrent invocations are not allowed."
+STATUS_TYPE = "Microsoft.Azure.Search.V2019_05_06.IndexerExecutionInfo"
+LIMITS = {"maxRunTime": "PT2H", "maxDocumentExtractionSize": 16777216, "maxDocumentContentCharactersToExtract": 32768}
+
+
+class _Server(ThreadingHTTPServer):
+    # The SDK keeps connections alive: closing must not wait for their handler threads.
+    daemon_threads = True
+    block_on_close = False
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Indexer:
+    skillset: str
+    index: str
+    cache: dict[str, Any] | None = None
+    running: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resets: int = 0
+
+
+def _result(status: str, start: str, end: str | None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "statusDetail": None,
+        "errorMessage": None,
+        "startTime": start,
+        "endTime": end,
+        "itemsProcessed": 0 if end is None else 12,
+        "itemsFailed": 0,
+        "initialTrackingState": None,
+        "finalTrackingState": None,
+        "errors": [],
+        "warnings": [],
+    }
+
+
+class SearchStub:
+    """The stand-in service. `key` is the admin key it accepts; objects are set up with add_indexer()."""
+
+    def __init__(self, key: str = "stub-admin-key", service: str = "stub") -> None:
+        self.key = key
+        self.service = service
+        self.indexers: dict[str, Indexer] = {}
+        self.skillsets: dict[str, list[str]] = {}
+        self.indexes: dict[str, list[dict[str, Any]]] = {}
+        self.requests: list[Recorded] = []
+        self.lock = threading.Lock()
+        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> SearchStub:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add_pipeline(
+        self,
+        indexer: str = "automl-images-indexer",
+        skillset: str = "automl-images-skillset",
+        index: str = "automl-images-index",
+        skills: tuple[str, ...] = ("classify-images", "shape-image-result"),
+        cache: dict[str, Any] | None = None,
+    ) -> Indexer:
+        self.skillsets[skillset] = list(skills)
+        self.indexes.setdefault(index, [])
+        self.indexers[indexer] = Indexer(skillset=skillset, index=index, cache=cache)
+        return self.indexers[indexer]
+
+    def finish_run(self, indexer: str = "automl-images-indexer") -> None:
+        with self.lock:
+            found = self.indexers[indexer]
+            found.running = False
+            found.history[0] = _result("success", found.history[0]["startTime"], "2026-01-01T00:10:00Z")
+
+    def set_running(self, indexer: str = "automl-images-indexer") -> None:
+        with self.lock:
+            found = self.indexers[indexer]
+            found.running = True
+            found.history.insert(0, _result("inProgress", "2026-01-01T00:00:00Z", None))
+
+    def calls(self) -> list[tuple[str, str]]:
+        """(method, path) of every request, in order."""
+        return [(r.method, r.path) for r in self.requests]
+
+    # -- the HTTP side -------------------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: Any = None) -> None:
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                if body is not None:
+                    self.send_header("Content-Type", "application/json; odata.metadata=minimal; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("request-id", "00000000-0000-0000-0000-000000000000")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: int, message: str) -> None:
+                self._answer(status, {"error": {"code": "", "message": message}})
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                parsed = urllib.parse.urlsplit(self.path)
+                path = urllib.parse.unquote(parsed.path)
+                query = dict(urllib.parse.parse_qsl(parsed.query))
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                with stub.lock:
+                    stub.requests.append(Recorded(method, path, query, dict(self.headers.items()), body))
+                    self._dispatch(method, path, query, body)
+
+            def _dispatch(self, method: str, path: str, query: dict[str, str], body: Any) -> None:
+                if self.headers.get("api-key") != stub.key:
+                    # The service answers a missing or wrong key with 403 and no body detail.
+                    self._answer(403, {"error": {"code": "", "message": "Authorization failed."}})
+                    return
+                version = query.get("api-version", "")
+                if not version:
+                    self._error(400, "The api-version query parameter (?api-version=) is required for all requests.")
+                    return
+                for verb, pattern, operation in ROUTES:
+                    match = pattern.match(path)
+                    if verb == method and match:
+                        getattr(self, f"_op_{operation}")(match.group(1), version, body)
+                        return
+                self._error(404, f"The resource '{path}' does not exist.")
+
+            def _indexer(self, name: str) -> Indexer | None:
+                found = stub.indexers.get(name)
+                if found is None:
+                    self._error(404, NOT_FOUND.format(kind="indexer", name=name, service=stub.service))
+                return found
+
+            def _op_status(self, name: str, version: str, body: Any) -> None:
+                found = self._indexer(name)
+                if found is None:
+                    return
+                self._answer(
+                    200,
+                    {
+                        "@odata.context": f"{stub.endpoint}/$metadata#{STATUS_TYPE}",
+                        "name": name,
+                        "status": "running",
+                        "lastResult": found.history[0] if found.history else None,
+                        "executionHistory": found.history,
+                        "limits": LIMITS,
+                    },
+                )
+
+            def _op_reset(self, name: str, version: str, body: Any) -> None:
+                found = self._indexer(name)
+                if found is None:
+                    return
+                found.resets += 1
+                self._answer(204)
+
+            def _op_run(self, name: str, version: str, body: Any) -> None:
+                found = self._indexer(name)
+                if found is None:
+                    return
+                if found.running:
+                    self._error(409, BUSY)
+                    return
+                found.running = True
+                found.history.insert(0, _result("inProgress", "2026-01-01T00:00:00Z", None))
+                self._answer(202)
+
+            def _op_get_indexer(self, name: str, version: str, body: Any) -> None:
+                found = self._indexer(name)
+                if found is None:
+                    return
+                definition: dict[str, Any] = {
+                    "@odata.context": f"{stub.endpoint}/$metadata#indexers/$entity",
+                    "@odata.etag": '"0x8DD0000000000000"',
+                    "name": name,
+                    "dataSourceName": "automl-images-datasource",
+                    "skillsetName": found.skillset,
+                    "targetIndexName": found.index,
+                    "disabled": None,
+                    "schedule": None,
+                    "parameters": {"configuration": {"imageAction": "generateNormalizedImages"}},
+                    "fieldMappings": [],
+                    "outputFieldMappings": [],
+                }
+                if version.endswith("-preview"):
+                    definition["cache"] = found.cache
+                self._answer(200, definition)
+
+            def _op_resetskills(self, name: str, version: str, body: Any) -> None:
+                if not version.endswith("-preview"):
+                    self._error(400, f"This operation is not supported in api-version '{version}'.")
+                    return
+                skills = stub.skillsets.get(name)
+                if skills is None:
+                    self._error(404, NOT_FOUND.format(kind="skillset", name=name, service=stub.service))
+                    return
+                names = body.get("skillNames") if isinstance(body, dict) else None
+                if not isinstance(names, list) or any(n not in skills for n in names):
+                    self._error(400, f"One or more skills in 'skillNames' do not exist in skillset '{name}'.")
+                    return
+                self._answer(204)
+
+            def _op_search(self, name: str, version: str, body: Any) -> None:
+                docs = stub.indexes.get(name)
+                if docs is None:
+                    self._error(404, f"The index '{name}' for service '{stub.service}' was not found.")
+                    return
+                wanted = FILTER.match(str((body or {}).get("filter", "")))
+                if wanted is None:
+                    self._error(400, "Invalid expression: the stand-in supports only the modelVersion filter.")
+                    return
+                other = wanted.group(1).replace("''", "'")
+                count = sum(
+                    1
+                    for doc in docs
+                    if any(i.get("modelVersion") is not None and i.get("modelVersion") != other for i in doc["images"])
+                )
+                answer: dict[str, Any] = {"value": []}
+                if (body or {}).get("count"):
+                    answer["@odata.count"] = count
+                self._answer(200, answer)
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_PUT(self) -> None:
+                self._serve("PUT")
+
+        return Handler
