@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from shared.searchsetup import EntraAuth, FunctionKeyAuth, SkillAuth, render
+from shared.searchsetup import (
+    AIServicesIdentity,
+    AIServicesKey,
+    EntraAuth,
+    FunctionKeyAuth,
+    ImageAnalysis,
+    SkillAuth,
+    render,
+)
 from tests import searchmodels
 
 SEARCH = "https://my-search.search.windows.net"
@@ -24,6 +32,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "entra-only": {"auth": EntraAuth(APP_ID)},
     "small-batches": {"auth": FunctionKeyAuth("k-123"), "batch_size": 1, "degree_of_parallelism": 10},
     "other-names": {"auth": FunctionKeyAuth("k-123"), "container": "photos"},
+    "per-page": {"auth": FunctionKeyAuth("k-123"), "per_page": True},
+    "image-analysis-keyless": {
+        "auth": FunctionKeyAuth("k-123"),
+        "image_analysis": ImageAnalysis(AIServicesIdentity("https://my-ai.cognitiveservices.azure.com")),
+    },
+    "image-analysis-key-all-features": {
+        "auth": EntraAuth(APP_ID),
+        "per_page": True,
+        "image_analysis": ImageAnalysis(
+            AIServicesKey("ai-key", "AI_SERVICES_KEY"),
+            features=("tags", "description", "categories", "brands", "objects", "adult"),
+        ),
+    },
 }
 
 
