@@ -53,8 +53,14 @@ param principalId string = ''
 ])
 param principalType string = 'User'
 
-@description('Principal id of the Azure AI Search service\'s system-assigned identity; gets Storage Blob Data Reader on the images container. Empty: none.')
+@description('Principal id of the Azure AI Search service\'s system-assigned identity; gets Storage Blob Data Reader on the images container. Empty: none, or, with searchServiceName, that service\'s system-assigned identity.')
 param searchServicePrincipalId string = ''
+
+@description('Azure AI Search service whose index follows the model (docs/reindex.md): sets SEARCH_ENDPOINT, enables RefreshModel, and grants the roles re-enrichment needs. Empty: no re-enrichment.')
+param searchServiceName string = ''
+
+@description('Resource group of the search service; empty means this resource group.')
+param searchServiceResourceGroup string = ''
 
 @description('Azure ML workspace of the labeling project (RefreshModel). Empty: no automatic refresh; publish models by hand.')
 param amlWorkspaceName string = ''
@@ -90,9 +96,15 @@ var deploymentContainerName = 'app-package-${resourceToken}'
 var amlEnabled = !empty(amlWorkspaceName)
 var amlSubscription = empty(amlSubscriptionId) ? subscription().subscriptionId : amlSubscriptionId
 var amlGroup = empty(amlResourceGroup) ? resourceGroup().name : amlResourceGroup
-// Whether RefreshModel has anything to do. Without it the timer is disabled, so that it does not wake a Flex
-// instance every tick only to log that nothing is configured (shared/refresh.py: scheduled_work_configured).
-var refreshHasWork = amlEnabled
+var searchEnabled = !empty(searchServiceName)
+var searchGroup = empty(searchServiceResourceGroup) ? resourceGroup().name : searchServiceResourceGroup
+// The public cloud's search domain; elsewhere (Azure Government, Azure China) set SEARCH_ENDPOINT in
+// appSettingOverrides.
+var searchEndpoint = searchEnabled ? 'https://${searchServiceName}.search.windows.net' : ''
+// Whether RefreshModel has anything to do: AML to poll, or an index to re-enrich (shared/refresh.py:
+// timer_has_work). Without either the timer is disabled, so that it does not wake a Flex instance every tick only
+// to log that nothing is configured.
+var refreshHasWork = amlEnabled || searchEnabled
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -115,6 +127,23 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
+// With a search service named: Search Service Contributor and Search Index Data Reader for the app on the service
+// (reset and run the indexer, count stale documents), in the service's resource group.
+module searchRoles 'modules/search-roles.bicep' = if (searchEnabled) {
+  name: 'search-roles'
+  scope: resourceGroup(searchGroup)
+  params: {
+    searchServiceName: searchServiceName
+    appPrincipalId: identity.outputs.principalId
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
+    searchIdentityPrincipalId: searchServicePrincipalId
+  }
+}
+
+// The search service's identity: given, or that of the named service (read from it by search-roles.bicep).
+var searchPrincipal = searchEnabled ? searchRoles!.outputs.searchIdentityPrincipalId : searchServicePrincipalId
+
 module storageRoles 'modules/storage-roles.bicep' = {
   name: 'storage-roles'
   params: {
@@ -124,7 +153,9 @@ module storageRoles 'modules/storage-roles.bicep' = {
     appPrincipalId: identity.outputs.principalId
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType
-    searchPrincipalId: searchServicePrincipalId
+    searchPrincipalId: searchPrincipal
+    // The enrichment cache (REINDEX_MODE=skills) lives in this account: its roles come with a named service.
+    searchCachePrincipalId: searchEnabled ? searchPrincipal : ''
   }
 }
 
@@ -192,10 +223,11 @@ var appSettings = {
   // Microsoft Learn, "How to disable functions in Azure Functions": AzureWebJobs.<FUNCTION_NAME>.Disabled.
   'AzureWebJobs.RefreshModel.Disabled': refreshHasWork ? 'false' : 'true'
 
-  // Re-enrichment after a new model (docs/reindex.md): off while SEARCH_ENDPOINT is empty; set it, and the
-  // names when they differ from search-setup's, in appSettingOverrides. The app's identity needs Search Service
-  // Contributor on the search service; SEARCH_ADMIN_KEY stays empty (or a Key Vault reference).
-  SEARCH_ENDPOINT: ''
+  // Re-enrichment after a new model (docs/reindex.md): on (REINDEX_MODE full) when searchServiceName names the
+  // search service, off without it. The names are search-setup's; others, and REINDEX_MODE=skills, go in
+  // appSettingOverrides. The app calls the service with its identity (searchRoles grants the roles):
+  // SEARCH_ADMIN_KEY stays empty, never a key in a template (at most a Key Vault reference in appSettingOverrides).
+  SEARCH_ENDPOINT: searchEndpoint
   SEARCH_INDEXER_NAME: 'automl-images-indexer'
   SEARCH_SKILLSET_NAME: 'automl-images-skillset'
   SEARCH_SKILL_NAME: 'classify-images'
@@ -252,3 +284,4 @@ output MODEL_BLOB_CONTAINER string = storage.outputs.modelsContainerName
 output IMAGES_CONTAINER string = storage.outputs.imagesContainerName
 output APP_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output SEARCH_ENDPOINT string = searchEndpoint

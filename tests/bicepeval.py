@@ -632,6 +632,8 @@ SAMPLE_STRINGS = {
     # Non-empty values for parameters whose empty default switches a branch off.
     "principalId": "00000000-0000-0000-0000-0000000000a1",
     "searchServicePrincipalId": "00000000-0000-0000-0000-0000000000b2",
+    "searchServiceName": "srch-images",
+    "searchServiceResourceGroup": "rg-search",
     "amlWorkspaceName": "mlw-labeling",
     "amlResourceGroup": "rg-ml",
     "amlSubscriptionId": "00000000-0000-0000-0000-0000000000c3",
@@ -643,8 +645,9 @@ SAMPLE_OBJECTS = {"appSettingOverrides": {"SKILL_DEFAULT_TOP_K": "3"}, "tags": {
 def parameter_cases(file: str = "main.bicep") -> list[dict[str, Any]]:
     """Parameter sets that reach every branch: the defaults; each value of each `@allowed` parameter; each
     int parameter at its bounds; each parameter whose default is '' or {} set to a sample value; and all of
-    those samples at once. Branches depend on one parameter each in these templates, so one parameter at a
-    time covers them all."""
+    those samples at once. Most branches depend on one parameter, which one parameter at a time covers; the few
+    that need two (the deployer's role on a named search service, the cache roles of a given search identity)
+    are reached by the case with every sample set."""
     cases: list[dict[str, Any]] = [{}]
     for name, info in parameters(file).items():
         values: Iterable[Any] = ()

@@ -27,6 +27,19 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+# Microsoft Learn, "Azure built-in roles" (AI + machine learning): role definition ids.
+SEARCH_SERVICE_CONTRIBUTOR = "7ca78c08-252a-4471-8644-bb5ff32d4ba0"
+SEARCH_INDEX_DATA_READER = "1407120a-92aa-4202-b7e9-c0e197c71c8f"
+ROLE_NAMES = {
+    STORAGE_BLOB_DATA_OWNER: "Storage Blob Data Owner",
+    STORAGE_BLOB_DATA_CONTRIBUTOR: "Storage Blob Data Contributor",
+    STORAGE_BLOB_DATA_READER: "Storage Blob Data Reader",
+    STORAGE_QUEUE_DATA_CONTRIBUTOR: "Storage Queue Data Contributor",
+    STORAGE_TABLE_DATA_CONTRIBUTOR: "Storage Table Data Contributor",
+    SEARCH_SERVICE_CONTRIBUTOR: "Search Service Contributor",
+    SEARCH_INDEX_DATA_READER: "Search Index Data Reader",
+}
 # Settings the Functions host or platform reads, not shared/settings.py.
 HOST_SETTINGS = {
     "AzureWebJobs.RefreshModel.Disabled",
@@ -456,7 +469,7 @@ def test_host_storage_uses_the_identity_and_no_secret_is_in_any_file() -> None:
     # In Azure the model store is reached by URL with the identity; secrets are empty.
     assert isinstance(settings["MODEL_BLOB_ACCOUNT_URL"], Expr)
     assert settings["MODEL_BLOB_ACCOUNT_URL"].text.startswith("'https://${storage.outputs.name}.blob.")
-    for secret in ("MODEL_BLOB_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "SKILL_API_KEY"):
+    for secret in ("MODEL_BLOB_CONNECTION_STRING", "AZURE_CLIENT_SECRET", "SKILL_API_KEY", "SEARCH_ADMIN_KEY"):
         assert settings[secret] == ""
     for path in [*BICEP_FILES, INFRA / "main.parameters.json"]:
         text = path.read_text()
@@ -499,6 +512,10 @@ def test_main_parameters_json_and_azure_yaml() -> None:
     assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
     # azd provision as a service principal (CI) needs ServicePrincipal here, or ARM answers UnmatchedPrincipalType.
     assert parameters["principalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
+    # Re-enrichment: `azd env set SEARCH_SERVICE_NAME ...` (docs/deploy.md); empty, the default, means none.
+    assert parameters["searchServiceName"]["value"] == "${SEARCH_SERVICE_NAME=}"
+    assert parameters["searchServiceResourceGroup"]["value"] == "${SEARCH_SERVICE_RESOURCE_GROUP=}"
+    assert main.params["searchServiceName"]["default"] == main.params["searchServiceResourceGroup"]["default"] == ""
     assert set(main.params["principalType"]["allowed"]) == {"User", "ServicePrincipal", "Group"}
     azure_yaml = (ROOT / "azure.yaml").read_text()
     service = re.search(r"^services:\n  (\w[\w-]*):\n((?:    .*\n)+)", azure_yaml, re.MULTILINE)
@@ -562,7 +579,11 @@ def test_the_parameter_cases_reach_the_conditional_branches() -> None:
         resources = bicepeval.evaluate(case)
         symbols = {f"{r.file}:{r.symbol}" for r in resources}
         for symbol in ("modules/aml-role.bicep:dataScientist", "modules/storage-roles.bicep:searchImagesReader",
-                       "modules/storage-roles.bicep:deployerModelsContributor"):  # fmt: skip
+                       "modules/storage-roles.bicep:deployerModelsContributor",
+                       "modules/search-roles.bicep:appServiceContributor",
+                       "modules/search-roles.bicep:deployerIndexDataReader",
+                       "modules/storage-roles.bicep:searchCacheBlobContributor",
+                       "modules/storage-roles.bicep:searchCacheTableContributor"):  # fmt: skip
             seen.setdefault(symbol, set()).add(symbol in symbols)
         (app,) = [r for r in resources if r.type == "Microsoft.Web/sites"]
         settings = {s["name"]: s["value"] for s in app.body["properties"]["siteConfig"]["appSettings"]}
@@ -768,3 +789,184 @@ def test_no_document_passes_azds_parameters_file_to_the_azure_cli() -> None:
     for path in [INFRA / "main.bicep", *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]:
         assert not command.search(path.read_text()), path.name
     assert command.search("// `az deployment group create -g g -f infra/main.bicep -p infra/main.parameters.json`")
+
+
+# --- re-enrichment: the search service named in main.bicep (issue 12) -----------------------------------------
+
+SEARCH_NAMED = {"searchServiceName": "srch-images"}
+APP = "identity.outputs.principalId"  # the app's identity, as main.bicep passes it to the modules
+SEARCH_IDENTITY = "searchRoles!.outputs.searchIdentityPrincipalId"  # read from the named service
+GIVEN_SEARCH_IDENTITY = bicepeval.SAMPLE_STRINGS["searchServicePrincipalId"]
+DEPLOYER = bicepeval.SAMPLE_STRINGS["principalId"]
+
+
+def granted_roles(resources: list[bicepeval.Deployed]) -> set[tuple[str, str, str]]:
+    """(role name, principal, file:scope) of every role assignment the deployment creates."""
+    found = set()
+    for resource in resources:
+        if resource.type != "Microsoft.Authorization/roleAssignments":
+            continue
+        properties = resource.body["properties"]
+        definition = properties["roleDefinitionId"]
+        assert isinstance(definition, bicepeval.Unknown), definition  # subscriptionResourceId(..., <role var>)
+        variables = bicep(resource.file).variables
+        (role,) = [v for k, v in variables.items() if isinstance(v, str) and re.search(rf"\b{k}\b", definition.what)]
+        principal = properties["principalId"]
+        scope = resource.body["scope"]
+        found.add(
+            (
+                ROLE_NAMES.get(role, role),
+                principal if isinstance(principal, str) else principal.what,
+                f"{resource.file}:{scope.symbol if isinstance(scope, bicepeval.ResourceRef) else scope}",
+            )
+        )
+    return found
+
+
+SEARCH_SERVICE = "modules/search-roles.bicep:searchService"
+ACCOUNT = "modules/storage-roles.bicep:account"
+IMAGES = "modules/storage-roles.bicep:account::blobService::images"
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        pytest.param({}, set(), id="no-search-service"),
+        pytest.param(
+            {"searchServicePrincipalId": GIVEN_SEARCH_IDENTITY},
+            {("Storage Blob Data Reader", GIVEN_SEARCH_IDENTITY, IMAGES)},
+            id="search-identity-only",
+        ),
+        pytest.param(
+            SEARCH_NAMED,
+            {
+                ("Search Service Contributor", APP, SEARCH_SERVICE),
+                ("Search Index Data Reader", APP, SEARCH_SERVICE),
+                ("Storage Blob Data Reader", SEARCH_IDENTITY, IMAGES),
+                ("Storage Blob Data Contributor", SEARCH_IDENTITY, ACCOUNT),
+                ("Storage Table Data Contributor", SEARCH_IDENTITY, ACCOUNT),
+            },
+            id="search-service-named",
+        ),
+        pytest.param(
+            {**SEARCH_NAMED, "searchServicePrincipalId": GIVEN_SEARCH_IDENTITY, "principalId": DEPLOYER},
+            {
+                ("Search Service Contributor", APP, SEARCH_SERVICE),
+                ("Search Index Data Reader", APP, SEARCH_SERVICE),
+                ("Search Index Data Reader", DEPLOYER, SEARCH_SERVICE),
+                # The module's output, which is the given id (test below): only Azure evaluates it.
+                ("Storage Blob Data Reader", SEARCH_IDENTITY, IMAGES),
+                ("Storage Blob Data Contributor", SEARCH_IDENTITY, ACCOUNT),
+                ("Storage Table Data Contributor", SEARCH_IDENTITY, ACCOUNT),
+            },
+            id="search-service-named-with-identity-and-deployer",
+        ),
+    ],
+)
+def test_the_re_enrichment_roles_are_granted_exactly_when_a_search_service_is_named(
+    params: dict[str, Any], expected: set[tuple[str, str, str]]
+) -> None:
+    """The app: Search Service Contributor (reset and run the indexer, reset skills: "Create, edit and run
+    indexers/data sources/skillsets", Microsoft Learn "Connect to Azure AI Search using roles") and Search Index
+    Data Reader (`reindex --status` counts documents: a data action no management role holds). The search
+    service's identity: Storage Blob Data Contributor and Storage Table Data Contributor on the cache's account
+    ("Write to an enrichment cache", Microsoft Learn "Connect to Azure Storage using a managed identity (Azure AI
+    Search)"). The deployer: Search Index Data Reader, for `reindex --status` from their machine."""
+    resources = bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, **params})
+    roles = granted_roles(resources)
+    # What the same deployment grants without any search parameter: the host's, the store's, the deployer's.
+    without_search = {k: v for k, v in params.items() if not k.startswith("search")}
+    baseline = granted_roles(bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, **without_search}))
+    assert baseline <= roles
+    assert roles - baseline == expected
+    # Every role on the search service is in the search-roles module, deployed into the service's group.
+    assert {r.file for r in resources if r.type == "Microsoft.Search/searchServices"} == (
+        {"modules/search-roles.bicep"} if "searchServiceName" in params else set()
+    )
+
+
+def test_the_search_roles_module_runs_in_the_search_services_resource_group() -> None:
+    main = bicep("main.bicep")
+    _, body = main.modules["searchRoles"]
+    assert body["scope"] == Expr("resourceGroup(searchGroup)")
+    assert main.variables["searchGroup"] == Expr(
+        "empty(searchServiceResourceGroup) ? resourceGroup().name : searchServiceResourceGroup"
+    )
+    ((_, service),) = [(f, r) for f, r in all_resources() if r.type == "Microsoft.Search/searchServices"]
+    assert service.existing and service.body == {"name": Expr("searchServiceName")}
+    # The search identity: the one given (searchServicePrincipalId), else the named service's system-assigned one.
+    # ARM's if() evaluates only the branch taken (Microsoft Learn, "Logical functions for ARM templates", if), so a
+    # given id never reads the service's identity.
+    assert body["params"]["searchIdentityPrincipalId"] == Expr("searchServicePrincipalId")
+    text = (INFRA / "modules" / "search-roles.bicep").read_text()
+    assert (
+        "output searchIdentityPrincipalId string = empty(searchIdentityPrincipalId) ? "
+        "searchService.identity.principalId : searchIdentityPrincipalId\n"
+    ) in text
+    assert main.variables["searchPrincipal"] == Expr(
+        "searchEnabled ? searchRoles!.outputs.searchIdentityPrincipalId : searchServicePrincipalId"
+    )
+
+
+def _app_settings(params: dict[str, Any]) -> dict[str, Any]:
+    (app,) = [
+        r for r in bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, **params}) if r.type == "Microsoft.Web/sites"
+    ]
+    return {s["name"]: s["value"] for s in app.body["properties"]["siteConfig"]["appSettings"]}
+
+
+@pytest.mark.parametrize(
+    "params, endpoint, disabled, mode",
+    [
+        pytest.param({}, "", "true", "off", id="neither"),
+        pytest.param({"amlWorkspaceName": "mlw-labeling"}, "", "false", "off", id="aml"),
+        pytest.param(SEARCH_NAMED, "https://srch-images.search.windows.net", "false", "full", id="search"),
+        pytest.param(
+            {**SEARCH_NAMED, "searchServiceResourceGroup": "rg-search", "amlWorkspaceName": "mlw-labeling"},
+            "https://srch-images.search.windows.net",
+            "false",
+            "full",
+            id="search-and-aml",
+        ),
+    ],
+)
+def test_a_named_search_service_sets_search_endpoint_and_enables_refresh_model(
+    params: dict[str, Any], endpoint: str, disabled: str, mode: str
+) -> None:
+    """SEARCH_ENDPOINT derives from the named service, and RefreshModel runs when AML or re-enrichment has work
+    (shared.refresh.timer_has_work), read back through Settings as the app reads them."""
+    settings = _app_settings(params)
+    assert settings["SEARCH_ENDPOINT"] == endpoint
+    assert settings["AzureWebJobs.RefreshModel.Disabled"] == disabled
+    assert settings["SEARCH_ADMIN_KEY"] == "" and settings["REINDEX_MODE"] == ""
+    app = Settings.from_env({k: v for k, v in settings.items() if isinstance(v, str)})
+    assert (app.search_endpoint or "", app.reindex_mode) == (endpoint, mode)
+    assert app.search_indexer_name == "automl-images-indexer" and app.search_skill_name == "classify-images"
+    outputs = (INFRA / "main.bicep").read_text()
+    assert "output SEARCH_ENDPOINT string = searchEndpoint\n" in outputs
+
+
+def test_an_override_still_replaces_the_derived_search_endpoint() -> None:
+    """Outside the public cloud the search domain differs: appSettingOverrides wins over the derived value."""
+    sovereign = "https://srch-images.search.azure.us"
+    settings = _app_settings({**SEARCH_NAMED, "appSettingOverrides": {"SEARCH_ENDPOINT": sovereign}})
+    assert settings["SEARCH_ENDPOINT"] == sovereign
+
+
+def test_the_schema_check_covers_the_search_service_and_its_role_assignments() -> None:
+    resources = bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, **SEARCH_NAMED})
+    search = [r for r in resources if r.file == "modules/search-roles.bicep"]
+    assert {(r.type, r.api_version) for r in search} == {
+        ("Microsoft.Search/searchServices", "2025-05-01"),
+        ("Microsoft.Authorization/roleAssignments", "2022-04-01"),
+    }
+    assert all(bicepeval.resource_type_known(r.type, r.api_version) for r in search)
+    assert [e for r in search for e in bicepeval.check_resource(r)] == []
+    # An unvendored API version is reported, as for every other provider.
+    source = (INFRA / "modules" / "search-roles.bicep").read_text()
+    broken = source.replace("Microsoft.Search/searchServices@2025-05-01", "Microsoft.Search/searchServices@2099-01-01")
+    resources = bicepeval.evaluate(
+        {**bicepeval.REQUIRED_PARAMETERS, **SEARCH_NAMED}, sources={"modules/search-roles.bicep": broken}
+    )
+    errors = [e for r in resources for e in bicepeval.check_resource(r)]
+    assert len(errors) == 1 and "searchService (Microsoft.Search/searchServices@2099-01-01)" in errors[0], errors

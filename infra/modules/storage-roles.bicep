@@ -14,6 +14,12 @@
 //   `python -m shared publish` / `promote` against the store, and on `images`, to upload images.
 // - The search service's identity (optional): Storage Blob Data Reader on `images`, for the data source's
 //   `ResourceId=...;` (managed identity) connection.
+// - The search service's identity, when main.bicep names a search service (searchCachePrincipalId): Storage Blob
+//   Data Contributor and Storage Table Data Contributor on the account, for the indexer's enrichment cache
+//   (REINDEX_MODE=skills, `search-setup --enrichment-cache`; docs/reindex.md). The roles Microsoft Learn lists
+//   for "Write to an enrichment cache" ("Connect to Azure Storage using a managed identity (Azure AI Search)").
+//   Account scope because the service creates the cache's container (`ms-az-search-indexercache-<id>`) and
+//   tables itself, under names known only after the first run.
 
 @description('Storage account name.')
 param storageAccountName string
@@ -40,6 +46,9 @@ param deployerPrincipalType string = 'User'
 
 @description('Principal id of the Azure AI Search service\'s system-assigned identity; empty for none.')
 param searchPrincipalId string = ''
+
+@description('Principal id of the search service identity that writes the enrichment cache to this account; empty for none.')
+param searchCachePrincipalId string = ''
 
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -129,6 +138,26 @@ resource searchImagesReader 'Microsoft.Authorization/roleAssignments@2022-04-01'
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
     principalId: searchPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource searchCacheBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(searchCachePrincipalId)) {
+  name: guid(account.id, searchCachePrincipalId, storageBlobDataContributor)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
+    principalId: searchCachePrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource searchCacheTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(searchCachePrincipalId)) {
+  name: guid(account.id, searchCachePrincipalId, storageTableDataContributor)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
+    principalId: searchCachePrincipalId
     principalType: 'ServicePrincipal'
   }
 }
