@@ -901,7 +901,7 @@ def test_the_search_roles_module_runs_in_the_search_services_resource_group() ->
     text = (INFRA / "modules" / "search-roles.bicep").read_text()
     assert (
         "output searchIdentityPrincipalId string = empty(searchIdentityPrincipalId) ? "
-        "searchService.identity.principalId : searchIdentityPrincipalId\n"
+        "searchService.identity!.principalId : searchIdentityPrincipalId\n"
     ) in text
     assert main.variables["searchPrincipal"] == Expr(
         "searchEnabled ? searchRoles!.outputs.searchIdentityPrincipalId : searchServicePrincipalId"

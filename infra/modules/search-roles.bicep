@@ -77,4 +77,4 @@ resource deployerIndexDataReader 'Microsoft.Authorization/roleAssignments@2022-0
 // system-assigned identity unless one is named. ARM evaluates only the branch taken, so a service without a
 // system-assigned identity deploys when searchIdentityPrincipalId is given, and fails here (property
 // 'principalId' does not exist) when it is not: turn the identity on (docs/deploy.md, "Re-enrichment").
-output searchIdentityPrincipalId string = empty(searchIdentityPrincipalId) ? searchService.identity.principalId : searchIdentityPrincipalId
+output searchIdentityPrincipalId string = empty(searchIdentityPrincipalId) ? searchService.identity!.principalId : searchIdentityPrincipalId
