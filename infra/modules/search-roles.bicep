@@ -1,6 +1,7 @@
 // Roles on the Azure AI Search service whose index follows the model (docs/reindex.md). Deployed into the
-// search service's resource group (main.bicep sets the module's scope), like Microsoft's
-// azure-search-openai-demo, which scopes its search role modules to `searchServiceResourceGroup`.
+// search service's resource group (main.bicep sets the module's scope), as Microsoft's sample
+// Azure-Samples/azure-search-openai-demo scopes its search role assignments to the group named by its
+// `searchServiceResourceGroupName` parameter.
 //
 // - The app's identity: Search Service Contributor, so that RefreshModel (and `reindex` run as the app) may reset
 //   and run the indexer and reset the classify skill: "Create, edit and run indexers/data sources/skillsets"
