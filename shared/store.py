@@ -39,8 +39,8 @@ from shared.bundle import (
     write_manifest,
 )
 from shared.errors import ClassifierError
-from shared.holder import Fetched
 from shared.settings import Settings
+from shared.source import Fetched, SourceUnreachable
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -77,7 +77,7 @@ class StoreError(ClassifierError):
     """The model store refused or failed an operation; the message says which and why."""
 
 
-class StoreUnreachable(StoreError):
+class StoreUnreachable(StoreError, SourceUnreachable):
     """No answer from the store (network, DNS, emulator stopped)."""
 
 
@@ -565,44 +565,88 @@ def clean_partials(cache_dir: Path, older_than_s: float = STALE_PARTIAL_S) -> No
 SERVED_MARKER = ".served"
 
 
+def store_cache_dir(cache_dir: Path, description: str) -> Path:
+    """The part of the cache that holds one store's versions: `<cache>/store-<12 hex of the container URL>`.
+
+    Version names are unique only within a store (two containers may both hold a `v1`, with different
+    files), so each store gets its own folder, and a server for one container never serves a version that
+    only another container has.
+    """
+    return cache_dir / ("store-" + hashlib.sha256(description.encode()).hexdigest()[:12])
+
+
 class BlobSource:
     """The holder's view of the store: the pointer's version, downloaded and verified into the cache.
 
-    When the store cannot be reached at a cold start, the version this cache served last is used, if it
-    is there, and the pointer is checked again at the next poll.
+    When the store cannot be reached at a cold start, the version that last loaded and answered from this
+    store's cache is served (if it is there), marked as coming from a cache during an outage; the pointer is
+    checked again at the next poll. A version that failed (download, checksum or load) is remembered with
+    its manifest hash and not fetched again until current.json changes.
     """
 
     polls = True
 
     def __init__(self, store: BlobModelStore, cache_dir: Path) -> None:
         self.store = store
-        self.cache_dir = cache_dir
+        self.cache_dir = store_cache_dir(cache_dir, store.description)
         self.description = store.description
+        self._rejected: tuple[str, str, str] | None = None  # (version, manifest sha256, pointer etag)
+        self._rejected_message = ""
 
     def fetch(self, token: str | None) -> Fetched | None:
+        rejected = self._rejected
         try:
-            pointer = self.store.read_pointer(token)
-        except StoreUnreachable:
+            pointer = self.store.read_pointer(rejected[2] if rejected else token)
+        except StoreUnreachable as exc:
             if token is None:
                 cached = self._last_served()
                 if cached is not None:
-                    logger.warning("model store unreachable at start; serving cached version %s", cached.name)
                     return Fetched(
-                        path=cached, version=cached.name, token=None, origin=f"cache {cached} (store unreachable)"
+                        path=cached,
+                        version=cached.name,
+                        token=None,
+                        origin=f"cache {cached} (store unreachable)",
+                        unreachable=str(exc),
                     )
             raise
         if isinstance(pointer, _Unchanged):
+            if rejected is not None:
+                raise StoreError(self._rejected_message)
             return None
         if pointer is None:
             raise StoreError(
                 f"no model is published in {self.description} yet: run `python -m shared publish PATH` "
                 "or let RefreshModel publish one"
             )
-        path = self.store.download_version(pointer.version, self.cache_dir, pointer.manifest_sha256)
-        self._mark_served(pointer.version)
+        if rejected is not None and (pointer.version, pointer.manifest_sha256) == rejected[:2]:
+            self._rejected = (*rejected[:2], pointer.etag)
+            raise StoreError(self._rejected_message)
+        self._rejected = None
+        try:
+            path = self.store.download_version(pointer.version, self.cache_dir, pointer.manifest_sha256)
+        except VersionCorrupt as exc:
+            self._reject(pointer.version, pointer.manifest_sha256, pointer.etag, str(exc))
+            raise
         return Fetched(
-            path=path, version=pointer.version, token=pointer.etag, origin=f"{self.description} ({pointer.version})"
+            path=path,
+            version=pointer.version,
+            token=pointer.etag,
+            origin=f"{self.description} ({pointer.version})",
+            digest=pointer.manifest_sha256,
         )
+
+    def served(self, fetched: Fetched) -> None:
+        if fetched.version is not None:
+            self._mark_served(fetched.version)
+
+    def rejected(self, fetched: Fetched, message: str) -> None:
+        if fetched.version is not None and fetched.digest is not None and fetched.token is not None:
+            self._reject(fetched.version, fetched.digest, fetched.token, message)
+
+    def _reject(self, version: str, digest: str, etag: str, message: str) -> None:
+        self._rejected = (version, digest, etag)
+        # The same words as the first failure: the holder logs a message once, not at every poll.
+        self._rejected_message = message
 
     def _mark_served(self, version: str) -> None:
         marker = self.cache_dir / SERVED_MARKER

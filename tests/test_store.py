@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from shared.store import (
     VersionCorrupt,
     clean_partials,
     client_options,
+    store_cache_dir,
 )
 from tests.azurite import Azurite
 from tests.conftest import ROOT, SAMPLES, encode
@@ -48,6 +50,12 @@ def store(blob_settings: Settings) -> BlobModelStore:
 @pytest.fixture
 def bundles(tmp_path: Path) -> list[Path]:
     return [tiny_bundle(tmp_path / f"b{i}", seed=i) for i in range(4)]
+
+
+def cached(settings: Settings, store: BlobModelStore) -> Path:
+    """The cache folder of this store's versions."""
+    assert settings.cache_dir is not None
+    return store_cache_dir(settings.cache_dir, store.description)
 
 
 def served_version(service: SkillService) -> str:
@@ -121,7 +129,8 @@ def test_cold_start_with_an_empty_cache_serves_the_published_version(
     assert blob_settings.cache_dir is not None and not blob_settings.cache_dir.exists()
     service = SkillService(blob_settings)
     assert served_version(service) == "v1"
-    assert sorted(p.name for p in blob_settings.cache_dir.iterdir() if not p.name.startswith(".")) == ["v1"]
+    assert [p.name for p in blob_settings.cache_dir.iterdir()] == [store_cache_dir(Path(), store.description).name]
+    assert sorted(p.name for p in cached(blob_settings, store).iterdir() if not p.name.startswith(".")) == ["v1"]
     status = service.holder.status()
     assert status["version"] == "v1" and status["store"] == "reachable" and status["lastError"] is None
     assert status["loadedFrom"].endswith("(v1)")
@@ -130,7 +139,9 @@ def test_cold_start_with_an_empty_cache_serves_the_published_version(
 def test_nothing_published_is_503_with_a_clear_message(blob_settings: Settings, store: BlobModelStore) -> None:
     store.ensure_container()
     status, body, headers = SkillService(blob_settings).classify(BODY, {})
-    assert status == 503 and headers["Retry-After"] == "30"
+    # Retried within MODEL_POLL_SECONDS (1 s here), not a fixed 30 s: a first model published after start
+    # is picked up as soon as any other version would be.
+    assert status == 503 and headers["Retry-After"] == "1"
     assert json.loads(body)["error"]["message"] == (
         f"no model is loaded yet: no model is published in {store.description} yet: run `python -m shared publish "
         "PATH` or let RefreshModel publish one"
@@ -196,9 +207,8 @@ def test_a_corrupted_version_is_refused_and_the_previous_one_keeps_serving(
     assert status["lastError"].startswith("version v2: model.onnx does not match its manifest (sha256 ")
     assert status["lastError"].endswith("); refusing the version")
     assert served_version(service) == "v1"
-    assert blob_settings.cache_dir is not None
-    assert sorted(p.name for p in blob_settings.cache_dir.iterdir() if not p.name.startswith(".")) == ["v1"]
-    assert not list(blob_settings.cache_dir.glob(f"{PARTIAL_PREFIX}*"))
+    assert sorted(p.name for p in cached(blob_settings, store).iterdir() if not p.name.startswith(".")) == ["v1"]
+    assert not list(cached(blob_settings, store).glob(f"{PARTIAL_PREFIX}*"))
 
 
 def test_a_manifest_that_does_not_match_the_pointer_is_refused(
@@ -378,3 +388,147 @@ def test_missing_credentials_are_one_clear_error() -> None:
     with pytest.raises(StoreError) as caught:
         BlobModelStore(client).read_pointer()
     assert str(caught.value).startswith("no credential for model store https://127.0.0.1:9/devstoreaccount1/models: ")
+
+
+def unloadable(folder: Path) -> Path:
+    """A bundle whose labels do not fit its outputs (3 labels for 4 classes): downloads fine, never loads."""
+    bundle = tiny_bundle(folder, seed=7)
+    (bundle / "labels.json").write_text(json.dumps(["a", "b", "c"]))
+    return bundle
+
+
+def test_a_cold_start_during_an_outage_serves_the_last_version_that_loaded_not_the_last_downloaded(
+    own_azurite: Azurite, bundles: list[Path], tmp_path: Path
+) -> None:
+    settings = Settings(blob_connection_string=own_azurite.connection_string, cache_dir=tmp_path / "cache", poll_s=1)
+    store = BlobModelStore.from_settings(settings)
+    assert store is not None
+    store.publish(bundles[0], version="v1")
+    service = SkillService(settings)
+    assert served_version(service) == "v1"
+    store.publish(unloadable(tmp_path / "broken"), version="v2")
+    service.holder.poll_now()
+    assert service.holder.status()["version"] == "v1"
+    assert service.holder.status()["lastError"].startswith(f"{cached(settings, store) / 'v2'}")
+    assert (cached(settings, store) / "v2" / "manifest.json").is_file()  # downloaded, verified, never loaded
+    own_azurite.stop()
+    restarted = SkillService(settings)
+    assert served_version(restarted) == "v1"
+    status, body, _ = restarted.health()
+    health = json.loads(body)["model"]
+    assert status == 200 and health["version"] == "v1" and health["store"] == "unreachable"
+    assert health["loadedFrom"] == f"cache {cached(settings, store) / 'v1'} (store unreachable)"
+    assert health["lastError"].startswith(
+        f"model store {store.description} is unreachable while reading current.json ("
+    )
+
+
+def test_a_broken_version_is_downloaded_once_and_skipped_until_the_pointer_moves(
+    store: BlobModelStore,
+    bundles: list[Path],
+    blob_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store.publish(bundles[0], version="v1")
+    service = SkillService(blob_settings)
+    assert served_version(service) == "v1"
+    downloads: list[str] = []
+    real = BlobModelStore._download_file
+
+    def counted(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path) -> None:
+        downloads.append(f"{version}/{name}")
+        real(self, version, name, entry, folder)
+
+    monkeypatch.setattr(BlobModelStore, "_download_file", counted)
+    store.publish(unloadable(tmp_path / "broken"), version="v2")
+    cache = cached(blob_settings, store)
+    with caplog.at_level("ERROR", logger="shared.holder"):
+        for _ in range(5):
+            service.holder.poll_now()
+            # The cache may be emptied meanwhile (a new instance); the refusal is remembered all the same.
+            shutil.rmtree(cache / "v2", ignore_errors=True)
+    assert sorted(downloads) == ["v2/labels.json", "v2/model.onnx"]
+    assert len([r for r in caplog.records if "keeps serving" in r.getMessage()]) == 1
+    status = service.holder.status()
+    assert status["version"] == "v1" and status["store"] == "reachable"
+    assert "labels" in status["lastError"]
+    # A new pointer is looked at again at once.
+    store.publish(bundles[1], version="v3")
+    service.holder.poll_now()
+    assert service.holder.status()["version"] == "v3" and service.holder.status()["lastError"] is None
+    assert "v3/model.onnx" in downloads
+
+
+def test_a_corrupt_version_is_also_skipped_until_the_pointer_moves(
+    store: BlobModelStore, bundles: list[Path], blob_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.publish(bundles[0], version="v1")
+    service = SkillService(blob_settings)
+    assert served_version(service) == "v1"
+    store.publish(bundles[1], version="v2", policy=never)
+    store.container.upload_blob("v2/model.onnx", (bundles[2] / "model.onnx").read_bytes(), overwrite=True)
+    store.promote("v2")
+    reads: list[str] = []
+    real = BlobModelStore.read_manifest
+
+    def counted(self: BlobModelStore, version: str) -> Any:
+        reads.append(version)
+        return real(self, version)
+
+    monkeypatch.setattr(BlobModelStore, "read_manifest", counted)
+    for _ in range(3):
+        service.holder.poll_now()
+    assert reads == ["v2"]
+    assert service.holder.status()["lastError"].startswith("version v2: model.onnx does not match its manifest")
+
+
+def test_the_cache_serves_only_versions_of_the_store_it_came_from(
+    own_azurite: Azurite, bundles: list[Path], tmp_path: Path
+) -> None:
+    fresh = Settings(
+        blob_connection_string=own_azurite.connection_string,
+        blob_container="fresh",
+        cache_dir=tmp_path / "cache",
+        poll_s=1,
+    )
+    store = BlobModelStore.from_settings(fresh)
+    assert store is not None
+    store.publish(bundles[0], version="v1")
+    assert served_version(SkillService(fresh)) == "v1"
+    own_azurite.stop()
+    models = Settings(
+        blob_connection_string=own_azurite.connection_string,
+        blob_container="models",
+        cache_dir=tmp_path / "cache",
+        poll_s=1,
+    )
+    service = SkillService(models)
+    status, body, _ = service.classify(BODY, {})
+    assert status == 503
+    assert json.loads(body)["error"]["message"].startswith(
+        f"no model is loaded yet: model store http://127.0.0.1:{own_azurite.port}/devstoreaccount1/models is "
+        "unreachable while reading current.json ("
+    )
+    assert service.holder.status()["store"] == "unreachable"
+
+
+def test_the_first_health_check_after_a_promote_shows_the_new_version_when_a_poll_is_due(
+    store: BlobModelStore, bundles: list[Path], blob_settings: Settings
+) -> None:
+    from shared.app import build_holder
+
+    now = [1000.0]
+    holder = build_holder(blob_settings)
+    holder_with_clock = type(holder)(holder.source, holder._load, poll_s=60, clock=lambda: now[0])
+    service = SkillService(blob_settings, holder_with_clock)
+    store.publish(bundles[0], version="v1")
+    store.publish(bundles[1], version="v2", policy=never)
+    assert json.loads(service.health()[1])["model"]["version"] == "v1"
+    store.promote("v2")
+    now[0] += 59  # not due yet: the version loaded less than MODEL_POLL_SECONDS ago is what health shows
+    assert json.loads(service.health()[1])["model"]["version"] == "v1"
+    now[0] += 1  # due: the health check starts the poll and waits for it
+    health = json.loads(service.health()[1])["model"]
+    assert health["version"] == "v2" and health["poll"] == {"inProgress": False, "startedSecondsAgo": None}
