@@ -34,7 +34,7 @@ from shared.bundle import (
     MODEL_FILE,
     ModelBundle,
     build_manifest,
-    file_entry,
+    bundle_content_version,
     load_bundle,
     write_manifest,
 )
@@ -127,6 +127,11 @@ def always_promote(current: Pointer | None, manifest: dict[str, Any]) -> bool:
     return True
 
 
+def never_promote(current: Pointer | None, manifest: dict[str, Any]) -> bool:
+    """Upload and verify only (`publish --no-promote`): `promote` moves the pointer once checked."""
+    return False
+
+
 class _Unchanged:
     """Returned by read_pointer when the pointer still has the ETag the caller knows."""
 
@@ -210,7 +215,11 @@ class BlobModelStore:
                 f"model store {self.description} is unreachable while {action} ({_reason(exc)})"
             ) from None
         except ClientAuthenticationError as exc:
-            if exc.__class__.__name__ == "CredentialUnavailableError":  # azure.identity found no credential
+            # azure.identity found no credential at all: CredentialUnavailableError from one credential, or
+            # DefaultAzureCredential's ClientAuthenticationError after trying every one of them.
+            if exc.__class__.__name__ == "CredentialUnavailableError" or str(exc).startswith(
+                "DefaultAzureCredential failed to retrieve a token"
+            ):
                 raise StoreError(
                     f"no credential for model store {self.description}: in Azure enable the app's managed "
                     "identity (AZURE_CLIENT_ID for a user-assigned one), locally `az login`, or set "
@@ -262,9 +271,8 @@ class BlobModelStore:
                 # Azurite answers a matching If-None-Match on GET with 412 instead of 304; on a GET with
                 # If-None-Match a failed precondition can only mean "unchanged".
                 return UNCHANGED
-            except ResourceNotFoundError as exc:
-                if getattr(exc, "error_code", None) == "ContainerNotFound":
-                    raise StoreError(f"container {self.description} does not exist") from None
+            except ResourceNotFoundError:
+                # No pointer, or no container yet (a fresh store: the first publish creates it).
                 return None
         etag = downloader.properties.etag
         try:
@@ -345,16 +353,24 @@ class BlobModelStore:
             raise VersionCorrupt(f"version {version}: manifest.json has no files list")
         return manifest, _sha256(body)
 
-    def list_versions(self) -> list[VersionInfo]:
-        """Every version folder, complete or not, sorted by creation time (then name)."""
+    def _version_folders(self) -> list[str]:
+        """The names of the top-level folders; none when the container does not exist yet."""
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.storage.blob import BlobPrefix
 
-        infos: list[VersionInfo] = []
         with self._errors("listing versions"):
-            prefixes = [
-                p.name.rstrip("/") for p in self.container.walk_blobs(delimiter="/") if isinstance(p, BlobPrefix)
-            ]
-        for name in prefixes:
+            try:
+                return [
+                    p.name.rstrip("/") for p in self.container.walk_blobs(delimiter="/") if isinstance(p, BlobPrefix)
+                ]
+            except ResourceNotFoundError:
+                return []
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every version folder, complete or not, sorted by creation time (then name); empty for a store
+        whose container does not exist yet."""
+        infos: list[VersionInfo] = []
+        for name in self._version_folders():
             found = self.read_manifest(name) if VERSION_PATTERN.match(name) else None
             if found is None:
                 infos.append(VersionInfo(version=name, complete=False))
@@ -373,12 +389,27 @@ class BlobModelStore:
             )
         return sorted(infos, key=lambda i: (i.created or "", i.version))
 
+    def same_content(self, manifest: dict[str, Any]) -> str | None:
+        """The oldest complete version with exactly the files, task and preprocessing of `manifest`, if any."""
+        matches = []
+        for name in self._version_folders():
+            found = self.read_manifest(name) if VERSION_PATTERN.match(name) else None
+            if found is None:
+                continue
+            stored = found[0]
+            if all(stored.get(key) == manifest.get(key) for key in ("files", "task", "preprocessing")):
+                matches.append((str(stored.get("created") or ""), name))
+        return min(matches)[1] if matches else None
+
     def promote(self, version: str) -> PublishResult:
-        """Point current.json at an existing complete version (rollback or pin)."""
+        """Point current.json at an existing complete version (rollback or pin). An unknown version's error
+        lists the complete versions there are."""
         check_version_name(version)
         found = self.read_manifest(version)
         if found is None:
-            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished)")
+            complete = [i.version for i in self.list_versions() if i.complete]
+            there = f"versions there: {', '.join(complete)}" if complete else "it has no complete versions yet"
+            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished); {there}")
         manifest, manifest_sha = found
         moved, previous = self._move_pointer(version, manifest, manifest_sha, always_promote)
         return PublishResult(version=version, uploaded=False, promoted=moved, previous=previous)
@@ -395,9 +426,11 @@ class BlobModelStore:
     ) -> PublishResult:
         """Upload a bundle folder or AutoML run folder as a version, then move the pointer per `policy`.
 
-        `validate` (for example opening an Engine) runs before anything is uploaded. Publishing the same
-        content under the same version again uploads nothing; different content under an existing
-        version is refused (versions are immutable).
+        `validate` (for example opening an Engine) runs before anything is uploaded. Without `version`, the
+        name is the run id named by the source, else the content name (bundle.content_version), and content
+        that the store already holds under any name reuses that name (nothing is uploaded). Publishing the
+        same content under the same version again uploads nothing; different content under an existing
+        version is refused (versions are immutable). `policy=never_promote` uploads without moving the pointer.
         """
         bundle = load_bundle(path)
         if validate is not None:
@@ -423,6 +456,9 @@ class BlobModelStore:
                 metric=chosen_metric,
                 opset=bundle.opset,
             )
+            if version is None and (same := self.same_content(manifest)) is not None:
+                chosen = same
+                manifest["version"] = same
             uploaded = self._upload_version(staged, chosen, manifest)
         found = self.read_manifest(chosen)
         if found is None:
@@ -540,15 +576,12 @@ def version_from_run_id(run_id: str) -> str | None:
 
 
 def default_version(bundle: ModelBundle, source: dict[str, Any]) -> str:
-    """From the run id when the source names one, else `m-` + 12 hex digits of the content hash."""
+    """From the run id when the source names one, else the content name (`m-` + 12 hex digits, the same
+    name `classify` shows for the folder: shared.bundle.content_version)."""
     run_id = source.get("run_id") if isinstance(source, dict) else None
     if isinstance(run_id, str) and run_id and (named := version_from_run_id(run_id)):
         return named
-    digest = hashlib.sha256()
-    digest.update(file_entry(bundle.model_path)["sha256"].encode())
-    digest.update(_sha256(bundle.labels_path.read_bytes()).encode())
-    digest.update(json.dumps({"task": bundle.task, **bundle.preprocessing.as_dict()}, sort_keys=True).encode())
-    return "m-" + digest.hexdigest()[:12]
+    return bundle_content_version(bundle)
 
 
 def clean_partials(cache_dir: Path, older_than_s: float = STALE_PARTIAL_S) -> None:

@@ -161,7 +161,7 @@ def test_the_http_path_serves_a_converted_model_without_torch(tmp_path: Path) ->
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=120
     )
     result = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert result["status"] == 200 and result["version"].startswith("pt-") and result["heavy"] == []
+    assert result["status"] == 200 and result["version"].startswith("m-") and result["heavy"] == []
 
 
 def write_bare_state_dict(path: Path) -> Path:
