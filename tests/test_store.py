@@ -343,15 +343,123 @@ def test_cli_publish_versions_promote(blob_settings: Settings, bundles: list[Pat
     second = cli("publish", str(bundles[1]), env=env)
     assert second.returncode == 0 and second.stdout.startswith("published m-")
     assert second.stdout.rstrip().endswith("(uploaded); current.json now points to it (was v1)")
+    m_name = second.stdout.split()[1]
     listing = cli("versions", env=env)
     lines = listing.stdout.splitlines()
     assert lines[0].startswith("versions in http://127.0.0.1:") and lines[0].endswith("(* = current):")
-    marks = {line[2:].split()[0]: line[:2] for line in lines[1:]}
-    assert marks == {"v1": "  ", second.stdout.split()[1]: "* "}
-    assert cli("promote", "v1", env=env).stdout == f"current.json now points to v1 (was {second.stdout.split()[1]})\n"
+    assert lines[1].split() == ["version", "created", "metric", "size"]
+    marks = {line[2:].split()[0]: line[:2] for line in lines[2:]}
+    assert marks == {"v1": "  ", m_name: "* "}
+    as_json = [json.loads(line) for line in cli("versions", "--json", env=env).stdout.splitlines()]
+    assert {(v["version"], v["current"], v["complete"]) for v in as_json} == {("v1", False, True), (m_name, True, True)}
+    assert all(v["bytes"] > 0 and v["created"] for v in as_json)
+    assert cli("promote", "v1", env=env).stdout == f"current.json now points to v1 (was {m_name})\n"
     bad = cli("publish", str(ROOT / "samples"), env=env)
     assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.startswith("error: no model.onnx in ")
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_publish_no_promote_then_promote_and_unknown_versions_list_the_real_ones(
+    blob_settings: Settings, bundles: list[Path], store: BlobModelStore
+) -> None:
+    assert blob_settings.blob_connection_string is not None
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    staged = cli("publish", str(bundles[0]), "--version", "v1", "--no-promote", env=env)
+    assert staged.returncode == 0, staged.stderr
+    assert staged.stdout == (
+        "published v1 (uploaded), not promoted: current.json points to nothing yet; when it is checked, run "
+        "`python -m shared promote v1`\n"
+    )
+    assert store.read_pointer() is None
+    assert cli("promote", "v1", env=env).stdout == "current.json now points to v1\n"
+    cli("publish", str(bundles[1]), "--version", "v2", "--no-promote", env=env)
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer) and pointer.version == "v1"
+    unknown = cli("promote", "v9", env=env)
+    assert unknown.returncode == 1 and unknown.stderr == (
+        f"error: version v9 is not in {store.description} (or its upload never finished); versions there: v1, v2\n"
+    )
+
+
+def test_the_same_content_has_one_name_in_classify_and_publish_and_is_not_uploaded_twice(
+    blob_settings: Settings, bundles: list[Path], store: BlobModelStore
+) -> None:
+    assert blob_settings.blob_connection_string is not None
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    shown = cli("classify", "--json", "--model", str(bundles[3]), str(SAMPLES / "coffee.png"), env=env)
+    name = json.loads(shown.stdout)["modelVersion"]
+    assert name.startswith("m-")
+    published = cli("publish", str(bundles[3]), env=env)
+    assert published.stdout == f"published {name} (uploaded); current.json now points to it\n"
+    # Content the store already holds under another name keeps that name when no --version is given.
+    store.publish(bundles[2], version="release-7", policy=never)
+    again = cli("publish", str(bundles[2]), env=env)
+    assert again.stdout == f"published release-7 (already in the store); current.json now points to it (was {name})\n"
+    assert sorted(i.version for i in store.list_versions()) == sorted([name, "release-7"])
+
+
+def test_a_store_whose_container_does_not_exist_yet_has_no_versions_and_the_first_write_creates_it(
+    azurite: Azurite, tmp_path: Path, bundles: list[Path]
+) -> None:
+    env = {"MODEL_BLOB_CONNECTION_STRING": azurite.connection_string, "MODEL_BLOB_CONTAINER": "never-created"}
+    description = f"http://127.0.0.1:{azurite.port}/devstoreaccount1/never-created"
+    listing = cli("versions", env=env)
+    assert (listing.returncode, listing.stderr) == (0, "")
+    assert listing.stdout == f"no versions yet in {description}: `python -m shared publish PATH` uploads the first\n"
+    assert cli("versions", "--json", env=env).stdout == ""
+    promote = cli("promote", "v1", env=env)
+    assert promote.stderr == (
+        f"error: version v1 is not in {description} (or its upload never finished); it has no complete versions yet\n"
+    )
+    fresh = {**env, "MODEL_BLOB_CONTAINER": "fresh-for-refresh"}
+    refreshed = cli("refresh", "--run-dir", str(bundles[0]), env=fresh)
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert refreshed.stdout.splitlines()[1].startswith("decision: published and promoted m-")
+
+
+def test_refresh_run_dir_does_not_convert_a_model_pt_it_will_not_publish(
+    blob_settings: Settings, store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from tests.checkpoints import automl_checkpoint
+
+    assert blob_settings.blob_connection_string is not None
+    store.publish(bundles[0], version="current-v", metric={"name": "accuracy", "value": 0.95})
+    run_dir = tmp_path / "run"
+    (run_dir / "train_artifacts").mkdir(parents=True)
+    automl_checkpoint(run_dir / "train_artifacts" / "model.pt", "mobilenetv2", ["a", "b"], crop=64, score=0.5)
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    kept = cli("refresh", "--run-dir", str(run_dir), env=env)
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.splitlines() == [
+        f"candidate {run_dir} (accuracy 0.5000); current current-v",
+        "decision: kept current: accuracy 0.5000 does not beat current-v's 0.9500 (model.pt not converted)",
+    ]
+    assert not list(run_dir.rglob("model.onnx")) and not (tmp_path / "cache").exists()
+
+
+def test_cli_says_one_line_when_no_azure_credential_is_found_and_more_with_verbose() -> None:
+    # A closed loopback port: azure-identity tries its credentials, finds none, and the request never leaves.
+    env = {"MODEL_BLOB_ACCOUNT_URL": "https://127.0.0.1:9/devstoreaccount1"}
+    quiet = cli("versions", env=env)
+    assert quiet.returncode == 1 and quiet.stderr == (
+        "error: no credential for model store https://127.0.0.1:9/devstoreaccount1/models: in Azure enable the app's "
+        "managed identity (AZURE_CLIENT_ID for a user-assigned one), locally `az login`, or set "
+        "MODEL_BLOB_CONNECTION_STRING\n"
+    )
+    verbose = cli("--verbose", "versions", env=env)
+    assert verbose.returncode == 1 and "DefaultAzureCredential" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == quiet.stderr.rstrip()
 
 
 def test_cli_errors_are_one_line(own_azurite: Azurite) -> None:
