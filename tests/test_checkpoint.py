@@ -248,7 +248,7 @@ def test_convert_command_reports_what_it_made(tmp_path: Path, capsys: pytest.Cap
     assert out.startswith(
         f"converted {model_pt} to {tmp_path / 'bundle'}: multiclass, 5 labels, 256/224 px, opset 14, "
     )
-    assert out.rstrip().endswith("of the logits' scale")
+    assert out.rstrip().endswith(f"of the logits' scale; version {load_bundle(tmp_path / 'bundle').version}")
 
 
 def test_an_unusable_model_onnx_falls_back_to_model_pt(
