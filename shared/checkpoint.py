@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,9 +316,10 @@ def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def servable_folder(path: Path, cache_dir: Path) -> Path:
+def servable_folder(path: Path, cache_dir: Path, on_convert: Callable[[Path], None] | None = None) -> Path:
     """`path` itself when its model.onnx loads; else, when it has AutoML's model.pt, a converted bundle
-    (cached under `cache_dir/converted/<checkpoint sha256>`). Raises BundleError when neither works."""
+    (cached under `cache_dir/converted/<checkpoint sha256>`). Raises BundleError when neither works.
+    `on_convert(model_pt)` is called just before a conversion starts (the CLI tells the user it takes a while)."""
     from shared.bundle import load_bundle
     from shared.engine import Engine
 
@@ -341,4 +343,6 @@ def servable_folder(path: Path, cache_dir: Path) -> Path:
         return target
     if onnx_error is not None:
         logger.warning("model.onnx is unusable (%s); converting %s instead", onnx_error, checkpoint)
+    if on_convert is not None:
+        on_convert(checkpoint)
     return convert_checkpoint(checkpoint, target)

@@ -76,11 +76,18 @@ def file_loader(path: Path | None) -> ImageLoader:
     return load
 
 
+def converting(model_pt: Path) -> None:
+    """Say on a terminal that a conversion has started: it prints nothing else for a minute or more."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"converting {model_pt} to ONNX (rebuild, export, parity check: a minute or more)...\n")
+        sys.stderr.flush()
+
+
 def servable(path: Path, settings: Settings) -> Path:
     """The folder itself, or, for a run that only has a usable model.pt, its converted ONNX bundle."""
     from shared.checkpoint import servable_folder
 
-    return servable_folder(path, settings.model_cache_dir())
+    return servable_folder(path, settings.model_cache_dir(), on_convert=converting)
 
 
 def open_engine(model: str | None, settings: Settings) -> Engine:
@@ -250,6 +257,25 @@ def open_store(settings: Settings) -> BlobModelStore:
     return store
 
 
+class ByteProgress:
+    """A tqdm bar of bytes on stderr, created when the first block moves (the total is known then)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: Any = None
+
+    def __call__(self, count: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+        self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from shared.store import always_promote, never_promote
 
@@ -259,12 +285,18 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     def validate(bundle: ModelBundle) -> None:
         Engine(bundle, threads=threads)  # loads, smoke-tests and checks the labels, or raises BundleError
 
-    result = store.publish(
-        servable(Path(args.path), settings),
-        version=args.version,
-        validate=validate,
-        policy=never_promote if args.no_promote else always_promote,
-    )
+    bar = ByteProgress("uploading") if sys.stderr.isatty() else None
+    try:
+        result = store.publish(
+            servable(Path(args.path), settings),
+            version=args.version,
+            validate=validate,
+            policy=never_promote if args.no_promote else always_promote,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     what = "uploaded" if result.uploaded else "already in the store"
     if result.promoted:
         was = f" (was {result.previous})" if result.previous else ""
@@ -347,8 +379,7 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     from shared.checkpoint import convert_checkpoint, find_checkpoint
 
     source = find_checkpoint(Path(args.model_pt))
-    if sys.stderr.isatty():
-        sys.stderr.write(f"converting {source} to ONNX (rebuild, export, parity check: a minute or more)...\n")
+    converting(source)
     out = convert_checkpoint(source, Path(args.out_dir))
     bundle = load_bundle(out)
     Engine(bundle, threads=settings.engine_threads or None)

@@ -118,6 +118,9 @@ class PublishResult:
     previous: str | None
 
 
+# Told of every block of bytes moved: (bytes in this block, total bytes of the version's files).
+Progress = Callable[[int, int], None]
+
 # Decides, from the current pointer (None when nothing is published) and the new version's manifest,
 # whether publishing also moves the pointer.
 PromotePolicy = Callable[[Pointer | None, dict[str, Any]], bool]
@@ -423,6 +426,7 @@ class BlobModelStore:
         metric: dict[str, Any] | None = None,
         policy: PromotePolicy = always_promote,
         validate: Callable[[ModelBundle], None] | None = None,
+        progress: Progress | None = None,
     ) -> PublishResult:
         """Upload a bundle folder or AutoML run folder as a version, then move the pointer per `policy`.
 
@@ -459,7 +463,7 @@ class BlobModelStore:
             if version is None and (same := self.same_content(manifest)) is not None:
                 chosen = same
                 manifest["version"] = same
-            uploaded = self._upload_version(staged, chosen, manifest)
+            uploaded = self._upload_version(staged, chosen, manifest, progress)
         found = self.read_manifest(chosen)
         if found is None:
             raise StoreError(f"version {chosen} vanished from {self.description} right after upload")
@@ -467,7 +471,9 @@ class BlobModelStore:
         moved, previous = self._move_pointer(chosen, stored_manifest, manifest_sha, policy)
         return PublishResult(version=chosen, uploaded=uploaded, promoted=moved, previous=previous)
 
-    def _upload_version(self, staged: Path, version: str, manifest: dict[str, Any]) -> bool:
+    def _upload_version(
+        self, staged: Path, version: str, manifest: dict[str, Any], progress: Progress | None = None
+    ) -> bool:
         from azure.core.exceptions import ResourceExistsError
 
         existing = self.read_manifest(version)
@@ -480,10 +486,12 @@ class BlobModelStore:
                 "immutable: publish under another --version"
             )
         self.ensure_container()
+        total = sum(int(entry["bytes"]) for entry in manifest["files"].values())
         with self._errors(f"uploading version {version}"):
             for name, entry in manifest["files"].items():
+                hook = _delta_hook(progress, total) if progress is not None else None
                 with (staged / name).open("rb") as handle:
-                    self.container.upload_blob(f"{version}/{name}", handle, overwrite=True)
+                    self.container.upload_blob(f"{version}/{name}", handle, overwrite=True, progress_hook=hook)
                 size = self.container.get_blob_client(f"{version}/{name}").get_blob_properties().size
                 if size != entry["bytes"]:
                     raise StoreError(
@@ -503,7 +511,13 @@ class BlobModelStore:
 
     # -- downloading into the cache -----------------------------------------------------------------------
 
-    def download_version(self, version: str, cache_dir: Path, expected_manifest_sha256: str | None = None) -> Path:
+    def download_version(
+        self,
+        version: str,
+        cache_dir: Path,
+        expected_manifest_sha256: str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
         """The version's folder in the cache, downloading and verifying it first if it is not there.
 
         A folder named after the version exists only once every file matched its sha256; the download
@@ -526,9 +540,11 @@ class BlobModelStore:
             )
         partial = cache_dir / f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
         partial.mkdir()
+        total = sum(int(f.get("bytes", 0)) for f in manifest["files"].values() if isinstance(f, dict))
+        logger.info("downloading version %s from %s (%.1f MB)", version, self.description, total / 1e6)
         try:
             for name, entry in manifest["files"].items():
-                self._download_file(version, name, entry, partial)
+                self._download_file(version, name, entry, partial, (lambda n: progress(n, total)) if progress else None)
             write_manifest(partial, manifest)
             try:
                 os.rename(partial, final)
@@ -543,7 +559,9 @@ class BlobModelStore:
         logger.info("version %s downloaded into the cache (%d files)", version, len(manifest["files"]))
         return final
 
-    def _download_file(self, version: str, name: str, entry: Any, folder: Path) -> None:
+    def _download_file(
+        self, version: str, name: str, entry: Any, folder: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
         if (
             not isinstance(name, str)
             or "/" in name
@@ -560,11 +578,25 @@ class BlobModelStore:
                 digest.update(chunk)
                 size += len(chunk)
                 handle.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
         if digest.hexdigest() != entry["sha256"] or size != entry.get("bytes", size):
             raise VersionCorrupt(
                 f"version {version}: {name} does not match its manifest (sha256 {digest.hexdigest()[:12]}..., "
                 f"expected {entry['sha256'][:12]}...); refusing the version"
             )
+
+
+def _delta_hook(progress: Progress, total: int) -> Callable[[int, int | None], None]:
+    """The SDK's progress_hook (bytes of this blob so far) as Progress (bytes since the last call)."""
+    sent = 0
+
+    def hook(current: int, _blob_total: int | None) -> None:
+        nonlocal sent
+        progress(current - sent, total)
+        sent = current
+
+    return hook
 
 
 def version_from_run_id(run_id: str) -> str | None:

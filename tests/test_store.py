@@ -233,12 +233,14 @@ def test_an_interrupted_download_leaves_nothing_loadable(
     real = BlobModelStore._download_file
     calls = []
 
-    def dies_on_the_second_file(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path) -> None:
+    def dies_on_the_second_file(
+        self: BlobModelStore, version: str, name: str, entry: Any, folder: Path, *rest: Any
+    ) -> None:
         calls.append(name)
         if len(calls) == 2:
             (folder / name).write_bytes(b"half")
             raise ConnectionResetError("connection lost mid-download")
-        real(self, version, name, entry, folder)
+        real(self, version, name, entry, folder, *rest)
 
     monkeypatch.setattr(BlobModelStore, "_download_file", dies_on_the_second_file)
     with pytest.raises(ConnectionResetError):
@@ -545,9 +547,9 @@ def test_a_broken_version_is_downloaded_once_and_skipped_until_the_pointer_moves
     downloads: list[str] = []
     real = BlobModelStore._download_file
 
-    def counted(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path) -> None:
+    def counted(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path, *rest: Any) -> None:
         downloads.append(f"{version}/{name}")
-        real(self, version, name, entry, folder)
+        real(self, version, name, entry, folder, *rest)
 
     monkeypatch.setattr(BlobModelStore, "_download_file", counted)
     store.publish(unloadable(tmp_path / "broken"), version="v2")
@@ -640,3 +642,58 @@ def test_the_first_health_check_after_a_promote_shows_the_new_version_when_a_pol
     now[0] += 1  # due: the health check starts the poll and waits for it
     health = json.loads(service.health()[1])["model"]
     assert health["version"] == "v2" and health["poll"] == {"inProgress": False, "startedSecondsAgo": None}
+
+
+def test_uploads_and_downloads_report_their_progress_in_bytes(
+    store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    sizes = {p.name: p.stat().st_size for p in bundles[0].iterdir()}
+    uploaded: list[tuple[int, int]] = []
+    store.publish(bundles[0], version="v1", progress=lambda n, total: uploaded.append((n, total)))
+    assert sum(n for n, _ in uploaded) == sum(sizes.values()) and {t for _, t in uploaded} == {sum(sizes.values())}
+    downloaded: list[tuple[int, int]] = []
+    store.download_version("v1", tmp_path / "cache", progress=lambda n, total: downloaded.append((n, total)))
+    assert sum(n for n, _ in downloaded) == sum(sizes.values())
+
+
+def test_cli_publish_shows_upload_progress_on_a_terminal_only(blob_settings: Settings, bundles: list[Path]) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    assert blob_settings.blob_connection_string is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AZURE"))} | {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared", "publish", str(bundles[0]), "--version", "v1"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.stdout is not None
+    out = process.stdout.read().decode()
+    assert process.wait(timeout=120) == 0
+    assert "uploading:" in b"".join(chunks).decode()
+    assert out == "published v1 (uploaded); current.json now points to it\n"
+    # Not a terminal (the other CLI tests): nothing but the result.
+    piped = cli("publish", str(bundles[1]), "--version", "v2", env=env)
+    assert piped.stderr == ""
