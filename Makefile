@@ -2,7 +2,13 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# Not --quiet: the first install takes a minute or more (several for `make dev`, with torch), and pip's own
+# lines and progress bars show that it is moving.
+PIP := $(BIN)/python -m pip install --disable-pip-version-check
+# `make azurite AZURITE_PORT=10001` when 10000 is taken.
+AZURITE_PORT ?= 10000
+# The Azure Storage emulator's fixed, published development account (the same for every Azurite): not a secret.
+AZURITE_KEY := Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
 
 .PHONY: venv dev demo test lint bench sample-model azurite clean
 
@@ -10,10 +16,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.runtime: requirements.txt | $(BIN)/python
+	@echo "installing the runtime requirements into $(VENV) (the first time takes a minute or so)"
 	$(PIP) -r requirements.txt
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt requirements-torch.txt $(VENV)/.runtime
+	@echo "installing the test tools and torch into $(VENV) (the first time takes a few minutes: torch is large)"
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
@@ -22,8 +30,11 @@ node_modules/.bin/azurite-blob: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-azurite: node_modules/.bin/azurite-blob  ## run Azurite for local development on 127.0.0.1:10000 (Ctrl-C stops it)
-	node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort 10000 --location .azurite --skipApiVersionCheck --loose
+azurite: node_modules/.bin/azurite-blob  ## run Azurite on 127.0.0.1:$(AZURITE_PORT) (AZURITE_PORT=N for another), print its connection string; Ctrl-C stops it
+	@echo "Azurite blob service on http://127.0.0.1:$(AZURITE_PORT), data in .azurite/; in another shell:"
+	@echo "  export MODEL_BLOB_CONNECTION_STRING='DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$(AZURITE_KEY);BlobEndpoint=http://127.0.0.1:$(AZURITE_PORT)/devstoreaccount1;'"
+	node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort $(AZURITE_PORT) --location .azurite \
+		--skipApiVersionCheck --loose --disableTelemetry
 
 venv: $(VENV)/.runtime  ## runtime requirements only (what Azure installs)
 

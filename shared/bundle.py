@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -262,11 +263,12 @@ def load_bundle(path: str | Path) -> ModelBundle:
         task = "multiclass"
         evidence["task"] = "default (no manifest or scoring file says otherwise)"
 
+    preprocessing = Preprocessing(resize=resize, crop=crop, mean=mean, std=std, in_graph=in_graph)
     version = None
     if manifest is not None:
         version = manifest.get("version")
     if not isinstance(version, str) or not version:
-        version = "local-" + hashlib.sha256(model_bytes).hexdigest()[:12]
+        version = content_version(hashlib.sha256(model_bytes).hexdigest(), labels, task, preprocessing)
 
     return ModelBundle(
         root=root,
@@ -274,7 +276,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         labels_path=labels_path,
         labels=labels,
         task=task,
-        preprocessing=Preprocessing(resize=resize, crop=crop, mean=mean, std=std, in_graph=in_graph),
+        preprocessing=preprocessing,
         version=version,
         opset=info.opset,
         manifest=manifest,
@@ -297,6 +299,29 @@ def _mean_std(mean: Any, std: Any, source: Path) -> tuple[tuple[float, float, fl
     return triple(mean if mean is not None else list(IMAGENET_MEAN), "mean"), triple(
         std if std is not None else list(IMAGENET_STD), "std"
     )
+
+
+CONTENT_VERSION_PREFIX = "m-"
+
+
+def content_version(model_sha256: str, labels: Sequence[str], task: str, preprocessing: Preprocessing) -> str:
+    """The default version name of a model: `m-` + 12 hex digits of one hash over the ONNX file's sha256,
+    the labels, the task and the preprocessing.
+
+    The one default name everywhere: `classify` shows it for a folder without a manifest, `convert` writes
+    it into a converted bundle's manifest, and `publish` uses it when no --version or run id is given, so
+    the same model has the same name wherever it is seen.
+    """
+    digest = hashlib.sha256()
+    digest.update(model_sha256.encode())
+    digest.update(json.dumps(list(labels)).encode())
+    digest.update(json.dumps({"task": task, **preprocessing.as_dict()}, sort_keys=True).encode())
+    return CONTENT_VERSION_PREFIX + digest.hexdigest()[:12]
+
+
+def bundle_content_version(bundle: ModelBundle) -> str:
+    """content_version() of a loaded bundle (whatever name its manifest gives it)."""
+    return content_version(file_entry(bundle.model_path)["sha256"], bundle.labels, bundle.task, bundle.preprocessing)
 
 
 def file_entry(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from shared.bundle import (
     Preprocessing,
     Task,
     build_manifest,
+    content_version,
     find_file,
     write_manifest,
 )
@@ -102,6 +104,24 @@ def _require_torch() -> Any:
     return torch
 
 
+def find_checkpoint(path: Path) -> Path:
+    """`path` itself when it is a file, else the model.pt of a run or bundle folder (wherever AutoML puts
+    it: the folder, train_artifacts/, outputs/). Raises CheckpointError naming what is missing."""
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give AutoML's model.pt or the run folder that holds it")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is neither a file nor a folder")
+    found = find_file(path, CHECKPOINT_FILE)
+    if found is None:
+        raise CheckpointError(
+            f"no {CHECKPOINT_FILE} in {path} (looked in the folder, train_artifacts/ and outputs/); download "
+            "train_artifacts/model.pt from the AutoML best child run"
+        )
+    return found
+
+
 def read_checkpoint(path: Path) -> Checkpoint:
     """Read an AutoML (>= 1.25) checkpoint. Raises CheckpointError for older or foreign files."""
     torch = _require_torch()
@@ -116,6 +136,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"{path} was written by an AutoML version (<= 1.24) whose checkpoint needs the AutoML package "
             f"itself ({exc.name}); export ONNX from AML instead (train_artifacts/model.onnx)"
         ) from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder: give the model.pt file, or use find_checkpoint()") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or 'input/output error'}") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or non-torch file
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict) or "model_state" not in raw or "model_name" not in raw:
@@ -259,13 +285,15 @@ def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:
         metric = None
         if checkpoint.score is not None:
             metric = {"name": "iou" if checkpoint.multilabel else "accuracy", "value": checkpoint.score}
+        preprocessing = Preprocessing(
+            resize=checkpoint.resize, crop=checkpoint.crop, mean=IMAGENET_MEAN, std=IMAGENET_STD
+        )
         manifest = build_manifest(
             staging,
-            version="pt-" + checkpoint.sha256[:12],
+            # The same default name the converted bundle gets everywhere else (classify, publish).
+            version=content_version(file_sha256(staging / MODEL_FILE), checkpoint.labels, task, preprocessing),
             task=task,
-            preprocessing=Preprocessing(
-                resize=checkpoint.resize, crop=checkpoint.crop, mean=IMAGENET_MEAN, std=IMAGENET_STD
-            ),
+            preprocessing=preprocessing,
             source={
                 "kind": "checkpoint",
                 "model_name": checkpoint.model_name,
@@ -288,9 +316,10 @@ def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def servable_folder(path: Path, cache_dir: Path) -> Path:
+def servable_folder(path: Path, cache_dir: Path, on_convert: Callable[[Path], None] | None = None) -> Path:
     """`path` itself when its model.onnx loads; else, when it has AutoML's model.pt, a converted bundle
-    (cached under `cache_dir/converted/<checkpoint sha256>`). Raises BundleError when neither works."""
+    (cached under `cache_dir/converted/<checkpoint sha256>`). Raises BundleError when neither works.
+    `on_convert(model_pt)` is called just before a conversion starts (the CLI tells the user it takes a while)."""
     from shared.bundle import load_bundle
     from shared.engine import Engine
 
@@ -314,4 +343,6 @@ def servable_folder(path: Path, cache_dir: Path) -> Path:
         return target
     if onnx_error is not None:
         logger.warning("model.onnx is unusable (%s); converting %s instead", onnx_error, checkpoint)
+    if on_convert is not None:
+        on_convert(checkpoint)
     return convert_checkpoint(checkpoint, target)

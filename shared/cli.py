@@ -10,13 +10,13 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.bundle import SAMPLE_BUNDLE, ModelBundle, load_bundle
 from shared.engine import Engine
 from shared.errors import ClassifierError, ImageError
 from shared.settings import Settings
-from shared.skill import ClassifyOptions, ImageLoader, ImageOutcome, classify_batch
+from shared.skill import ClassifyOptions, ImageLoader, classify_batch
 
 if TYPE_CHECKING:
     from shared.store import BlobModelStore
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 BATCH = 16
 PROGRESS_MIN_FILES = 32
+DEFAULT_TOP_K = 5
+MAX_NAME_WIDTH = 60
 
 
 def _image_files(paths: Sequence[str]) -> Iterator[tuple[str, Path | None]]:
@@ -31,12 +33,33 @@ def _image_files(paths: Sequence[str]) -> Iterator[tuple[str, Path | None]]:
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            for found in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            for found in _folder_images(path):
                 yield str(found), found
         elif path.exists():
             yield arg, path
         else:
             yield arg, None
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _nothing_to_classify(paths: Sequence[str]) -> str | None:
+    """The error when no argument names an image at all (each missing path, each folder without images),
+    or None when there is something to classify."""
+    problems = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            if _folder_images(path):
+                return None
+            problems.append(f"no image files in {arg} (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.exists():
+            return None
+        else:
+            problems.append(f"no such file or folder: {arg}")
+    return "; ".join(problems)
 
 
 def file_loader(path: Path | None) -> ImageLoader:
@@ -53,11 +76,18 @@ def file_loader(path: Path | None) -> ImageLoader:
     return load
 
 
+def converting(model_pt: Path) -> None:
+    """Say on a terminal that a conversion has started: it prints nothing else for a minute or more."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"converting {model_pt} to ONNX (rebuild, export, parity check: a minute or more)...\n")
+        sys.stderr.flush()
+
+
 def servable(path: Path, settings: Settings) -> Path:
     """The folder itself, or, for a run that only has a usable model.pt, its converted ONNX bundle."""
     from shared.checkpoint import servable_folder
 
-    return servable_folder(path, settings.model_cache_dir())
+    return servable_folder(path, settings.model_cache_dir(), on_convert=converting)
 
 
 def open_engine(model: str | None, settings: Settings) -> Engine:
@@ -67,58 +97,118 @@ def open_engine(model: str | None, settings: Settings) -> Engine:
     return Engine(load_bundle(path), threads=settings.engine_threads or None)
 
 
-def _print_row(out: TextIO, name: str, outcome: ImageOutcome, width: int) -> None:
-    assert outcome.data is not None
-    label = outcome.data["label"]
-    shown = label if label is not None else "(none above threshold)"
-    out.write(f"{name:<{width}}  {shown:<32}  {outcome.data['confidence']:.4f}\n")
+def shorten(name: str, width: int) -> str:
+    """`name` cut to `width` characters from the left (the file name end is what tells paths apart)."""
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def table_rows(data: dict[str, Any], top_k: int | None) -> list[tuple[str, float]]:
+    """(label, score) rows of one image for the table: every label at or above the threshold (one for
+    multi-class, all of them for multi-label) plus, when --top-k was given, the top K predictions;
+    "(none above threshold)" with the best score when there is nothing else to show."""
+    predictions = [(str(p["label"]), float(p["score"])) for p in data["predictions"]]
+    above = set(data["labels"])
+    rows = [p for p in predictions if p[0] in above]
+    if top_k is not None:
+        rows += [p for p in predictions[:top_k] if p[0] not in above]
+    rows.sort(key=lambda p: -p[1])
+    return rows or [("(none above threshold)", float(data["confidence"]))]
+
+
+class Output:
+    """Rows on stdout, messages on stderr, and a progress bar on stderr when it is a terminal; a row or a
+    message clears the bar first and redraws it after, so the two never share a line."""
+
+    def __init__(self, out: TextIO, err: TextIO, total: int, show_progress: bool) -> None:
+        self.out, self.err = out, err
+        self.bar: Any = None
+        if show_progress:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            self.bar = tqdm(total=total, file=err, unit="image", desc="classified", leave=False, dynamic_ncols=True)
+
+    def row(self, text: str) -> None:
+        self._write(text, self.out)
+
+    def message(self, text: str) -> None:
+        self._write(text, self.err)
+
+    def _write(self, text: str, stream: TextIO) -> None:
+        if self.bar is None:
+            stream.write(text + "\n")
+            return
+        from tqdm import tqdm
+
+        tqdm.write(text, file=stream)
+        stream.flush()
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    # Paths are checked before the model is loaded or anything is printed.
+    problem = _nothing_to_classify(args.paths)
+    if problem is not None:
+        raise ClassifierError(problem)
+    files = list(_image_files(args.paths))
     engine = open_engine(args.model, settings)
+    top_k = args.top_k or DEFAULT_TOP_K
+    if not args.json:
+        # The table shows every label above a multi-label threshold, whatever --top-k says.
+        top_k = max(args.top_k or 1, len(engine.labels) if engine.task == "multilabel" else 1)
     options = ClassifyOptions(
-        top_k=args.top_k,
+        top_k=top_k,
         threshold=args.threshold,
         fast_decode=args.fast,
         limits=settings.image_limits(),
     )
-    files = list(_image_files(args.paths))
     out, err = sys.stdout, sys.stderr
-    if not files:
-        err.write("error: no image files found in the given paths\n")
-        return 1
-    width = min(max(len(name) for name, _ in files), 60)
+    width = min(max(len(name) for name, _ in files), MAX_NAME_WIDTH)
     if not args.json:
         out.write(
             f"model {engine.version} ({engine.task}, {len(engine.labels)} labels) from {engine.bundle.root}\n"
             f"{'file':<{width}}  {'label':<32}  confidence\n"
         )
+        out.flush()
     failed = 0
     show_progress = len(files) >= PROGRESS_MIN_FILES and err.isatty()
+    output = Output(out, err, len(files), show_progress)
     workers = settings.decode_threads or os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and len(files) > 1 else None
     started = time.perf_counter()
-    for start in range(0, len(files), BATCH):
-        chunk = files[start : start + BATCH]
-        outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options, pool=pool)
-        for (name, _), outcome in zip(chunk, outcomes, strict=True):
-            if outcome.errors:
-                failed += 1
-                err.write(f"error: {name}: {'; '.join(outcome.errors)}\n")
-            elif args.json:
-                line: dict[str, object] = {"file": name, **(outcome.data or {})}
-                if outcome.warnings:
-                    line["warnings"] = list(outcome.warnings)
-                out.write(json.dumps(line) + "\n")
-            else:
-                _print_row(out, name, outcome, width)
-        if show_progress:
-            err.write(f"\rclassified {min(start + BATCH, len(files))}/{len(files)}")
-            err.flush()
-    if pool is not None:
-        pool.shutdown()
-    if show_progress:
-        err.write("\n")
+    try:
+        for start in range(0, len(files), BATCH):
+            chunk = files[start : start + BATCH]
+            outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options, pool=pool)
+            for (name, _), outcome in zip(chunk, outcomes, strict=True):
+                if outcome.errors:
+                    failed += 1
+                    output.message(f"error: {name}: {'; '.join(outcome.errors)}")
+                    if args.json:
+                        output.row(json.dumps({"file": name, "errors": list(outcome.errors)}))
+                elif args.json:
+                    line: dict[str, object] = {"file": name, **(outcome.data or {})}
+                    if outcome.warnings:
+                        line["warnings"] = list(outcome.warnings)
+                    output.row(json.dumps(line))
+                else:
+                    assert outcome.data is not None
+                    shown = shorten(name, width)
+                    for label, score in table_rows(outcome.data, args.top_k):
+                        output.row(f"{shown:<{width}}  {label:<32}  {score:.4f}")
+                        shown = ""
+            output.advance(len(chunk))
+    finally:
+        output.close()
+        if pool is not None:
+            pool.shutdown()
     if len(files) >= PROGRESS_MIN_FILES or failed:
         elapsed = time.perf_counter() - started
         err.write(f"{len(files) - failed} classified, {failed} failed in {elapsed:.1f} s\n")
@@ -167,20 +257,58 @@ def open_store(settings: Settings) -> BlobModelStore:
     return store
 
 
+class ByteProgress:
+    """A tqdm bar of bytes on stderr, created when the first block moves (the total is known then)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: Any = None
+
+    def __call__(self, count: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+        self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.store import always_promote, never_promote
+
     store = open_store(settings)
     threads = settings.engine_threads or None
 
     def validate(bundle: ModelBundle) -> None:
         Engine(bundle, threads=threads)  # loads, smoke-tests and checks the labels, or raises BundleError
 
-    result = store.publish(servable(Path(args.path), settings), version=args.version, validate=validate)
+    bar = ByteProgress("uploading") if sys.stderr.isatty() else None
+    try:
+        result = store.publish(
+            servable(Path(args.path), settings),
+            version=args.version,
+            validate=validate,
+            policy=never_promote if args.no_promote else always_promote,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     what = "uploaded" if result.uploaded else "already in the store"
     if result.promoted:
         was = f" (was {result.previous})" if result.previous else ""
         print(f"published {result.version} ({what}); current.json now points to it{was}")
-    else:
+    elif result.previous == result.version:
         print(f"published {result.version} ({what}); it was already current")
+    else:
+        still = f"still points to {result.previous}" if result.previous else "points to nothing yet"
+        print(
+            f"published {result.version} ({what}), not promoted: current.json {still}; when it is checked, run "
+            f"`python -m shared promote {result.version}`"
+        )
     return 0
 
 
@@ -191,18 +319,37 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
     pointer = store.read_pointer()
     current = pointer.version if pointer is not None and not isinstance(pointer, _Unchanged) else None
     versions = store.list_versions()
-    if not versions:
-        print(f"no versions in {store.description}")
+    if args.json:
+        for info in versions:
+            print(
+                json.dumps(
+                    {
+                        "version": info.version,
+                        "current": info.version == current,
+                        "complete": info.complete,
+                        "created": info.created,
+                        "metric": info.metric,
+                        "source": info.source,
+                        "bytes": info.size_bytes,
+                    }
+                )
+            )
         return 0
+    if not versions:
+        print(f"no versions yet in {store.description}: `python -m shared publish PATH` uploads the first")
+        return 0
+    width = max(40, *(len(i.version) for i in versions))
     print(f"versions in {store.description} (* = current):")
+    print(f"  {'version':<{width}} {'created':<21} {'metric':<24} {'size':>10}")
     for info in versions:
         mark = "*" if info.version == current else " "
         if not info.complete:
-            print(f"{mark} {info.version:<40} incomplete (no manifest.json: an upload that never finished)")
+            print(f"{mark} {info.version:<{width}} incomplete (no manifest.json: an upload that never finished)")
             continue
         metric = info.metric or {}
         metric_text = f"{metric.get('name')}={metric.get('value')}" if metric else "-"
-        print(f"{mark} {info.version:<40} {info.created or '-':<21} {metric_text:<24} {info.size_bytes / 1e6:7.1f} MB")
+        size = f"{info.size_bytes / 1e6:.1f} MB"
+        print(f"{mark} {info.version:<{width}} {info.created or '-':<21} {metric_text:<24} {size:>10}")
     return 0
 
 
@@ -229,16 +376,18 @@ def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.checkpoint import convert_checkpoint
+    from shared.checkpoint import convert_checkpoint, find_checkpoint
 
-    out = convert_checkpoint(Path(args.model_pt), Path(args.out_dir))
+    source = find_checkpoint(Path(args.model_pt))
+    converting(source)
+    out = convert_checkpoint(source, Path(args.out_dir))
     bundle = load_bundle(out)
     Engine(bundle, threads=settings.engine_threads or None)
     parity = (bundle.manifest or {}).get("source", {}).get("parity_max_rel_diff")
     print(
-        f"converted {args.model_pt} to {out}: {bundle.task}, {len(bundle.labels)} labels, "
+        f"converted {source} to {out}: {bundle.task}, {len(bundle.labels)} labels, "
         f"{bundle.preprocessing.resize}/{bundle.preprocessing.crop} px, opset {bundle.opset}, "
-        f"ONNX vs PyTorch {parity:.1e} of the logits' scale"
+        f"ONNX vs PyTorch {parity:.1e} of the logits' scale; version {bundle.version}"
     )
     return 0
 
@@ -284,31 +433,49 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    # ArgumentTypeError, never ValueError: argparse would name this function in its message.
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, got {raw!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {raw!r}")
     return value
 
 
 def _probability(raw: str) -> float:
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {raw!r}") from None
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {raw!r}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared", description="AutoML image classifier skill tools")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show the Azure SDK's own log (credential attempts, retries)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     classify = commands.add_parser("classify", help="classify image files or folders")
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (searched recursively)")
     classify.add_argument("--model", metavar="PATH", help="bundle folder or AutoML run folder (default: sample)")
-    classify.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="predictions per image")
+    classify.add_argument(
+        "--top-k",
+        type=_positive_int,
+        metavar="K",
+        help=f"predictions per image (--json: default {DEFAULT_TOP_K}; table: the top K rows besides the labels "
+        "above the threshold)",
+    )
     classify.add_argument(
         "--threshold", type=_probability, metavar="T", help="score cutoff (default 0.5 multi-label, 0 multi-class)"
     )
-    classify.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    classify.add_argument(
+        "--json", action="store_true", help='one JSON object per image per line (failed files: {"file", "errors"})'
+    )
     classify.add_argument(
         "--fast",
         action="store_true",
@@ -323,10 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser("publish", help="upload a bundle or AutoML run folder to the Blob model store")
     publish.add_argument("path", metavar="PATH", help="bundle folder or downloaded AutoML run folder")
-    publish.add_argument("--version", metavar="V", help="version name (default: the run id, else a content hash)")
+    publish.add_argument(
+        "--version",
+        metavar="V",
+        help="version name (default: the run id, else the name the store already has for the same content, else "
+        "m- and a content hash, the name classify shows)",
+    )
+    publish.add_argument(
+        "--no-promote", action="store_true", help="upload and verify only; `promote VERSION` makes it current"
+    )
     publish.set_defaults(handler=cmd_publish)
 
     versions = commands.add_parser("versions", help="list the versions in the model store; * marks the current one")
+    versions.add_argument("--json", action="store_true", help="one JSON object per version per line")
     versions.set_defaults(handler=cmd_versions)
 
     promote = commands.add_parser("promote", help="point current.json at an existing version (rollback or pin)")
@@ -343,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert", help="convert an AutoML model.pt checkpoint to an ONNX bundle (needs torch)"
     )
-    convert.add_argument("model_pt", metavar="MODEL_PT", help="AutoML's model.pt (AutoML 1.25 or later)")
+    convert.add_argument(
+        "model_pt", metavar="MODEL_PT", help="AutoML's model.pt (AutoML 1.25 or later), or the run folder holding it"
+    )
     convert.add_argument("out_dir", metavar="OUT_DIR", help="bundle folder to write (model.onnx, labels.json, ...)")
     convert.set_defaults(handler=cmd_convert)
 
@@ -460,8 +638,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_azure_sdk(verbose: bool) -> None:
+    """The Azure SDK's own log (azure-identity lists every credential it tried, some 40 lines, before our one
+    `error:` line says what to do) is shown only with --verbose."""
+    import logging
+
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("azure").setLevel(logging.DEBUG)
+    else:
+        logging.getLogger("azure").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_azure_sdk(args.verbose)
     try:
         settings = Settings.from_env()
         return int(args.handler(args, settings))

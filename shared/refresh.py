@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.bundle import CHECKPOINT_FILE, load_bundle
+from shared.bundle import CHECKPOINT_FILE, find_file, load_bundle
 from shared.engine import Engine
 from shared.errors import ClassifierError
 from shared.settings import Settings
@@ -183,8 +183,9 @@ def _fetch_from_aml(candidate: Any, folder: Path, settings: Settings) -> Path:
     return folder
 
 
-def checkpoint_metric(run_dir: Path, task: str) -> dict[str, Any] | None:
-    """The primary metric AutoML saved in model.pt (`score`, from about 1.40), if torch is installed."""
+def checkpoint_metric(run_dir: Path, task: str | None) -> dict[str, Any] | None:
+    """The primary metric AutoML saved in model.pt (`score`, from about 1.40), if torch is installed.
+    `task` None: the checkpoint's own `specs['multilabel']` says which metric it is."""
     checkpoints = [p for p in (run_dir / "train_artifacts" / CHECKPOINT_FILE, run_dir / "outputs" / CHECKPOINT_FILE,
                                run_dir / CHECKPOINT_FILE) if p.is_file()]  # fmt: skip
     if not checkpoints:
@@ -207,6 +208,9 @@ def checkpoint_metric(run_dir: Path, task: str) -> dict[str, Any] | None:
         value = None
     if value is None:
         return None
+    if task is None:
+        specs = checkpoint.get("specs") if isinstance(checkpoint, dict) else None
+        task = "multilabel" if isinstance(specs, dict) and specs.get("multilabel") else "multiclass"
     return {"name": "iou" if task == "multilabel" else "accuracy", "value": value}
 
 
@@ -218,6 +222,9 @@ def refresh_from_run_dir(
     store = store or open_store_for_refresh(settings)
     from shared.checkpoint import servable_folder
 
+    kept = _kept_before_converting(settings, store, run_dir, started)
+    if kept is not None:
+        return kept
     with tempfile.TemporaryDirectory(prefix="refresh-") as tmp:
         servable = servable_folder(run_dir, Path(tmp))  # converted once here when the run only has model.pt
         bundle = load_bundle(servable)
@@ -234,6 +241,34 @@ def refresh_from_run_dir(
             dry_run=dry_run,
             started=started,
         )
+
+
+def _kept_before_converting(
+    settings: Settings, store: BlobModelStore, run_dir: Path, started: float
+) -> RefreshOutcome | None:
+    """For a run that would need its model.pt converted: the "kept current" outcome when the policy keeps
+    the current version anyway (conversion takes a minute and torch), else None to go on."""
+    try:
+        Engine(load_bundle(run_dir), threads=settings.engine_threads or None)
+        return None  # its model.onnx is served as it is: nothing to convert
+    except ClassifierError:
+        if find_file(run_dir, CHECKPOINT_FILE) is None:
+            return None  # nothing to convert either: the normal path reports what is wrong
+    metric = checkpoint_metric(run_dir, None)
+    current = _pointer(store)
+    promote, why = judge(settings.promotion, current, metric)
+    if promote:
+        return None
+    return RefreshOutcome(
+        candidate=str(run_dir),
+        metric=metric,
+        current=current.version if current else None,
+        version=None,
+        decision=f"kept current: {why} (model.pt not converted)",
+        published=False,
+        promoted=False,
+        elapsed_ms=1000 * (time.monotonic() - started),
+    )
 
 
 def timer_has_work(settings: Settings) -> bool:

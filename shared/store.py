@@ -34,13 +34,13 @@ from shared.bundle import (
     MODEL_FILE,
     ModelBundle,
     build_manifest,
-    file_entry,
+    bundle_content_version,
     load_bundle,
     write_manifest,
 )
 from shared.errors import ClassifierError
-from shared.holder import Fetched
 from shared.settings import Settings
+from shared.source import Fetched, SourceUnreachable
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -77,7 +77,7 @@ class StoreError(ClassifierError):
     """The model store refused or failed an operation; the message says which and why."""
 
 
-class StoreUnreachable(StoreError):
+class StoreUnreachable(StoreError, SourceUnreachable):
     """No answer from the store (network, DNS, emulator stopped)."""
 
 
@@ -118,6 +118,9 @@ class PublishResult:
     previous: str | None
 
 
+# Told of every block of bytes moved: (bytes in this block, total bytes of the version's files).
+Progress = Callable[[int, int], None]
+
 # Decides, from the current pointer (None when nothing is published) and the new version's manifest,
 # whether publishing also moves the pointer.
 PromotePolicy = Callable[[Pointer | None, dict[str, Any]], bool]
@@ -125,6 +128,11 @@ PromotePolicy = Callable[[Pointer | None, dict[str, Any]], bool]
 
 def always_promote(current: Pointer | None, manifest: dict[str, Any]) -> bool:
     return True
+
+
+def never_promote(current: Pointer | None, manifest: dict[str, Any]) -> bool:
+    """Upload and verify only (`publish --no-promote`): `promote` moves the pointer once checked."""
+    return False
 
 
 class _Unchanged:
@@ -210,7 +218,11 @@ class BlobModelStore:
                 f"model store {self.description} is unreachable while {action} ({_reason(exc)})"
             ) from None
         except ClientAuthenticationError as exc:
-            if exc.__class__.__name__ == "CredentialUnavailableError":  # azure.identity found no credential
+            # azure.identity found no credential at all: CredentialUnavailableError from one credential, or
+            # DefaultAzureCredential's ClientAuthenticationError after trying every one of them.
+            if exc.__class__.__name__ == "CredentialUnavailableError" or str(exc).startswith(
+                "DefaultAzureCredential failed to retrieve a token"
+            ):
                 raise StoreError(
                     f"no credential for model store {self.description}: in Azure enable the app's managed "
                     "identity (AZURE_CLIENT_ID for a user-assigned one), locally `az login`, or set "
@@ -262,9 +274,8 @@ class BlobModelStore:
                 # Azurite answers a matching If-None-Match on GET with 412 instead of 304; on a GET with
                 # If-None-Match a failed precondition can only mean "unchanged".
                 return UNCHANGED
-            except ResourceNotFoundError as exc:
-                if getattr(exc, "error_code", None) == "ContainerNotFound":
-                    raise StoreError(f"container {self.description} does not exist") from None
+            except ResourceNotFoundError:
+                # No pointer, or no container yet (a fresh store: the first publish creates it).
                 return None
         etag = downloader.properties.etag
         try:
@@ -345,16 +356,24 @@ class BlobModelStore:
             raise VersionCorrupt(f"version {version}: manifest.json has no files list")
         return manifest, _sha256(body)
 
-    def list_versions(self) -> list[VersionInfo]:
-        """Every version folder, complete or not, sorted by creation time (then name)."""
+    def _version_folders(self) -> list[str]:
+        """The names of the top-level folders; none when the container does not exist yet."""
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.storage.blob import BlobPrefix
 
-        infos: list[VersionInfo] = []
         with self._errors("listing versions"):
-            prefixes = [
-                p.name.rstrip("/") for p in self.container.walk_blobs(delimiter="/") if isinstance(p, BlobPrefix)
-            ]
-        for name in prefixes:
+            try:
+                return [
+                    p.name.rstrip("/") for p in self.container.walk_blobs(delimiter="/") if isinstance(p, BlobPrefix)
+                ]
+            except ResourceNotFoundError:
+                return []
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every version folder, complete or not, sorted by creation time (then name); empty for a store
+        whose container does not exist yet."""
+        infos: list[VersionInfo] = []
+        for name in self._version_folders():
             found = self.read_manifest(name) if VERSION_PATTERN.match(name) else None
             if found is None:
                 infos.append(VersionInfo(version=name, complete=False))
@@ -373,12 +392,27 @@ class BlobModelStore:
             )
         return sorted(infos, key=lambda i: (i.created or "", i.version))
 
+    def same_content(self, manifest: dict[str, Any]) -> str | None:
+        """The oldest complete version with exactly the files, task and preprocessing of `manifest`, if any."""
+        matches = []
+        for name in self._version_folders():
+            found = self.read_manifest(name) if VERSION_PATTERN.match(name) else None
+            if found is None:
+                continue
+            stored = found[0]
+            if all(stored.get(key) == manifest.get(key) for key in ("files", "task", "preprocessing")):
+                matches.append((str(stored.get("created") or ""), name))
+        return min(matches)[1] if matches else None
+
     def promote(self, version: str) -> PublishResult:
-        """Point current.json at an existing complete version (rollback or pin)."""
+        """Point current.json at an existing complete version (rollback or pin). An unknown version's error
+        lists the complete versions there are."""
         check_version_name(version)
         found = self.read_manifest(version)
         if found is None:
-            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished)")
+            complete = [i.version for i in self.list_versions() if i.complete]
+            there = f"versions there: {', '.join(complete)}" if complete else "it has no complete versions yet"
+            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished); {there}")
         manifest, manifest_sha = found
         moved, previous = self._move_pointer(version, manifest, manifest_sha, always_promote)
         return PublishResult(version=version, uploaded=False, promoted=moved, previous=previous)
@@ -392,12 +426,15 @@ class BlobModelStore:
         metric: dict[str, Any] | None = None,
         policy: PromotePolicy = always_promote,
         validate: Callable[[ModelBundle], None] | None = None,
+        progress: Progress | None = None,
     ) -> PublishResult:
         """Upload a bundle folder or AutoML run folder as a version, then move the pointer per `policy`.
 
-        `validate` (for example opening an Engine) runs before anything is uploaded. Publishing the same
-        content under the same version again uploads nothing; different content under an existing
-        version is refused (versions are immutable).
+        `validate` (for example opening an Engine) runs before anything is uploaded. Without `version`, the
+        name is the run id named by the source, else the content name (bundle.content_version), and content
+        that the store already holds under any name reuses that name (nothing is uploaded). Publishing the
+        same content under the same version again uploads nothing; different content under an existing
+        version is refused (versions are immutable). `policy=never_promote` uploads without moving the pointer.
         """
         bundle = load_bundle(path)
         if validate is not None:
@@ -423,7 +460,10 @@ class BlobModelStore:
                 metric=chosen_metric,
                 opset=bundle.opset,
             )
-            uploaded = self._upload_version(staged, chosen, manifest)
+            if version is None and (same := self.same_content(manifest)) is not None:
+                chosen = same
+                manifest["version"] = same
+            uploaded = self._upload_version(staged, chosen, manifest, progress)
         found = self.read_manifest(chosen)
         if found is None:
             raise StoreError(f"version {chosen} vanished from {self.description} right after upload")
@@ -431,7 +471,9 @@ class BlobModelStore:
         moved, previous = self._move_pointer(chosen, stored_manifest, manifest_sha, policy)
         return PublishResult(version=chosen, uploaded=uploaded, promoted=moved, previous=previous)
 
-    def _upload_version(self, staged: Path, version: str, manifest: dict[str, Any]) -> bool:
+    def _upload_version(
+        self, staged: Path, version: str, manifest: dict[str, Any], progress: Progress | None = None
+    ) -> bool:
         from azure.core.exceptions import ResourceExistsError
 
         existing = self.read_manifest(version)
@@ -444,10 +486,12 @@ class BlobModelStore:
                 "immutable: publish under another --version"
             )
         self.ensure_container()
+        total = sum(int(entry["bytes"]) for entry in manifest["files"].values())
         with self._errors(f"uploading version {version}"):
             for name, entry in manifest["files"].items():
+                hook = _delta_hook(progress, total) if progress is not None else None
                 with (staged / name).open("rb") as handle:
-                    self.container.upload_blob(f"{version}/{name}", handle, overwrite=True)
+                    self.container.upload_blob(f"{version}/{name}", handle, overwrite=True, progress_hook=hook)
                 size = self.container.get_blob_client(f"{version}/{name}").get_blob_properties().size
                 if size != entry["bytes"]:
                     raise StoreError(
@@ -467,7 +511,13 @@ class BlobModelStore:
 
     # -- downloading into the cache -----------------------------------------------------------------------
 
-    def download_version(self, version: str, cache_dir: Path, expected_manifest_sha256: str | None = None) -> Path:
+    def download_version(
+        self,
+        version: str,
+        cache_dir: Path,
+        expected_manifest_sha256: str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
         """The version's folder in the cache, downloading and verifying it first if it is not there.
 
         A folder named after the version exists only once every file matched its sha256; the download
@@ -490,9 +540,11 @@ class BlobModelStore:
             )
         partial = cache_dir / f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
         partial.mkdir()
+        total = sum(int(f.get("bytes", 0)) for f in manifest["files"].values() if isinstance(f, dict))
+        logger.info("downloading version %s from %s (%.1f MB)", version, self.description, total / 1e6)
         try:
             for name, entry in manifest["files"].items():
-                self._download_file(version, name, entry, partial)
+                self._download_file(version, name, entry, partial, (lambda n: progress(n, total)) if progress else None)
             write_manifest(partial, manifest)
             try:
                 os.rename(partial, final)
@@ -507,7 +559,9 @@ class BlobModelStore:
         logger.info("version %s downloaded into the cache (%d files)", version, len(manifest["files"]))
         return final
 
-    def _download_file(self, version: str, name: str, entry: Any, folder: Path) -> None:
+    def _download_file(
+        self, version: str, name: str, entry: Any, folder: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
         if (
             not isinstance(name, str)
             or "/" in name
@@ -524,11 +578,25 @@ class BlobModelStore:
                 digest.update(chunk)
                 size += len(chunk)
                 handle.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
         if digest.hexdigest() != entry["sha256"] or size != entry.get("bytes", size):
             raise VersionCorrupt(
                 f"version {version}: {name} does not match its manifest (sha256 {digest.hexdigest()[:12]}..., "
                 f"expected {entry['sha256'][:12]}...); refusing the version"
             )
+
+
+def _delta_hook(progress: Progress, total: int) -> Callable[[int, int | None], None]:
+    """The SDK's progress_hook (bytes of this blob so far) as Progress (bytes since the last call)."""
+    sent = 0
+
+    def hook(current: int, _blob_total: int | None) -> None:
+        nonlocal sent
+        progress(current - sent, total)
+        sent = current
+
+    return hook
 
 
 def version_from_run_id(run_id: str) -> str | None:
@@ -540,15 +608,12 @@ def version_from_run_id(run_id: str) -> str | None:
 
 
 def default_version(bundle: ModelBundle, source: dict[str, Any]) -> str:
-    """From the run id when the source names one, else `m-` + 12 hex digits of the content hash."""
+    """From the run id when the source names one, else the content name (`m-` + 12 hex digits, the same
+    name `classify` shows for the folder: shared.bundle.content_version)."""
     run_id = source.get("run_id") if isinstance(source, dict) else None
     if isinstance(run_id, str) and run_id and (named := version_from_run_id(run_id)):
         return named
-    digest = hashlib.sha256()
-    digest.update(file_entry(bundle.model_path)["sha256"].encode())
-    digest.update(_sha256(bundle.labels_path.read_bytes()).encode())
-    digest.update(json.dumps({"task": bundle.task, **bundle.preprocessing.as_dict()}, sort_keys=True).encode())
-    return "m-" + digest.hexdigest()[:12]
+    return bundle_content_version(bundle)
 
 
 def clean_partials(cache_dir: Path, older_than_s: float = STALE_PARTIAL_S) -> None:
@@ -565,44 +630,88 @@ def clean_partials(cache_dir: Path, older_than_s: float = STALE_PARTIAL_S) -> No
 SERVED_MARKER = ".served"
 
 
+def store_cache_dir(cache_dir: Path, description: str) -> Path:
+    """The part of the cache that holds one store's versions: `<cache>/store-<12 hex of the container URL>`.
+
+    Version names are unique only within a store (two containers may both hold a `v1`, with different
+    files), so each store gets its own folder, and a server for one container never serves a version that
+    only another container has.
+    """
+    return cache_dir / ("store-" + hashlib.sha256(description.encode()).hexdigest()[:12])
+
+
 class BlobSource:
     """The holder's view of the store: the pointer's version, downloaded and verified into the cache.
 
-    When the store cannot be reached at a cold start, the version this cache served last is used, if it
-    is there, and the pointer is checked again at the next poll.
+    When the store cannot be reached at a cold start, the version that last loaded and answered from this
+    store's cache is served (if it is there), marked as coming from a cache during an outage; the pointer is
+    checked again at the next poll. A version that failed (download, checksum or load) is remembered with
+    its manifest hash and not fetched again until current.json changes.
     """
 
     polls = True
 
     def __init__(self, store: BlobModelStore, cache_dir: Path) -> None:
         self.store = store
-        self.cache_dir = cache_dir
+        self.cache_dir = store_cache_dir(cache_dir, store.description)
         self.description = store.description
+        self._rejected: tuple[str, str, str] | None = None  # (version, manifest sha256, pointer etag)
+        self._rejected_message = ""
 
     def fetch(self, token: str | None) -> Fetched | None:
+        rejected = self._rejected
         try:
-            pointer = self.store.read_pointer(token)
-        except StoreUnreachable:
+            pointer = self.store.read_pointer(rejected[2] if rejected else token)
+        except StoreUnreachable as exc:
             if token is None:
                 cached = self._last_served()
                 if cached is not None:
-                    logger.warning("model store unreachable at start; serving cached version %s", cached.name)
                     return Fetched(
-                        path=cached, version=cached.name, token=None, origin=f"cache {cached} (store unreachable)"
+                        path=cached,
+                        version=cached.name,
+                        token=None,
+                        origin=f"cache {cached} (store unreachable)",
+                        unreachable=str(exc),
                     )
             raise
         if isinstance(pointer, _Unchanged):
+            if rejected is not None:
+                raise StoreError(self._rejected_message)
             return None
         if pointer is None:
             raise StoreError(
                 f"no model is published in {self.description} yet: run `python -m shared publish PATH` "
                 "or let RefreshModel publish one"
             )
-        path = self.store.download_version(pointer.version, self.cache_dir, pointer.manifest_sha256)
-        self._mark_served(pointer.version)
+        if rejected is not None and (pointer.version, pointer.manifest_sha256) == rejected[:2]:
+            self._rejected = (*rejected[:2], pointer.etag)
+            raise StoreError(self._rejected_message)
+        self._rejected = None
+        try:
+            path = self.store.download_version(pointer.version, self.cache_dir, pointer.manifest_sha256)
+        except VersionCorrupt as exc:
+            self._reject(pointer.version, pointer.manifest_sha256, pointer.etag, str(exc))
+            raise
         return Fetched(
-            path=path, version=pointer.version, token=pointer.etag, origin=f"{self.description} ({pointer.version})"
+            path=path,
+            version=pointer.version,
+            token=pointer.etag,
+            origin=f"{self.description} ({pointer.version})",
+            digest=pointer.manifest_sha256,
         )
+
+    def served(self, fetched: Fetched) -> None:
+        if fetched.version is not None:
+            self._mark_served(fetched.version)
+
+    def rejected(self, fetched: Fetched, message: str) -> None:
+        if fetched.version is not None and fetched.digest is not None and fetched.token is not None:
+            self._reject(fetched.version, fetched.digest, fetched.token, message)
+
+    def _reject(self, version: str, digest: str, etag: str, message: str) -> None:
+        self._rejected = (version, digest, etag)
+        # The same words as the first failure: the holder logs a message once, not at every poll.
+        self._rejected_message = message
 
     def _mark_served(self, version: str) -> None:
         marker = self.cache_dir / SERVED_MARKER

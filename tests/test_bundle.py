@@ -29,7 +29,7 @@ def test_run_folder_task_and_sizes_from_the_scoring_file(tmp_path: Path) -> None
     assert bundle.preprocessing == Preprocessing(resize=40, crop=32)
     assert bundle.labels == ("a", "b", "c", "d")
     assert bundle.opset == 13
-    assert bundle.version.startswith("local-") and len(bundle.version) == len("local-") + 12
+    assert bundle.version.startswith("m-") and len(bundle.version) == len("m-") + 12
 
 
 def test_settings_json_wins_over_the_scoring_file(tmp_path: Path) -> None:

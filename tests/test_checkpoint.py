@@ -161,7 +161,7 @@ def test_the_http_path_serves_a_converted_model_without_torch(tmp_path: Path) ->
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=120
     )
     result = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert result["status"] == 200 and result["version"].startswith("pt-") and result["heavy"] == []
+    assert result["status"] == 200 and result["version"].startswith("m-") and result["heavy"] == []
 
 
 def write_bare_state_dict(path: Path) -> Path:
@@ -248,7 +248,7 @@ def test_convert_command_reports_what_it_made(tmp_path: Path, capsys: pytest.Cap
     assert out.startswith(
         f"converted {model_pt} to {tmp_path / 'bundle'}: multiclass, 5 labels, 256/224 px, opset 14, "
     )
-    assert out.rstrip().endswith("of the logits' scale")
+    assert out.rstrip().endswith(f"of the logits' scale; version {load_bundle(tmp_path / 'bundle').version}")
 
 
 def test_an_unusable_model_onnx_falls_back_to_model_pt(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from shared.cli import main
 from tests.conftest import ROOT, SAMPLES
+from tests.modelfactory import scoring_file, tiny_bundle
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -55,10 +57,17 @@ def test_a_bad_file_gets_one_line_and_the_rest_are_classified(
     (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
     code, out, err = run(capsys, "classify", "--json", str(tmp_path), str(tmp_path / "nope.png"))
     assert code == 1
-    assert [json.loads(x)["file"] for x in out.splitlines()] == [str(tmp_path / "sub" / "cat.png")]
+    broken = "data is not an image that can be decoded (JPEG, PNG, GIF, BMP, TIFF or WebP expected)"
+    lines = [json.loads(x) for x in out.splitlines()]
+    # Failed files have their line in the JSON output too, with the errors the skill would answer.
+    assert [(x["file"], x.get("errors")) for x in lines] == [
+        (str(tmp_path / "sub" / "broken.jpg"), [broken]),
+        (str(tmp_path / "sub" / "cat.png"), None),
+        (str(tmp_path / "nope.png"), ["no such file or folder"]),
+    ]
+    assert set(lines[1]) == {"file", "label", "confidence", "labels", "predictions", "modelVersion", "amllabel"}
     assert err.splitlines() == [
-        f"error: {tmp_path / 'sub' / 'broken.jpg'}: data is not an image that can be decoded "
-        "(JPEG, PNG, GIF, BMP, TIFF or WebP expected)",
+        f"error: {tmp_path / 'sub' / 'broken.jpg'}: {broken}",
         f"error: {tmp_path / 'nope.png'}: no such file or folder",
         "1 classified, 2 failed in " + err.splitlines()[-1].split(" in ")[-1],
     ]
@@ -88,8 +97,168 @@ def test_bad_settings_name_the_key(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert err == "error: setting ENGINE_THREADS='many' is invalid: expected an integer from 0 (all cores) to 256\n"
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["classify", "--top-k", "0", "x.png"], "argument --top-k: must be 1 or more, got '0'"),
+        (["classify", "--top-k", "x", "x.png"], "argument --top-k: expected a whole number, 1 or more, got 'x'"),
+        (["classify", "--top-k", "2.5", "x.png"], "argument --top-k: expected a whole number, 1 or more, got '2.5'"),
+        (["classify", "--threshold", "hi", "x.png"], "argument --threshold: expected a number from 0 to 1, got 'hi'"),
+        (["classify", "--threshold", "1.5", "x.png"], "argument --threshold: must be between 0 and 1, got '1.5'"),
+    ],
+)
+def test_usage_errors_exit_2_and_name_no_internals(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["classify", "--top-k", "0", "x.png"])
+        main(argv)
     assert caught.value.code == 2
-    assert "--top-k: must be 1 or more" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"python -m shared classify: error: {message}"
+    assert "_positive_int" not in err and "_probability" not in err
+
+
+def test_a_missing_path_is_an_error_before_anything_is_printed(tmp_path: Path) -> None:
+    # Run as a user would, so the banner would show if it were printed first.
+    completed = subprocess.run(
+        [sys.executable, "-m", "shared", "classify", "nosuch/"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert (completed.returncode, completed.stdout) == (1, "")
+    assert completed.stderr == "error: no such file or folder: nosuch/\n"
+
+
+def test_an_empty_folder_names_the_folder_and_the_suffixes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    code, out, err = run(capsys, "classify", str(tmp_path / "empty"))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: no image files in {tmp_path / 'empty'} (looked recursively for .bmp, .gif, .jpeg, .jpg, .png, "
+        ".tif, .tiff, .webp)\n"
+    )
+
+
+def test_long_paths_keep_the_table_aligned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / ("a-very-long-folder-name-" * 4) / "x"
+    deep.mkdir(parents=True)
+    (deep / "chelsea-the-cat.png").write_bytes((SAMPLES / "chelsea.png").read_bytes())
+    (tmp_path / "coffee.png").write_bytes((SAMPLES / "coffee.png").read_bytes())
+    code, out, _ = run(capsys, "classify", str(tmp_path))
+    assert code == 0
+    header, *rows = out.splitlines()[1:]
+    column = header.index("label")
+    assert column == 62  # file names are cut to 60 characters
+    assert len(rows) == 2
+    assert all(row[column - 2 : column] == "  " and row[column] != " " for row in rows)
+    assert rows[0].startswith("...") and rows[0][:60].endswith("x/chelsea-the-cat.png")
+
+
+def multilabel_bundle(folder: Path) -> Path:
+    bundle = tiny_bundle(folder, classes=4)
+    scoring_file(bundle / "outputs" / "scoring_file_v_1_0_0.py", "image-classification-multilabel")
+    return bundle
+
+
+def test_the_table_honours_top_k_and_shows_every_label_above_a_multilabel_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = str(SAMPLES / "coffee.png")
+    code, out, _ = run(capsys, "classify", "--top-k", "3", photo)
+    rows = out.splitlines()[2:]
+    assert code == 0 and len(rows) == 3 and rows[0].startswith(photo) and rows[1].startswith(" " * len(photo))
+    assert rows[0].split()[1] == "espresso"
+    scores = [float(r.split()[-1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    # Without --top-k, one row per image for multi-class (the demo's table) ...
+    code, out, _ = run(capsys, "classify", photo)
+    assert len(out.splitlines()[2:]) == 1
+    # ... and every label at or above the threshold for multi-label, in score order.
+    model = multilabel_bundle(tmp_path / "ml")
+    code, out, _ = run(capsys, "classify", "--model", str(model), "--threshold", "0", photo)
+    rows = out.splitlines()[2:]
+    assert code == 0 and sorted(r.split()[-2] for r in rows) == ["class_0", "class_1", "class_2", "class_3"]
+    scores = [float(r.split()[-1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_progress_never_shares_a_line_with_a_row(tmp_path: Path) -> None:
+    """stdout and stderr on one terminal, as a user runs it: every row stays whole on its own line."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    for i in range(40):
+        (tmp_path / f"photo-{i:02d}.png").write_bytes((SAMPLES / "coffee.png").read_bytes())
+    model = tiny_bundle(tmp_path / "model")
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared", "classify", "--model", str(model), str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.wait(timeout=120) == 0
+    text = b"".join(chunks).decode()
+    # What a terminal shows of each line: the text after its last carriage return.
+    shown = [line.split("\r")[-1].rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    rows = [line for line in shown if "photo-" in line]
+    assert len(rows) == 40
+    assert all(line.split()[0].endswith(".png") and line.split()[1].startswith("class_") for line in rows)
+    assert "classified:" in text  # the bar was drawn
+    assert any(line.startswith("40 classified, 0 failed in ") for line in shown)
+
+
+def test_convert_names_the_problem_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "convert", str(tmp_path / "nosuch.pt"), str(tmp_path / "out"))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: {tmp_path / 'nosuch.pt'} does not exist: give AutoML's model.pt or the run folder that holds it\n"
+    )
+    (tmp_path / "run" / "train_artifacts").mkdir(parents=True)
+    code, out, err = run(capsys, "convert", str(tmp_path / "run"), str(tmp_path / "out"))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: no model.pt in {tmp_path / 'run'} (looked in the folder, train_artifacts/ and outputs/); download "
+        "train_artifacts/model.pt from the AutoML best child run\n"
+    )
+
+
+def test_convert_accepts_a_run_folder_and_names_the_version_as_classify_and_publish_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    from shared.bundle import bundle_content_version, load_bundle
+    from shared.store import default_version
+    from tests.checkpoints import automl_checkpoint
+
+    run_dir = tmp_path / "run"
+    (run_dir / "train_artifacts").mkdir(parents=True)
+    automl_checkpoint(run_dir / "train_artifacts" / "model.pt", "mobilenetv2", ["cat", "dog"], crop=64, resize=72)
+    code, out, err = run(capsys, "convert", str(run_dir), str(tmp_path / "out"))
+    assert code == 0, err
+    bundle = load_bundle(tmp_path / "out")
+    assert out.startswith(f"converted {run_dir / 'train_artifacts' / 'model.pt'} to {tmp_path / 'out'}: multiclass")
+    assert out.rstrip().endswith(f"; version {bundle.version}")
+    # One name everywhere: the converted manifest's is the content name that publish defaults to.
+    assert bundle.version == bundle_content_version(bundle) and bundle.version.startswith("m-")
+    assert default_version(bundle, (bundle.manifest or {})["source"]) == bundle.version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from shared.store import (
     VersionCorrupt,
     clean_partials,
     client_options,
+    store_cache_dir,
 )
 from tests.azurite import Azurite
 from tests.conftest import ROOT, SAMPLES, encode
@@ -48,6 +50,12 @@ def store(blob_settings: Settings) -> BlobModelStore:
 @pytest.fixture
 def bundles(tmp_path: Path) -> list[Path]:
     return [tiny_bundle(tmp_path / f"b{i}", seed=i) for i in range(4)]
+
+
+def cached(settings: Settings, store: BlobModelStore) -> Path:
+    """The cache folder of this store's versions."""
+    assert settings.cache_dir is not None
+    return store_cache_dir(settings.cache_dir, store.description)
 
 
 def served_version(service: SkillService) -> str:
@@ -121,7 +129,8 @@ def test_cold_start_with_an_empty_cache_serves_the_published_version(
     assert blob_settings.cache_dir is not None and not blob_settings.cache_dir.exists()
     service = SkillService(blob_settings)
     assert served_version(service) == "v1"
-    assert sorted(p.name for p in blob_settings.cache_dir.iterdir() if not p.name.startswith(".")) == ["v1"]
+    assert [p.name for p in blob_settings.cache_dir.iterdir()] == [store_cache_dir(Path(), store.description).name]
+    assert sorted(p.name for p in cached(blob_settings, store).iterdir() if not p.name.startswith(".")) == ["v1"]
     status = service.holder.status()
     assert status["version"] == "v1" and status["store"] == "reachable" and status["lastError"] is None
     assert status["loadedFrom"].endswith("(v1)")
@@ -130,7 +139,9 @@ def test_cold_start_with_an_empty_cache_serves_the_published_version(
 def test_nothing_published_is_503_with_a_clear_message(blob_settings: Settings, store: BlobModelStore) -> None:
     store.ensure_container()
     status, body, headers = SkillService(blob_settings).classify(BODY, {})
-    assert status == 503 and headers["Retry-After"] == "30"
+    # Retried within MODEL_POLL_SECONDS (1 s here), not a fixed 30 s: a first model published after start
+    # is picked up as soon as any other version would be.
+    assert status == 503 and headers["Retry-After"] == "1"
     assert json.loads(body)["error"]["message"] == (
         f"no model is loaded yet: no model is published in {store.description} yet: run `python -m shared publish "
         "PATH` or let RefreshModel publish one"
@@ -196,9 +207,8 @@ def test_a_corrupted_version_is_refused_and_the_previous_one_keeps_serving(
     assert status["lastError"].startswith("version v2: model.onnx does not match its manifest (sha256 ")
     assert status["lastError"].endswith("); refusing the version")
     assert served_version(service) == "v1"
-    assert blob_settings.cache_dir is not None
-    assert sorted(p.name for p in blob_settings.cache_dir.iterdir() if not p.name.startswith(".")) == ["v1"]
-    assert not list(blob_settings.cache_dir.glob(f"{PARTIAL_PREFIX}*"))
+    assert sorted(p.name for p in cached(blob_settings, store).iterdir() if not p.name.startswith(".")) == ["v1"]
+    assert not list(cached(blob_settings, store).glob(f"{PARTIAL_PREFIX}*"))
 
 
 def test_a_manifest_that_does_not_match_the_pointer_is_refused(
@@ -223,12 +233,14 @@ def test_an_interrupted_download_leaves_nothing_loadable(
     real = BlobModelStore._download_file
     calls = []
 
-    def dies_on_the_second_file(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path) -> None:
+    def dies_on_the_second_file(
+        self: BlobModelStore, version: str, name: str, entry: Any, folder: Path, *rest: Any
+    ) -> None:
         calls.append(name)
         if len(calls) == 2:
             (folder / name).write_bytes(b"half")
             raise ConnectionResetError("connection lost mid-download")
-        real(self, version, name, entry, folder)
+        real(self, version, name, entry, folder, *rest)
 
     monkeypatch.setattr(BlobModelStore, "_download_file", dies_on_the_second_file)
     with pytest.raises(ConnectionResetError):
@@ -333,15 +345,123 @@ def test_cli_publish_versions_promote(blob_settings: Settings, bundles: list[Pat
     second = cli("publish", str(bundles[1]), env=env)
     assert second.returncode == 0 and second.stdout.startswith("published m-")
     assert second.stdout.rstrip().endswith("(uploaded); current.json now points to it (was v1)")
+    m_name = second.stdout.split()[1]
     listing = cli("versions", env=env)
     lines = listing.stdout.splitlines()
     assert lines[0].startswith("versions in http://127.0.0.1:") and lines[0].endswith("(* = current):")
-    marks = {line[2:].split()[0]: line[:2] for line in lines[1:]}
-    assert marks == {"v1": "  ", second.stdout.split()[1]: "* "}
-    assert cli("promote", "v1", env=env).stdout == f"current.json now points to v1 (was {second.stdout.split()[1]})\n"
+    assert lines[1].split() == ["version", "created", "metric", "size"]
+    marks = {line[2:].split()[0]: line[:2] for line in lines[2:]}
+    assert marks == {"v1": "  ", m_name: "* "}
+    as_json = [json.loads(line) for line in cli("versions", "--json", env=env).stdout.splitlines()]
+    assert {(v["version"], v["current"], v["complete"]) for v in as_json} == {("v1", False, True), (m_name, True, True)}
+    assert all(v["bytes"] > 0 and v["created"] for v in as_json)
+    assert cli("promote", "v1", env=env).stdout == f"current.json now points to v1 (was {m_name})\n"
     bad = cli("publish", str(ROOT / "samples"), env=env)
     assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.startswith("error: no model.onnx in ")
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_publish_no_promote_then_promote_and_unknown_versions_list_the_real_ones(
+    blob_settings: Settings, bundles: list[Path], store: BlobModelStore
+) -> None:
+    assert blob_settings.blob_connection_string is not None
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    staged = cli("publish", str(bundles[0]), "--version", "v1", "--no-promote", env=env)
+    assert staged.returncode == 0, staged.stderr
+    assert staged.stdout == (
+        "published v1 (uploaded), not promoted: current.json points to nothing yet; when it is checked, run "
+        "`python -m shared promote v1`\n"
+    )
+    assert store.read_pointer() is None
+    assert cli("promote", "v1", env=env).stdout == "current.json now points to v1\n"
+    cli("publish", str(bundles[1]), "--version", "v2", "--no-promote", env=env)
+    pointer = store.read_pointer()
+    assert isinstance(pointer, Pointer) and pointer.version == "v1"
+    unknown = cli("promote", "v9", env=env)
+    assert unknown.returncode == 1 and unknown.stderr == (
+        f"error: version v9 is not in {store.description} (or its upload never finished); versions there: v1, v2\n"
+    )
+
+
+def test_the_same_content_has_one_name_in_classify_and_publish_and_is_not_uploaded_twice(
+    blob_settings: Settings, bundles: list[Path], store: BlobModelStore
+) -> None:
+    assert blob_settings.blob_connection_string is not None
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    shown = cli("classify", "--json", "--model", str(bundles[3]), str(SAMPLES / "coffee.png"), env=env)
+    name = json.loads(shown.stdout)["modelVersion"]
+    assert name.startswith("m-")
+    published = cli("publish", str(bundles[3]), env=env)
+    assert published.stdout == f"published {name} (uploaded); current.json now points to it\n"
+    # Content the store already holds under another name keeps that name when no --version is given.
+    store.publish(bundles[2], version="release-7", policy=never)
+    again = cli("publish", str(bundles[2]), env=env)
+    assert again.stdout == f"published release-7 (already in the store); current.json now points to it (was {name})\n"
+    assert sorted(i.version for i in store.list_versions()) == sorted([name, "release-7"])
+
+
+def test_a_store_whose_container_does_not_exist_yet_has_no_versions_and_the_first_write_creates_it(
+    azurite: Azurite, tmp_path: Path, bundles: list[Path]
+) -> None:
+    env = {"MODEL_BLOB_CONNECTION_STRING": azurite.connection_string, "MODEL_BLOB_CONTAINER": "never-created"}
+    description = f"http://127.0.0.1:{azurite.port}/devstoreaccount1/never-created"
+    listing = cli("versions", env=env)
+    assert (listing.returncode, listing.stderr) == (0, "")
+    assert listing.stdout == f"no versions yet in {description}: `python -m shared publish PATH` uploads the first\n"
+    assert cli("versions", "--json", env=env).stdout == ""
+    promote = cli("promote", "v1", env=env)
+    assert promote.stderr == (
+        f"error: version v1 is not in {description} (or its upload never finished); it has no complete versions yet\n"
+    )
+    fresh = {**env, "MODEL_BLOB_CONTAINER": "fresh-for-refresh"}
+    refreshed = cli("refresh", "--run-dir", str(bundles[0]), env=fresh)
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert refreshed.stdout.splitlines()[1].startswith("decision: published and promoted m-")
+
+
+def test_refresh_run_dir_does_not_convert_a_model_pt_it_will_not_publish(
+    blob_settings: Settings, store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from tests.checkpoints import automl_checkpoint
+
+    assert blob_settings.blob_connection_string is not None
+    store.publish(bundles[0], version="current-v", metric={"name": "accuracy", "value": 0.95})
+    run_dir = tmp_path / "run"
+    (run_dir / "train_artifacts").mkdir(parents=True)
+    automl_checkpoint(run_dir / "train_artifacts" / "model.pt", "mobilenetv2", ["a", "b"], crop=64, score=0.5)
+    env = {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    kept = cli("refresh", "--run-dir", str(run_dir), env=env)
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.splitlines() == [
+        f"candidate {run_dir} (accuracy 0.5000); current current-v",
+        "decision: kept current: accuracy 0.5000 does not beat current-v's 0.9500 (model.pt not converted)",
+    ]
+    assert not list(run_dir.rglob("model.onnx")) and not (tmp_path / "cache").exists()
+
+
+def test_cli_says_one_line_when_no_azure_credential_is_found_and_more_with_verbose() -> None:
+    # A closed loopback port: azure-identity tries its credentials, finds none, and the request never leaves.
+    env = {"MODEL_BLOB_ACCOUNT_URL": "https://127.0.0.1:9/devstoreaccount1"}
+    quiet = cli("versions", env=env)
+    assert quiet.returncode == 1 and quiet.stderr == (
+        "error: no credential for model store https://127.0.0.1:9/devstoreaccount1/models: in Azure enable the app's "
+        "managed identity (AZURE_CLIENT_ID for a user-assigned one), locally `az login`, or set "
+        "MODEL_BLOB_CONNECTION_STRING\n"
+    )
+    verbose = cli("--verbose", "versions", env=env)
+    assert verbose.returncode == 1 and "DefaultAzureCredential" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == quiet.stderr.rstrip()
 
 
 def test_cli_errors_are_one_line(own_azurite: Azurite) -> None:
@@ -378,3 +498,202 @@ def test_missing_credentials_are_one_clear_error() -> None:
     with pytest.raises(StoreError) as caught:
         BlobModelStore(client).read_pointer()
     assert str(caught.value).startswith("no credential for model store https://127.0.0.1:9/devstoreaccount1/models: ")
+
+
+def unloadable(folder: Path) -> Path:
+    """A bundle whose labels do not fit its outputs (3 labels for 4 classes): downloads fine, never loads."""
+    bundle = tiny_bundle(folder, seed=7)
+    (bundle / "labels.json").write_text(json.dumps(["a", "b", "c"]))
+    return bundle
+
+
+def test_a_cold_start_during_an_outage_serves_the_last_version_that_loaded_not_the_last_downloaded(
+    own_azurite: Azurite, bundles: list[Path], tmp_path: Path
+) -> None:
+    settings = Settings(blob_connection_string=own_azurite.connection_string, cache_dir=tmp_path / "cache", poll_s=1)
+    store = BlobModelStore.from_settings(settings)
+    assert store is not None
+    store.publish(bundles[0], version="v1")
+    service = SkillService(settings)
+    assert served_version(service) == "v1"
+    store.publish(unloadable(tmp_path / "broken"), version="v2")
+    service.holder.poll_now()
+    assert service.holder.status()["version"] == "v1"
+    assert service.holder.status()["lastError"].startswith(f"{cached(settings, store) / 'v2'}")
+    assert (cached(settings, store) / "v2" / "manifest.json").is_file()  # downloaded, verified, never loaded
+    own_azurite.stop()
+    restarted = SkillService(settings)
+    assert served_version(restarted) == "v1"
+    status, body, _ = restarted.health()
+    health = json.loads(body)["model"]
+    assert status == 200 and health["version"] == "v1" and health["store"] == "unreachable"
+    assert health["loadedFrom"] == f"cache {cached(settings, store) / 'v1'} (store unreachable)"
+    assert health["lastError"].startswith(
+        f"model store {store.description} is unreachable while reading current.json ("
+    )
+
+
+def test_a_broken_version_is_downloaded_once_and_skipped_until_the_pointer_moves(
+    store: BlobModelStore,
+    bundles: list[Path],
+    blob_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store.publish(bundles[0], version="v1")
+    service = SkillService(blob_settings)
+    assert served_version(service) == "v1"
+    downloads: list[str] = []
+    real = BlobModelStore._download_file
+
+    def counted(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path, *rest: Any) -> None:
+        downloads.append(f"{version}/{name}")
+        real(self, version, name, entry, folder, *rest)
+
+    monkeypatch.setattr(BlobModelStore, "_download_file", counted)
+    store.publish(unloadable(tmp_path / "broken"), version="v2")
+    cache = cached(blob_settings, store)
+    with caplog.at_level("ERROR", logger="shared.holder"):
+        for _ in range(5):
+            service.holder.poll_now()
+            # The cache may be emptied meanwhile (a new instance); the refusal is remembered all the same.
+            shutil.rmtree(cache / "v2", ignore_errors=True)
+    assert sorted(downloads) == ["v2/labels.json", "v2/model.onnx"]
+    assert len([r for r in caplog.records if "keeps serving" in r.getMessage()]) == 1
+    status = service.holder.status()
+    assert status["version"] == "v1" and status["store"] == "reachable"
+    assert "labels" in status["lastError"]
+    # A new pointer is looked at again at once.
+    store.publish(bundles[1], version="v3")
+    service.holder.poll_now()
+    assert service.holder.status()["version"] == "v3" and service.holder.status()["lastError"] is None
+    assert "v3/model.onnx" in downloads
+
+
+def test_a_corrupt_version_is_also_skipped_until_the_pointer_moves(
+    store: BlobModelStore, bundles: list[Path], blob_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.publish(bundles[0], version="v1")
+    service = SkillService(blob_settings)
+    assert served_version(service) == "v1"
+    store.publish(bundles[1], version="v2", policy=never)
+    store.container.upload_blob("v2/model.onnx", (bundles[2] / "model.onnx").read_bytes(), overwrite=True)
+    store.promote("v2")
+    reads: list[str] = []
+    real = BlobModelStore.read_manifest
+
+    def counted(self: BlobModelStore, version: str) -> Any:
+        reads.append(version)
+        return real(self, version)
+
+    monkeypatch.setattr(BlobModelStore, "read_manifest", counted)
+    for _ in range(3):
+        service.holder.poll_now()
+    assert reads == ["v2"]
+    assert service.holder.status()["lastError"].startswith("version v2: model.onnx does not match its manifest")
+
+
+def test_the_cache_serves_only_versions_of_the_store_it_came_from(
+    own_azurite: Azurite, bundles: list[Path], tmp_path: Path
+) -> None:
+    fresh = Settings(
+        blob_connection_string=own_azurite.connection_string,
+        blob_container="fresh",
+        cache_dir=tmp_path / "cache",
+        poll_s=1,
+    )
+    store = BlobModelStore.from_settings(fresh)
+    assert store is not None
+    store.publish(bundles[0], version="v1")
+    assert served_version(SkillService(fresh)) == "v1"
+    own_azurite.stop()
+    models = Settings(
+        blob_connection_string=own_azurite.connection_string,
+        blob_container="models",
+        cache_dir=tmp_path / "cache",
+        poll_s=1,
+    )
+    service = SkillService(models)
+    status, body, _ = service.classify(BODY, {})
+    assert status == 503
+    assert json.loads(body)["error"]["message"].startswith(
+        f"no model is loaded yet: model store http://127.0.0.1:{own_azurite.port}/devstoreaccount1/models is "
+        "unreachable while reading current.json ("
+    )
+    assert service.holder.status()["store"] == "unreachable"
+
+
+def test_the_first_health_check_after_a_promote_shows_the_new_version_when_a_poll_is_due(
+    store: BlobModelStore, bundles: list[Path], blob_settings: Settings
+) -> None:
+    from shared.app import build_holder
+
+    now = [1000.0]
+    holder = build_holder(blob_settings)
+    holder_with_clock = type(holder)(holder.source, holder._load, poll_s=60, clock=lambda: now[0])
+    service = SkillService(blob_settings, holder_with_clock)
+    store.publish(bundles[0], version="v1")
+    store.publish(bundles[1], version="v2", policy=never)
+    assert json.loads(service.health()[1])["model"]["version"] == "v1"
+    store.promote("v2")
+    now[0] += 59  # not due yet: the version loaded less than MODEL_POLL_SECONDS ago is what health shows
+    assert json.loads(service.health()[1])["model"]["version"] == "v1"
+    now[0] += 1  # due: the health check starts the poll and waits for it
+    health = json.loads(service.health()[1])["model"]
+    assert health["version"] == "v2" and health["poll"] == {"inProgress": False, "startedSecondsAgo": None}
+
+
+def test_uploads_and_downloads_report_their_progress_in_bytes(
+    store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    sizes = {p.name: p.stat().st_size for p in bundles[0].iterdir()}
+    uploaded: list[tuple[int, int]] = []
+    store.publish(bundles[0], version="v1", progress=lambda n, total: uploaded.append((n, total)))
+    assert sum(n for n, _ in uploaded) == sum(sizes.values()) and {t for _, t in uploaded} == {sum(sizes.values())}
+    downloaded: list[tuple[int, int]] = []
+    store.download_version("v1", tmp_path / "cache", progress=lambda n, total: downloaded.append((n, total)))
+    assert sum(n for n, _ in downloaded) == sum(sizes.values())
+
+
+def test_cli_publish_shows_upload_progress_on_a_terminal_only(blob_settings: Settings, bundles: list[Path]) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    assert blob_settings.blob_connection_string is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AZURE"))} | {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+    }
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared", "publish", str(bundles[0]), "--version", "v1"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.stdout is not None
+    out = process.stdout.read().decode()
+    assert process.wait(timeout=120) == 0
+    assert "uploading:" in b"".join(chunks).decode()
+    assert out == "published v1 (uploaded); current.json now points to it\n"
+    # Not a terminal (the other CLI tests): nothing but the result.
+    piped = cli("publish", str(bundles[1]), "--version", "v2", env=env)
+    assert piped.stderr == ""
