@@ -408,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render each PDF page as one image (imageAction generateNormalizedImagePerPage)",
     )
+    search.add_argument(
+        "--enrichment-cache",
+        action="store_true",
+        help="give the indexer an enrichment cache (preview API) so REINDEX_MODE=skills can re-run only the skill",
+    )
+    search.add_argument(
+        "--cache-storage-resource-id",
+        metavar="ID",
+        help="with --enrichment-cache: resource id of the storage account for the cache (default: "
+        "--storage-resource-id)",
+    )
     search.add_argument("--dry-run", action="store_true", help="print the rendered JSON (key redacted), change nothing")
     search.set_defaults(handler=cmd_search_setup)
 
@@ -439,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--search-endpoint",
         metavar="URL",
-        help="write the migrated skillset to this search service (PUT) instead of printing it",
+        help="write the migrated skillset to this search service (create or update) instead of printing it",
     )
     migrate.add_argument(
         "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
