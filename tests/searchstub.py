@@ -290,7 +290,8 @@ class SearchStub:
                     self._error(400, CACHE_ON_GA)
                     return
                 stored = {k: v for k, v in body.items() if not k.startswith("@odata.")}
-                created = name not in stub.definitions[collection]
+                known = {"skillsets": stub.skillsets, "indexes": stub.indexes, "indexers": stub.indexers}
+                created = name not in stub.definitions[collection] and name not in known.get(collection, {})
                 stub.definitions[collection][name] = stored
                 if collection == "skillsets":
                     stub.skillsets[name] = [s.get("name") for s in stored.get("skills") or [] if s.get("name")]
