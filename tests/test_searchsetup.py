@@ -8,8 +8,11 @@ import base64
 import datetime
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -638,6 +641,23 @@ def test_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str], mon
     assert out == ""
     assert err == f"error: search service {endpoint} is unreachable ([Errno 111] Connection refused)\n"
     assert "Traceback" not in err and ADMIN_KEY not in err
+
+
+def test_no_credential_on_the_command_line_is_one_line(tmp_path: Any) -> None:
+    """The command as a user runs it, with no admin key and (here) no Azure sign-in: one `error:` line, not
+    DefaultAzureCredential's warning report first. Where a sign-in exists, the closed port gives the one line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SKILL_FUNCTION_KEY": FUNCTION_KEY, "NO_PROXY": "*"}
+    argv = ["-m", "shared", "search-setup", "--search-endpoint", f"http://127.0.0.1:{port}", "--function-url",
+            FUNCTION, "--storage-resource-id", STORAGE_ID]  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
 
 
 @pytest.mark.parametrize(
