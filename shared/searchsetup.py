@@ -1,6 +1,6 @@
 """`python -m shared search-setup`: the Azure AI Search data source, index, skillset and indexer that put
 the skill into an enrichment pipeline, rendered from the templates in infra/search/ and created or updated
-with the REST API (PUT, so running it again updates them in place).
+with azure-search-documents (create or update, so running it again updates them in place; see apply()).
 
 Why the index has these fields: the skill's context is `/document/normalized_images/*`, so it answers once
 per normalized image, and a search document (one blob) has as many answers as it has images: one for an
@@ -28,6 +28,9 @@ reason: a document's tags would otherwise count against the 3,000 elements.
 The data source connects with the search service's managed identity (`ResourceId=<storage account id>;`,
 no key); the skill authenticates with a function key in `x-functions-key` or, with `--auth-resource-id`,
 with Entra ID (`authResourceId` `<appId>/.default`, App Service authentication on the function app).
+
+With `--enrichment-cache` the indexer also gets an enrichment cache (`cache`, a preview feature) in a storage
+account, which re-enrichment's REINDEX_MODE=skills needs (shared/reindex.py).
 """
 
 from __future__ import annotations
