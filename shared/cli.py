@@ -586,6 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render each PDF page as one image (imageAction generateNormalizedImagePerPage)",
     )
+    search.add_argument(
+        "--enrichment-cache",
+        action="store_true",
+        help="give the indexer an enrichment cache (preview API) so REINDEX_MODE=skills can re-run only the skill",
+    )
+    search.add_argument(
+        "--cache-storage-resource-id",
+        metavar="ID",
+        help="with --enrichment-cache: resource id of the storage account for the cache (default: "
+        "--storage-resource-id)",
+    )
     search.add_argument("--dry-run", action="store_true", help="print the rendered JSON (key redacted), change nothing")
     search.set_defaults(handler=cmd_search_setup)
 
@@ -617,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--search-endpoint",
         metavar="URL",
-        help="write the migrated skillset to this search service (PUT) instead of printing it",
+        help="write the migrated skillset to this search service (create or update) instead of printing it",
     )
     migrate.add_argument(
         "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
@@ -651,6 +662,12 @@ def quiet_azure_sdk(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # With no logging configured, Python prints the Azure SDK's warnings on stderr (its last-resort handler):
+    # DefaultAzureCredential's 14-line report before our one `error:` line. A NullHandler keeps them quiet
+    # there; where a handler is configured (`serve`, the Functions host) they still propagate to it.
+    logging.getLogger("azure").addHandler(logging.NullHandler())
     args = build_parser().parse_args(argv)
     quiet_azure_sdk(args.verbose)
     try:

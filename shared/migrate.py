@@ -147,8 +147,9 @@ def _billing_key(migrated: dict[str, Any], key_env: str | None, env: Mapping[str
 def main_migrate_skillset(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """The `migrate-skillset` command. `args` has file, function_url and optionally function_key_env,
     auth_resource_id, name, ai_services_key_env, search_endpoint, key_env. Prints the migrated skillset
-    (keys redacted), or with --search-endpoint writes it to the service (PUT, REST API 2024-07-01) and
-    prints one line; on failure one `error:` line on stderr and status 1.
+    (keys redacted), or with --search-endpoint writes it to the service with searchsetup.apply()
+    (azure-search-documents' create_or_update_skillset on the SDK's API version, or the preview version for
+    a keylessly billed skillset) and prints one line; on failure one `error:` line on stderr and status 1.
     """
     env = os.environ if env is None else env
     where = "stdin" if args.file == "-" else args.file

@@ -14,9 +14,10 @@ A pass (RefreshModel runs one on every tick; `python -m shared reindex` runs one
 
 A rollback is a change like any other: the recorded version differs from the current one.
 
-Every call goes through azure-search-documents' SearchIndexerClient: its methods for reset, run and
-status, and its pipeline (`send_request`: the same credential, retries and user agent) for the two preview
-calls it has no method for (reading the indexer's `cache`, and `search.resetskills`).
+Every call goes through azure-search-documents' SearchIndexerClient, built by shared.searchclient (the one
+place that builds the clients, shared with search-setup): its methods for reset, run and status, and its
+pipeline (`send_request`: the same credential, retries and user agent) for the two preview calls it has no
+method for (reading the indexer's `cache`, and `search.resetskills`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared import searchclient
 from shared.errors import ClassifierError
 from shared.settings import Settings
 from shared.store import (
@@ -52,11 +54,6 @@ logger = logging.getLogger(__name__)
 PREVIEW_API_VERSION = "2026-05-01-preview"
 # A claim older than this is a pass that died between its claim and its record (the calls take seconds).
 CLAIM_EXPIRES_S = 900
-# Fail fast: the next tick tries again. azure-core's default is 10 retries with exponential backoff.
-RETRIES = 2
-RETRY_BACKOFF_S = 0.5
-CONNECTION_TIMEOUT_S = 10
-READ_TIMEOUT_S = 60
 USER_AGENT = "automl-image-skill-reindex"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -132,18 +129,17 @@ class SearchService:
     def from_settings(cls, settings: Settings) -> SearchService:
         """SEARCH_ADMIN_KEY as `api-key` when set, else DefaultAzureCredential (the managed identity picked by
         AZURE_CLIENT_ID in Azure, `az login` locally). Raises ReindexError without SEARCH_ENDPOINT."""
-        from azure.search.documents.indexes import SearchIndexerClient
-
         if not settings.search_endpoint:
             raise ReindexError("re-enrichment needs SEARCH_ENDPOINT, the search service's URL")
-        credential = _credential(settings)
-        client = SearchIndexerClient(settings.search_endpoint, credential, **client_options())
+        credential = searchclient.credential(settings.search_admin_key, settings.azure_client_id)
+        client = searchclient.indexer_client(settings.search_endpoint, credential, user_agent=USER_AGENT)
         return cls(settings, client, credential)
 
     def search_client(self) -> SearchClient:
         from azure.search.documents import SearchClient
 
-        return SearchClient(self.endpoint, self.settings.search_index_name, self.credential, **client_options())
+        options = searchclient.client_options(USER_AGENT)
+        return SearchClient(self.endpoint, self.settings.search_index_name, self.credential, **options)
 
     @contextmanager
     def _errors(self, action: str, kind: str, name: str) -> Iterator[None]:
@@ -210,18 +206,10 @@ class SearchService:
             ResourceNotFoundError,
             map_error,
         )
-        from azure.core.rest import HttpRequest
 
-        request = HttpRequest(
-            method,
-            path,
-            params={"api-version": PREVIEW_API_VERSION},
-            headers={"Accept": "application/json"},
-            json=body,
-        )
         error_map = {401: ClientAuthenticationError, 404: ResourceNotFoundError, 409: ResourceExistsError}
         with self._errors(action, kind, name):
-            response = self.client.send_request(request)
+            response = searchclient.send_preview(self.client, method, path, api_version=PREVIEW_API_VERSION, body=body)
             if response.status_code >= 400:
                 map_error(status_code=response.status_code, response=response, error_map=error_map)
                 raise HttpResponseError(response=response)
@@ -281,26 +269,6 @@ class SearchService:
             )
             count = results.get_count()
         return int(count or 0)
-
-
-def client_options() -> dict[str, Any]:
-    return {
-        "retry_total": RETRIES,
-        "retry_backoff_factor": RETRY_BACKOFF_S,
-        "connection_timeout": CONNECTION_TIMEOUT_S,
-        "read_timeout": READ_TIMEOUT_S,
-        "user_agent": USER_AGENT,
-    }
-
-
-def _credential(settings: Settings) -> Any:
-    if settings.search_admin_key:
-        from azure.core.credentials import AzureKeyCredential
-
-        return AzureKeyCredential(settings.search_admin_key)
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
 
 
 @dataclass(frozen=True)

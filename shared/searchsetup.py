@@ -1,6 +1,6 @@
 """`python -m shared search-setup`: the Azure AI Search data source, index, skillset and indexer that put
 the skill into an enrichment pipeline, rendered from the templates in infra/search/ and created or updated
-with the REST API (PUT, so running it again updates them in place).
+with azure-search-documents (create or update, so running it again updates them in place; see apply()).
 
 Why the index has these fields: the skill's context is `/document/normalized_images/*`, so it answers once
 per normalized image, and a search document (one blob) has as many answers as it has images: one for an
@@ -28,29 +28,38 @@ reason: a document's tags would otherwise count against the 3,000 elements.
 The data source connects with the search service's managed identity (`ResourceId=<storage account id>;`,
 no key); the skill authenticates with a function key in `x-functions-key` or, with `--auth-resource-id`,
 with Entra ID (`authResourceId` `<appId>/.default`, App Service authentication on the function app).
+
+With `--enrichment-cache` the indexer also gets an enrichment cache (`cache`, a preview feature) in a storage
+account, which re-enrichment's REINDEX_MODE=skills needs (shared/reindex.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import ipaddress
 import json
 import os
 import re
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared import searchclient
 from shared.errors import ClassifierError
 
-API_VERSION = "2024-07-01"
-SEARCH_SCOPE = "https://search.azure.com/.default"
+# What azure-search-documents 12.0.0's typed calls send (its only known version; the SDK does not let one
+# call choose another). tests/test_searchsetup.py checks that the SDK still sends it.
+API_VERSION = "2026-04-01"
+# The newest preview Microsoft Learn documents ("REST API versions": 2025-11-01-preview, latest), for the
+# objects that need preview features: the keyless billing below and the indexer's enrichment cache
+# ("Configure an enrichment cache": preview REST APIs only; a GA version answers 400 "A resource without a
+# type name was found, but no expected type was specified").
+PREVIEW_API_VERSION = "2025-11-01-preview"
+SEARCH_SCOPE = searchclient.SEARCH_SCOPE
+USER_AGENT = "automl-image-skill-search-setup"
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "infra" / "search"
 # Creation order: each object names the ones before it.
 KINDS = ("datasource", "index", "skillset", "indexer")
@@ -64,12 +73,11 @@ DEFAULT_DEGREE_OF_PARALLELISM = 4
 # Azure AI Search allows at most 10 parallel calls per skill.
 MAX_DEGREE_OF_PARALLELISM = 10
 MAX_BATCH_SIZE = 1000
-REQUEST_TIMEOUT_S = 60.0
 WEB_API_SKILL = "#Microsoft.Skills.Custom.WebApiSkill"
 IMAGE_ANALYSIS_SKILL = "#Microsoft.Skills.Vision.ImageAnalysisSkill"
-# Keyless billing (AIServicesByIdentity) is not in 2024-07-01; Microsoft Learn ("Attach a billable resource to
-# a skillset") documents it on 2025-11-01-preview. Only the skillset that uses it is written with that version.
-KEYLESS_BILLING_API_VERSION = "2025-11-01-preview"
+# Keyless billing (AIServicesByIdentity) is a preview feature: Microsoft Learn ("Attach a billable resource to a
+# skillset") documents it on 2025-11-01-preview. Only the skillset that uses it is written with that version.
+KEYLESS_BILLING_API_VERSION = PREVIEW_API_VERSION
 AI_SERVICES_BY_IDENTITY = "#Microsoft.Azure.Search.AIServicesByIdentity"
 COGNITIVE_SERVICES_BY_KEY = "#Microsoft.Azure.Search.CognitiveServicesByKey"
 # Service limits, index limits: "Maximum elements across all complex collections per document: 3000"
@@ -206,19 +214,10 @@ class TokenCredentialLike(Protocol):
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _base_url(url: str, what: str) -> str:
     """The URL without a trailing slash; https only, except plain http to this machine (tests, emulators)."""
     parsed = urllib.parse.urlsplit(url.strip())
-    secure = parsed.scheme == "https" or (parsed.scheme == "http" and _is_loopback(parsed.hostname))
+    secure = parsed.scheme == "https" or (parsed.scheme == "http" and searchclient.is_loopback(parsed.hostname))
     if not secure or not parsed.hostname:
         raise SearchSetupError(f"{what} {url!r} is invalid: expected an https:// URL")
     if parsed.query or parsed.fragment:
@@ -288,6 +287,7 @@ def render(
     degree_of_parallelism: int = DEFAULT_DEGREE_OF_PARALLELISM,
     image_analysis: ImageAnalysis | None = None,
     per_page: bool = False,
+    enrichment_cache: str | None = None,
     template_dir: Path = TEMPLATE_DIR,
 ) -> dict[str, dict[str, Any]]:
     """The four objects, keys "datasource", "index", "skillset", "indexer", as the REST API takes them.
@@ -297,18 +297,23 @@ def render(
     key in `httpHeaders` (use redacted() before showing the result); with EntraAuth it has
     `authResourceId` instead. `image_analysis` adds the built-in ImageAnalysisSkill, its index fields and
     output field mappings, and the skillset's `cognitiveServices` billing (a key is redacted() too);
-    `per_page` renders each PDF page as one image (`generateNormalizedImagePerPage`). Raises
+    `per_page` renders each PDF page as one image (`generateNormalizedImagePerPage`). `enrichment_cache` is
+    the resource id of a storage account for the indexer's enrichment cache (`cache`:
+    `storageConnectionString` `ResourceId=<id>;`, the search service's managed identity, and
+    `enableReprocessing` true), which REINDEX_MODE=skills needs; the indexer is then written with a preview
+    API version (api_version_for()). Raises
     SearchSetupError for a bad argument or template, or an index whose complex collections could exceed
     Azure AI Search's 3,000 elements per document.
     """
     search_endpoint_url(search_endpoint)
     uri = skill_uri(function_url)
     names = names or ResourceNames.from_prefix()
-    if not _STORAGE_ID.fullmatch(storage_resource_id.strip()):
-        raise SearchSetupError(
-            f"storage resource id {storage_resource_id!r} is invalid: expected /subscriptions/<id>/resourceGroups/"
-            "<group>/providers/Microsoft.Storage/storageAccounts/<account> (azd: STORAGE_ACCOUNT_ID)"
-        )
+    for what, value in (("storage resource id", storage_resource_id), ("cache storage resource id", enrichment_cache)):
+        if value is not None and not _STORAGE_ID.fullmatch(value.strip()):
+            raise SearchSetupError(
+                f"{what} {value!r} is invalid: expected /subscriptions/<id>/resourceGroups/<group>/providers/"
+                "Microsoft.Storage/storageAccounts/<account> (azd: STORAGE_ACCOUNT_ID)"
+            )
     if not _CONTAINER_NAME.fullmatch(container):
         raise SearchSetupError(
             f"container {container!r} is invalid: expected 3-63 lowercase letters, digits and hyphens"
@@ -347,6 +352,15 @@ def render(
     configuration["imageAction"] = IMAGE_ACTIONS[per_page]
     if image_analysis is not None:
         _add_image_analysis(rendered, image_analysis)
+    if enrichment_cache is not None:
+        # Microsoft Learn, "Configure an enrichment cache" and REST "Indexers - Create Or Update" (preview):
+        # `storageConnectionString` may be `ResourceId=<account id>;` for the search service's system-assigned
+        # identity (no `identity` given), which needs Storage Blob Data Contributor and Storage Table Data
+        # Contributor on the account; `enableReprocessing` true lets Reset Skills re-run skills from the cache.
+        rendered["indexer"]["cache"] = {
+            "storageConnectionString": f"ResourceId={enrichment_cache.strip()};",
+            "enableReprocessing": True,
+        }
     complex_elements_per_document(rendered["index"], rendered["indexer"])
     return rendered
 
@@ -504,17 +518,21 @@ def redacted(
 
 
 def api_version_for(kind: str, body: Mapping[str, Any]) -> str:
-    """The REST API version to write an object with: 2024-07-01, except a skillset billed keylessly."""
+    """The REST API version to write an object with: the SDK's API_VERSION, except PREVIEW_API_VERSION for
+    a skillset billed keylessly and an indexer with an enrichment cache (`cache`, preview only)."""
     billing = body.get("cognitiveServices") if kind == "skillset" else None
     if isinstance(billing, dict) and billing.get("@odata.type") == AI_SERVICES_BY_IDENTITY:
         return KEYLESS_BILLING_API_VERSION
+    if kind == "indexer" and body.get("cache") is not None:
+        return PREVIEW_API_VERSION
     return API_VERSION
 
 
-def _service_message(error: urllib.error.HTTPError) -> str:
+def _service_message(response: Any) -> str:
+    """The service's `error.message` from an error response, on one line (empty when there is none)."""
     try:
-        body = json.loads(error.read(64 * 1024) or b"{}")
-    except (OSError, ValueError):
+        body = json.loads(response.text() or "{}")
+    except (ValueError, TypeError, AttributeError):
         return ""
     message = body.get("error", {}).get("message") if isinstance(body, dict) else None
     if not isinstance(message, str):
@@ -522,78 +540,104 @@ def _service_message(error: urllib.error.HTTPError) -> str:
     return " ".join(message.split())[:500]
 
 
-def _put(url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float) -> int:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=dict(headers), method="PUT")
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        status: int = response.status
-        return status
-
-
-def _bearer_token(credential: TokenCredentialLike) -> str:
-    from azure.core.exceptions import ClientAuthenticationError
-
-    try:
-        return credential.get_token(SEARCH_SCOPE).token
-    except ClientAuthenticationError:
-        raise SearchSetupError(
-            "no Azure credential could get a token for Azure AI Search: sign in with `az login` (or run where a "
-            f"managed identity is available), or set {DEFAULT_KEY_ENV} (or --key-env NAME) to an admin key"
-        ) from None
+def _status_of(pipeline_response: Any, deserialized: Any, headers: Any) -> int:
+    """`cls` hook for the SDK's typed calls: the HTTP status (201 created, 200 updated) instead of the model."""
+    status: int = pipeline_response.http_response.status_code
+    return status
 
 
 def apply(
     rendered: Mapping[str, Mapping[str, Any]],
     search_endpoint: str,
-    credential_or_key: str | TokenCredentialLike,
-    *,
-    timeout_s: float = REQUEST_TIMEOUT_S,
+    credential_or_key: str | TokenCredentialLike | Any,
 ) -> list[str]:
-    """Create or update the data source, index, skillset and indexer, in that order, with PUT
-    `<endpoint>/<collection>/<name>?api-version=2024-07-01` (api_version_for(): a skillset billed keylessly
-    needs KEYLESS_BILLING_API_VERSION).
+    """Create or update the data source, index, skillset and indexer, in that order, with
+    azure-search-documents: `create_or_update_data_source_connection`, `create_or_update_index`,
+    `create_or_update_skillset`, `create_or_update_indexer` on the SDK's API version (API_VERSION), each
+    given the rendered dict, which the SDK sends as it is (a model built from a dict keeps the dict, and
+    the SDK's encoder writes it back unchanged: the bytes sent are `json.dumps(rendered[kind])`). An object
+    that needs a preview API version (api_version_for(): a skillset billed keylessly, an indexer with an
+    enrichment cache) is the same PUT `/<collection>('<name>')` through the same client's pipeline
+    (searchclient.send_preview), because the SDK's methods send only its own version.
 
-    `credential_or_key` is an admin key (sent as `api-key`) or a credential such as DefaultAzureCredential
-    (a bearer token for https://search.azure.com/.default). Returns one line per object, like
-    "index automl-images-index: created"; kinds missing from `rendered` are skipped (migrate-skillset writes
-    only a skillset). Raises SearchSetupError on the first failure (unreachable
-    service, refused credentials, an object the service rejects); objects before it stay as written.
+    `credential_or_key` is an admin key (a str or an AzureKeyCredential, sent as `api-key`) or a token
+    credential such as DefaultAzureCredential (a bearer token for https://search.azure.com/.default).
+    Returns one line per object, like "index automl-images-index: created"; kinds missing from `rendered`
+    are skipped (migrate-skillset writes only a skillset). Raises SearchSetupError on the first failure
+    (unreachable service, refused credentials, an object the service rejects); objects before it stay as
+    written.
     """
+    from azure.core.credentials import AzureKeyCredential
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
     endpoint = search_endpoint_url(search_endpoint)
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if isinstance(credential_or_key, str):
-        headers["api-key"] = credential_or_key
+    credential = AzureKeyCredential(credential_or_key) if isinstance(credential_or_key, str) else credential_or_key
+    if searchclient.is_key(credential):
         refused_hint = "check that it is an admin key (not a query key) of this service"
         what = "the admin key"
     else:
-        headers["Authorization"] = f"Bearer {_bearer_token(credential_or_key)}"
         refused_hint = (
             "your identity needs the Search Service Contributor role on the service, and the service's API "
             "access control must allow role-based access"
         )
         what = "your Entra ID token"
+    indexers = searchclient.indexer_client(endpoint, credential, user_agent=USER_AGENT)
+    indexes = searchclient.index_client(endpoint, credential, user_agent=USER_AGENT)
+    options = searchclient.call_options(endpoint, credential)
+    typed: dict[str, Callable[..., Any]] = {
+        "datasource": indexers.create_or_update_data_source_connection,
+        "index": indexes.create_or_update_index,
+        "skillset": indexers.create_or_update_skillset,
+        "indexer": indexers.create_or_update_indexer,
+    }
     done: list[str] = []
-    for kind in (k for k in KINDS if k in rendered):
-        body = rendered[kind]
-        name = str(body.get("name", ""))
-        version = api_version_for(kind, body)
-        url = f"{endpoint}/{COLLECTIONS[kind]}/{urllib.parse.quote(name, safe='')}?api-version={version}"
-        try:
-            status = _put(url, body, headers, timeout_s)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
+    with indexers, indexes:
+        for kind in (k for k in KINDS if k in rendered):
+            body = dict(rendered[kind])
+            name = str(body.get("name", ""))
+            version = api_version_for(kind, body)
+            try:
+                if version == API_VERSION:
+                    status = int(typed[kind](body, cls=_status_of, **options))
+                else:
+                    path = f"/{COLLECTIONS[kind]}('{searchclient.quoted(name)}')"
+                    response = searchclient.send_preview(
+                        indexers, "PUT", path, api_version=version, body=body, **options
+                    )
+                    status = response.status_code
+                    if status >= 400:
+                        raise HttpResponseError(response=response)
+            except (ServiceRequestError, ServiceResponseError) as exc:
                 raise SearchSetupError(
-                    f"search service {endpoint} refused {what} ({exc.code} {exc.reason}) while writing the {kind} "
-                    f"{name!r}: {refused_hint}"
+                    f"search service {endpoint} is unreachable ({searchclient.reason(exc)})"
                 ) from None
-            detail = _service_message(exc)
-            raise SearchSetupError(
-                f"search service {endpoint} answered {exc.code} {exc.reason} to the {kind} {name!r}"
-                + (f": {detail}" if detail else "")
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            raise SearchSetupError(f"search service {endpoint} is unreachable ({reason})") from None
-        done.append(f"{kind} {name}: {'created' if status == 201 else 'updated'}")
+            except HttpResponseError as exc:
+                failed = exc.response
+                if failed is None and isinstance(exc, ClientAuthenticationError):
+                    raise SearchSetupError(
+                        "no Azure credential could get a token for Azure AI Search: sign in with `az login` (or run "
+                        f"where a managed identity is available), or set {DEFAULT_KEY_ENV} (or --key-env NAME) to an "
+                        "admin key"
+                    ) from None
+                code = exc.status_code or (failed.status_code if failed is not None else 0)
+                phrase = (getattr(failed, "reason", None) or "").strip()
+                status_text = f"{code} {phrase}".strip()
+                if code in (401, 403):
+                    raise SearchSetupError(
+                        f"search service {endpoint} refused {what} ({status_text}) while writing the {kind} "
+                        f"{name!r}: {refused_hint}"
+                    ) from None
+                detail = _service_message(failed) if failed is not None else ""
+                raise SearchSetupError(
+                    f"search service {endpoint} answered {status_text} to the {kind} {name!r}"
+                    + (f": {detail}" if detail else "")
+                ) from None
+            done.append(f"{kind} {name}: {'created' if status == 201 else 'updated'}")
     return done
 
 
@@ -655,30 +699,33 @@ def _image_analysis(args: argparse.Namespace, env: Mapping[str, str]) -> ImageAn
     return ImageAnalysis(billing=billing, features=features)
 
 
-def _search_credential(key_env: str | None, env: Mapping[str, str]) -> str | TokenCredentialLike:
+def _search_credential(key_env: str | None, env: Mapping[str, str]) -> Any:
+    """The credential for the search service (searchclient.credential(): the one place that makes it): the
+    admin key in `key_env` (it must be set), else in SEARCH_ADMIN_KEY, else DefaultAzureCredential (with
+    AZURE_CLIENT_ID as the user-assigned identity, as the app uses it)."""
     if key_env:
-        return _env_value(
+        key = _env_value(
             env,
             key_env,
             "an admin key of the search service",
             "for example with `az search admin-key show -g <group> --service-name <service>`, or leave out "
             "--key-env to sign in with Entra ID",
         )
-    key = env.get(DEFAULT_KEY_ENV, "").strip()
-    if key:
-        return key
-    from azure.identity import DefaultAzureCredential
-
-    credential: TokenCredentialLike = DefaultAzureCredential()
-    return credential
+    else:
+        key = env.get(DEFAULT_KEY_ENV, "").strip()
+    return searchclient.credential(key or None, env.get("AZURE_CLIENT_ID", "").strip() or None)
 
 
 def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """The `search-setup` command. `args` has search_endpoint, function_url, storage_resource_id (str),
     dry_run (bool) and optionally container, prefix, auth_resource_id, function_key_env, key_env,
     batch_size, degree_of_parallelism, image_analysis, visual_features, ai_services_endpoint,
-    ai_services_key_env, per_page. Prints the rendered JSON (--dry-run, keys redacted) or one line per
-    object written; on failure one `error:` line on stderr and status 1.
+    ai_services_key_env, per_page, enrichment_cache, cache_storage_resource_id. Prints the rendered JSON
+    (--dry-run, keys redacted) or one line per object written; on failure one `error:` line on stderr and
+    status 1. With --enrichment-cache the indexer gets the cache in the storage account
+    --cache-storage-resource-id names (default: --storage-resource-id's); when that updated an indexer that
+    already existed, one more line says it must be reset and run once to fill the cache (Learn: "Configure
+    an enrichment cache", enable on existing indexers).
 
     The dry run checks every input the real run reads before it contacts the service (the function key,
     the AI Services key, a search key named with --key-env), so it fails where the real run would.
@@ -688,6 +735,10 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
     try:
         auth = _skill_auth(args, env)
         analysis = _image_analysis(args, env)
+        cache_account: str | None = getattr(args, "cache_storage_resource_id", None)
+        with_cache = bool(getattr(args, "enrichment_cache", False))
+        if cache_account and not with_cache:
+            raise SearchSetupError("--cache-storage-resource-id only applies with --enrichment-cache")
         rendered = render(
             args.search_endpoint,
             args.function_url,
@@ -699,6 +750,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             degree_of_parallelism=getattr(args, "degree_of_parallelism", None) or DEFAULT_DEGREE_OF_PARALLELISM,
             image_analysis=analysis,
             per_page=bool(getattr(args, "per_page", False)),
+            enrichment_cache=(cache_account or args.storage_resource_id) if with_cache else None,
         )
         key_env: str | None = getattr(args, "key_env", None)
         if dry_run:
@@ -712,6 +764,11 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         credential = _search_credential(key_env, env)
         for line in apply(rendered, args.search_endpoint, credential):
             sys.stdout.write(line + "\n")
+            if with_cache and line == f"indexer {rendered['indexer']['name']}: updated":
+                sys.stdout.write(
+                    f"indexer {rendered['indexer']['name']}: the enrichment cache fills only on a full run: reset "
+                    "the indexer and run it once (Azure portal: Reset, then Run)\n"
+                )
     except SearchSetupError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

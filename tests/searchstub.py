@@ -15,7 +15,16 @@ reference documents them, in both URL forms (`/indexers/{name}/reset` and the SD
 - `POST /skillsets/{name}/resetskills` or `/skillsets('{name}')/search.resetskills` 204, preview versions only;
 - `POST /indexes('{name}')/docs/search.post.search` with `count: true` and the one filter shape
   `images/any(i: i/modelVersion ne null and i/modelVersion ne '<v>')`: `@odata.count` of matching documents;
-- 404 for an unknown indexer, skillset or index; 403 for a missing or wrong `api-key`.
+- `PUT /{datasources|indexes|skillsets|indexers}/{name}` or `('{name}')` (what search-setup writes): 201 and
+  the stored definition when it is new, 200 when it replaces one (Create or Update, `Prefer:
+  return=representation`); 400 when the body's name is not the URL's; an indexer with a `cache` on a GA
+  api-version is refused with the 400 Microsoft Learn quotes ("Configure an enrichment cache", common
+  errors); a new indexer starts a run at once, as the service runs a new indexer on creation;
+- `GET` of a stored data source, index or skillset in both forms (with `@odata.context` and `@odata.etag`),
+  and of an indexer written with PUT: its definition, `cache` only on a preview version (`null` when it has
+  none, as Learn says a preview GET shows it);
+- 404 for an unknown indexer, skillset or index; 403 for a missing or wrong `api-key`; refuse() scripts an
+  error answer for every request to one collection.
 
 Errors have the service's envelope `{"error": {"code": "", "message": "..."}}`.
 """
@@ -45,7 +54,20 @@ ROUTES = [
     ("POST", re.compile(r"^/skillsets\('([^']+)'\)/search\.resetskills$"), "resetskills"),
     ("POST", re.compile(r"^/indexes\('([^']+)'\)/docs/search\.post\.search$"), "search"),
     ("POST", re.compile(r"^/indexes/([^/]+)/docs/search$"), "search"),
+    ("PUT", re.compile(r"^/(datasources|indexes|skillsets|indexers)/([^/()]+)$"), "put"),
+    ("PUT", re.compile(r"^/(datasources|indexes|skillsets|indexers)\('([^']+)'\)$"), "put"),
+    ("GET", re.compile(r"^/(datasources|indexes|skillsets)/([^/()]+)$"), "get_definition"),
+    ("GET", re.compile(r"^/(datasources|indexes|skillsets)\('([^']+)'\)$"), "get_definition"),
 ]
+COLLECTIONS = ("datasources", "indexes", "skillsets", "indexers")
+KIND = {"datasources": "data source", "indexes": "index", "skillsets": "skillset", "indexers": "indexer"}
+# Microsoft Learn, "Configure an enrichment cache", common errors: `cache` sent on a GA api-version.
+CACHE_ON_GA = (
+    "The request is invalid. Details: indexer : A resource without a type name was found, but no expected type "
+    "was specified. To allow entries without type information, the expected type must also be specified when the "
+    "model is specified."
+)
+ETAG = '"0x8DD0000000000000"'
 NOT_FOUND = "No {kind} with the name '{name}' was found in a service named '{service}'."
 BUSY = "Another indexer invocation is currently in progress; concurrent invocations are not allowed."
 STATUS_TYPE = "Microsoft.Azure.Search.V2019_05_06.IndexerExecutionInfo"
@@ -65,6 +87,7 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    raw: bytes = b""
 
 
 @dataclass
@@ -94,14 +117,19 @@ def _result(status: str, start: str, end: str | None) -> dict[str, Any]:
 
 
 class SearchStub:
-    """The stand-in service. `key` is the admin key it accepts; objects are set up with add_indexer()."""
+    """The stand-in service. `key` is the admin key it accepts, `token` (when given) an Entra ID bearer token it
+    accepts too; objects are set up with add_pipeline() or written with PUT."""
 
-    def __init__(self, key: str = "stub-admin-key", service: str = "stub") -> None:
+    def __init__(self, key: str = "stub-admin-key", service: str = "stub", token: str | None = None) -> None:
         self.key = key
+        self.token = token
         self.service = service
         self.indexers: dict[str, Indexer] = {}
         self.skillsets: dict[str, list[str]] = {}
         self.indexes: dict[str, list[dict[str, Any]]] = {}
+        # What PUT stored, by collection and name.
+        self.definitions: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in COLLECTIONS}
+        self.refusals: dict[str, tuple[int, str]] = {}
         self.requests: list[Recorded] = []
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler())
@@ -145,6 +173,11 @@ class SearchStub:
             found.running = True
             found.history.insert(0, _result("inProgress", "2026-01-01T00:00:00Z", None))
 
+    def refuse(self, collection: str, status: int, message: str) -> None:
+        """Answer every later request to `collection` (datasources, indexes, ...) with `status` and `message`
+        in the service's error envelope."""
+        self.refusals[collection] = (status, message)
+
     def calls(self) -> list[tuple[str, str]]:
         """(method, path) of every request, in order."""
         return [(r.method, r.path) for r in self.requests]
@@ -184,11 +217,12 @@ class SearchStub:
                 except ValueError:
                     body = raw.decode(errors="replace")
                 with stub.lock:
-                    stub.requests.append(Recorded(method, path, query, dict(self.headers.items()), body))
+                    stub.requests.append(Recorded(method, path, query, dict(self.headers.items()), body, raw))
                     self._dispatch(method, path, query, body)
 
             def _dispatch(self, method: str, path: str, query: dict[str, str], body: Any) -> None:
-                if self.headers.get("api-key") != stub.key:
+                bearer = stub.token is not None and self.headers.get("Authorization") == f"Bearer {stub.token}"
+                if self.headers.get("api-key") != stub.key and not bearer:
                     # The service answers a missing or wrong key with 403 and no body detail.
                     self._answer(403, {"error": {"code": "", "message": "Authorization failed."}})
                     return
@@ -196,10 +230,14 @@ class SearchStub:
                 if not version:
                     self._error(400, "The api-version query parameter (?api-version=) is required for all requests.")
                     return
+                collection = path.lstrip("/").split("/")[0].split("(")[0]
+                if collection in stub.refusals:
+                    self._error(*stub.refusals[collection])
+                    return
                 for verb, pattern, operation in ROUTES:
                     match = pattern.match(path)
                     if verb == method and match:
-                        getattr(self, f"_op_{operation}")(match.group(1), version, body)
+                        getattr(self, f"_op_{operation}")(*match.groups(), version, body)
                         return
                 self._error(404, f"The resource '{path}' does not exist.")
 
@@ -243,9 +281,57 @@ class SearchStub:
                 found.history.insert(0, _result("inProgress", "2026-01-01T00:00:00Z", None))
                 self._answer(202)
 
+            def _op_put(self, collection: str, name: str, version: str, body: Any) -> None:
+                if not isinstance(body, dict) or body.get("name", name) != name:
+                    self._error(400, "The request is invalid. Details: the name in the body does not match the URL.")
+                    return
+                preview = version.endswith("-preview")
+                if collection == "indexers" and body.get("cache") is not None and not preview:
+                    self._error(400, CACHE_ON_GA)
+                    return
+                stored = {k: v for k, v in body.items() if not k.startswith("@odata.")}
+                known = {"skillsets": stub.skillsets, "indexes": stub.indexes, "indexers": stub.indexers}
+                created = name not in stub.definitions[collection] and name not in known.get(collection, {})
+                stub.definitions[collection][name] = stored
+                if collection == "skillsets":
+                    stub.skillsets[name] = [s.get("name") for s in stored.get("skills") or [] if s.get("name")]
+                elif collection == "indexes":
+                    stub.indexes.setdefault(name, [])
+                elif collection == "indexers":
+                    indexer = stub.indexers.setdefault(
+                        name,
+                        Indexer(skillset=stored.get("skillsetName") or "", index=stored.get("targetIndexName") or ""),
+                    )
+                    indexer.skillset = stored.get("skillsetName") or ""
+                    indexer.index = stored.get("targetIndexName") or ""
+                    if preview:  # a GA version cannot say anything about the cache: it stays as it was
+                        indexer.cache = stored.get("cache")
+                    if created and not stored.get("disabled"):
+                        indexer.running = True
+                        indexer.history.insert(0, _result("inProgress", "2026-01-01T00:00:00Z", None))
+                answer = {"@odata.context": f"{stub.endpoint}/$metadata#{collection}/$entity", "@odata.etag": ETAG}
+                self._answer(201 if created else 200, {**answer, **stored})
+
+            def _op_get_definition(self, collection: str, name: str, version: str, body: Any) -> None:
+                stored = stub.definitions[collection].get(name)
+                if stored is None:
+                    message = NOT_FOUND.format(kind=KIND[collection], name=name, service=stub.service)
+                    self._error(404, message)
+                    return
+                answer = {"@odata.context": f"{stub.endpoint}/$metadata#{collection}/$entity", "@odata.etag": ETAG}
+                self._answer(200, {**answer, **stored})
+
             def _op_get_indexer(self, name: str, version: str, body: Any) -> None:
                 found = self._indexer(name)
                 if found is None:
+                    return
+                stored = stub.definitions["indexers"].get(name)
+                if stored is not None:
+                    written = {k: v for k, v in stored.items() if k != "cache"}
+                    if version.endswith("-preview"):
+                        written["cache"] = found.cache
+                    context = f"{stub.endpoint}/$metadata#indexers/$entity"
+                    self._answer(200, {"@odata.context": context, "@odata.etag": ETAG, **written})
                     return
                 definition: dict[str, Any] = {
                     "@odata.context": f"{stub.endpoint}/$metadata#indexers/$entity",

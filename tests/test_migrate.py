@@ -11,20 +11,18 @@ import json
 import os
 import re
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from azure.search.documents.indexes import models as sm
 
 from shared import cli
 from shared.migrate import main_migrate_skillset, migrate_skillset
-from shared.searchsetup import EntraAuth, FunctionKeyAuth, render
+from shared.searchsetup import API_VERSION, EntraAuth, FunctionKeyAuth, render
 from tests.conftest import ROOT, SAMPLES
+from tests.searchstub import ETAG, SearchStub
 from tests.test_searchsetup import _at_path, run_skillset, type_problems, unknown_keys
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "powerskill"
@@ -251,122 +249,42 @@ def test_search_setups_own_skillset_is_not_a_powerskill(tmp_path: Path, capsys: 
 # --- writing it, and the docs' commands as written ---------------------------------------------------------
 
 
-class SearchStandIn:
-    """Azure AI Search's skillset API on 127.0.0.1, as far as these commands use it: PUT and GET
-    /skillsets/<name>?api-version=..., the admin key in `api-key`, 201 on create and 200 on update, the
-    service's error shape, and a GET that carries @odata.context and @odata.etag."""
-
-    def __init__(self, admin_key: str) -> None:
-        self.skillsets: dict[str, dict[str, Any]] = {}
-        self.requests: list[dict[str, Any]] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; odata.metadata=minimal")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _route(self) -> str | None:
-                url = urlsplit(self.path)
-                stand_in.requests.append(
-                    {
-                        "method": self.command,
-                        "path": url.path,
-                        "query": parse_qs(url.query),
-                        "headers": dict(self.headers),
-                    }
-                )
-                if self.headers.get("api-key") != admin_key:
-                    self._answer(403, {"error": {"code": "", "message": "Forbidden"}})
-                    return None
-                match = re.fullmatch(r"/skillsets/([a-z0-9-]+)", url.path)
-                if match is None or "api-version" not in parse_qs(url.query):
-                    self._answer(404, {"error": {"code": "", "message": f"No route {url.path}"}})
-                    return None
-                return match.group(1)
-
-            def do_GET(self) -> None:
-                name = self._route()
-                if name is None:
-                    return
-                if name not in stand_in.skillsets:
-                    self._answer(
-                        404, {"error": {"code": "", "message": f"No skillset with the name '{name}' was found."}}
-                    )
-                    return
-                host = self.headers.get("Host")
-                self._answer(
-                    200,
-                    {
-                        "@odata.context": f"http://{host}/$metadata#skillsets/$entity",
-                        "@odata.etag": '"0x1"',
-                        **stand_in.skillsets[name],
-                    },
-                )
-
-            def do_PUT(self) -> None:
-                name = self._route()
-                if name is None:
-                    return
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                stand_in.requests[-1]["body"] = body
-                if body.get("name", name) != name:
-                    self._answer(
-                        400, {"error": {"code": "", "message": "The name in the body does not match the URL."}}
-                    )
-                    return
-                created = name not in stand_in.skillsets
-                stand_in.skillsets[name] = {k: v for k, v in body.items() if k != "@odata.etag"}
-                self._answer(201 if created else 200, body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        host, port = self.server.server_address[:2]
-        self.url = f"http://{host!s}:{port}"
-
-
 @pytest.fixture
-def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStandIn]:
+def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStub]:
+    """The stand-in search service (tests/searchstub.py) on 127.0.0.1, taking ADMIN_KEY."""
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    stand_in = SearchStandIn(ADMIN_KEY)
-    thread = threading.Thread(target=stand_in.server.serve_forever, daemon=True)
-    thread.start()
-    yield stand_in
-    stand_in.server.shutdown()
-    stand_in.server.server_close()
+    stub = SearchStub(key=ADMIN_KEY).start()
+    yield stub
+    stub.close()
 
 
-def test_writing_the_notebooks_skillset(search_service: SearchStandIn, capsys: pytest.CaptureFixture[str]) -> None:
+def test_writing_the_notebooks_skillset(search_service: SearchStub, capsys: pytest.CaptureFixture[str]) -> None:
     env = {"SKILL_FUNCTION_KEY": FUNCTION_KEY, "SEARCH_ADMIN_KEY": ADMIN_KEY}
-    args = namespace(NOTEBOOK, search_endpoint=search_service.url, name="aml-classifier-skillset")
+    args = namespace(NOTEBOOK, search_endpoint=search_service.endpoint, name="aml-classifier-skillset")
     assert main_migrate_skillset(args, env) == 0
     assert capsys.readouterr() == ("skillset aml-classifier-skillset: created\n", "")
+    # azure-search-documents' create_or_update_skillset, on the SDK's API version, the JSON as migrated.
     (put,) = search_service.requests
-    assert (put["method"], put["path"], put["query"]) == (
+    assert (put.method, put.path, put.query) == (
         "PUT",
-        "/skillsets/aml-classifier-skillset",
-        {"api-version": ["2024-07-01"]},
+        "/skillsets('aml-classifier-skillset')",
+        {"api-version": API_VERSION},
     )
+    expected = migrate_skillset(load(NOTEBOOK), FUNCTION, FunctionKeyAuth(FUNCTION_KEY))
+    assert put.raw == json.dumps({**expected, "name": "aml-classifier-skillset"}).encode()
     # The service gets the real keys: the function key and the billing key the file had.
-    written = put["body"]
+    written = put.body
     assert web_api(written)["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
     assert written["cognitiveServices"]["key"] == COGSVC_KEY
 
 
-def test_docs_commands_run_as_written(search_service: SearchStandIn, tmp_path: Path) -> None:
+def test_docs_commands_run_as_written(search_service: SearchStub, tmp_path: Path) -> None:
     """Every `curl` and `.venv/bin/python -m shared` line of docs/migrating.md, run by bash with the variables
     the page exports set to a stand-in search service and test keys, and `azd` answering `env get-value`."""
-    search_service.skillsets["aml-classifier-skillset"] = {"name": "aml-classifier-skillset", **load(PORTAL)}
-    for response_only in ("@odata.context", "@odata.etag"):
-        search_service.skillsets["aml-classifier-skillset"].pop(response_only)
+    portal = {k: v for k, v in load(PORTAL).items() if not k.startswith("@odata.")}
+    search_service.definitions["skillsets"]["aml-classifier-skillset"] = {"name": "aml-classifier-skillset", **portal}
     text = (ROOT / "docs" / "migrating.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
     commands = [
@@ -389,7 +307,7 @@ def test_docs_commands_run_as_written(search_service: SearchStandIn, tmp_path: P
         **{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "NO_PROXY": "127.0.0.1,localhost",
-        "SEARCH_ENDPOINT": search_service.url,
+        "SEARCH_ENDPOINT": search_service.endpoint,
         "FUNCTION_URL": FUNCTION,
         "SKILL_FUNCTION_KEY": FUNCTION_KEY,
         "SEARCH_ADMIN_KEY": ADMIN_KEY,
@@ -406,10 +324,10 @@ def test_docs_commands_run_as_written(search_service: SearchStandIn, tmp_path: P
         for secret in (FUNCTION_KEY, ADMIN_KEY, AI_KEY):
             assert secret not in done.stdout
     downloaded, printed, written, setup = outputs
-    assert downloaded == "" and json.loads((work / "skillset.json").read_text())["@odata.etag"] == '"0x1"'
+    assert downloaded == "" and json.loads((work / "skillset.json").read_text())["@odata.etag"] == ETAG
     assert web_api(json.loads(printed))["uri"] == f"{FUNCTION}/api/classify"
     assert written == "skillset aml-classifier-skillset: updated\n"
-    stored = search_service.skillsets["aml-classifier-skillset"]
+    stored = search_service.definitions["skillsets"]["aml-classifier-skillset"]
     assert web_api(stored)["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
     assert stored["cognitiveServices"]["key"] == AI_KEY  # the export had none: it came from AI_SERVICES_KEY
     rendered = json.loads(setup)

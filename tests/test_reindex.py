@@ -23,6 +23,7 @@ from shared.reindex import (
     SearchService,
     run_pass,
 )
+from shared.searchsetup import main_search_setup
 from shared.settings import Settings
 from shared.store import BlobModelStore, Pointer, pointer_since, read_reindex_record, write_reindex_record
 from tests.azurite import free_port
@@ -199,6 +200,38 @@ def test_a_skills_pass_resets_only_the_classify_skill(
     assert [r.body for r in stub.requests] == [None, None, {"skillNames": ["classify-images"]}, None]
     assert all(r.headers["api-key"] == stub.key for r in stub.requests)
     assert stub.requests[2].headers["Content-Type"] == "application/json"
+    assert stub.indexers["automl-images-indexer"].resets == 0
+    assert recorded(store) == ("v2", None)
+
+
+def test_search_setup_with_enrichment_cache_then_a_skills_pass_works_end_to_end(
+    settings: Settings,
+    store: BlobModelStore,
+    stub: SearchStub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What a user does: `search-setup --enrichment-cache` on an empty service, then REINDEX_MODE=skills. The
+    pass accepts the cache search-setup wrote, and Reset Skills names a skill the written skillset has."""
+    from tests.test_searchsetup import namespace
+
+    stub.indexers.clear()
+    stub.skillsets.clear()
+    stub.indexes.clear()
+    env = {"SEARCH_ADMIN_KEY": stub.key, "SKILL_FUNCTION_KEY": "fk-not-a-secret"}
+    assert main_search_setup(namespace(search_endpoint=stub.endpoint, enrichment_cache=True), env) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "indexer automl-images-indexer: created"
+    skills = with_(settings, reindex_mode="skills")
+    clock = Clock()
+    baseline(skills, store, tmp_path, clock, stub)
+    # The service runs a new indexer at once: the first pass waits for that run.
+    assert a_pass(skills, store, clock).action == "deferred"
+    stub.finish_run()
+    stub.requests.clear()
+    outcome = a_pass(skills, store, clock)
+    assert (outcome.action, outcome.current) == ("done", "v2")
+    assert stub.calls() == [DEFINITION, STATUS, RESET_SKILLS, RUN]
+    assert stub.requests[2].body == {"skillNames": ["classify-images"]}
     assert stub.indexers["automl-images-indexer"].resets == 0
     assert recorded(store) == ("v2", None)
 

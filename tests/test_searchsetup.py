@@ -8,14 +8,17 @@ import base64
 import datetime
 import json
 import socket
-import threading
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import azure.functions as func
 import pytest
+from azure.core.credentials import AccessToken
 from azure.search.documents._utils.model_base import Model
 from azure.search.documents.indexes import models as sm
 from PIL import Image
@@ -26,7 +29,9 @@ from shared.engine import Classification
 from shared.searchsetup import (
     API_VERSION,
     KEYLESS_BILLING_API_VERSION,
+    KINDS,
     MAX_COMPLEX_ELEMENTS_PER_DOCUMENT,
+    PREVIEW_API_VERSION,
     VISUAL_FEATURES,
     AIServicesIdentity,
     AIServicesKey,
@@ -35,6 +40,7 @@ from shared.searchsetup import (
     ImageAnalysis,
     ResourceNames,
     SearchSetupError,
+    api_version_for,
     apply,
     complex_elements_per_document,
     main_search_setup,
@@ -43,6 +49,7 @@ from shared.searchsetup import (
 )
 from shared.skill import record_data
 from tests.conftest import SAMPLES, jpeg_bytes
+from tests.searchstub import SearchStub
 
 SEARCH = "https://my-search.search.windows.net"
 FUNCTION = "https://func-abc123.azurewebsites.net"
@@ -456,67 +463,31 @@ def test_dry_run_with_entra_id(capsys: pytest.CaptureFixture[str]) -> None:
     assert skill["authResourceId"] == f"{APP_ID}/.default" and "httpHeaders" not in skill
 
 
-class Recorder:
-    """A tiny search service on 127.0.0.1 that records every request (header names lowercased) and answers
-    from a script."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # path prefix -> (status, body)
-        self.seen: set[str] = set()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length))
-                url = urlsplit(self.path)
-                recorder.requests.append(
-                    {
-                        "path": url.path,
-                        "query": parse_qs(url.query),
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": body,
-                    }
-                )
-                status, answer = next(
-                    (a for prefix, a in recorder.answers.items() if url.path.startswith(prefix)),
-                    (200 if url.path in recorder.seen else 201, body),
-                )
-                recorder.seen.add(url.path)
-                raw = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        host, port = self.server.server_address[:2]
-        self.url = f"http://{host!s}:{port}"
+TOKEN = "eyJ-not-a-real-token"
+PUTS = [
+    ("PUT", "/datasources('automl-images-datasource')"),
+    ("PUT", "/indexes('automl-images-index')"),
+    ("PUT", "/skillsets('automl-images-skillset')"),
+    ("PUT", "/indexers('automl-images-indexer')"),
+]
 
 
 @pytest.fixture
-def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStub]:
+    """The stand-in search service (tests/searchstub.py) on 127.0.0.1, taking ADMIN_KEY or the token TOKEN."""
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    recorder = Recorder()
-    thread = threading.Thread(target=recorder.server.serve_forever, daemon=True)
-    thread.start()
-    yield recorder
-    recorder.server.shutdown()
-    recorder.server.server_close()
+    stub = SearchStub(key=ADMIN_KEY, token=TOKEN).start()
+    yield stub
+    stub.close()
 
 
 def test_apply_puts_the_four_objects_in_order_with_the_named_key_env(
-    search_service: Recorder, capsys: pytest.CaptureFixture[str]
+    search_service: SearchStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = {"MY_SEARCH_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
-    args = namespace(search_endpoint=search_service.url, key_env="MY_SEARCH_KEY")
+    args = namespace(search_endpoint=search_service.endpoint, key_env="MY_SEARCH_KEY")
     assert main_search_setup(args, env) == 0
     out, err = capsys.readouterr()
     assert err == ""
@@ -527,83 +498,134 @@ def test_apply_puts_the_four_objects_in_order_with_the_named_key_env(
         "indexer automl-images-indexer: created",
     ]
     requests = search_service.requests
-    assert [r["path"] for r in requests] == [
-        "/datasources/automl-images-datasource",
-        "/indexes/automl-images-index",
-        "/skillsets/automl-images-skillset",
-        "/indexers/automl-images-indexer",
-    ]
-    assert all(r["query"] == {"api-version": [API_VERSION]} for r in requests)
-    assert API_VERSION == "2024-07-01"
-    assert all(r["headers"]["api-key"] == ADMIN_KEY for r in requests)
-    assert all(r["headers"]["content-type"] == "application/json" for r in requests)
-    assert "authorization" not in requests[0]["headers"]
-    expected = render(search_service.url, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID)
-    assert [r["body"] for r in requests] == [expected[k] for k in ("datasource", "index", "skillset", "indexer")]
+    # azure-search-documents' typed calls, in the SDK's URL form, on its own API version.
+    assert search_service.calls() == PUTS
+    assert {r.query["api-version"] for r in requests} == {API_VERSION}
+    assert API_VERSION == "2026-04-01"
+    assert all(r.headers["api-key"] == ADMIN_KEY and "Authorization" not in r.headers for r in requests)
+    assert all(r.headers["Content-Type"] == "application/json" for r in requests)
+    assert all(r.headers["Prefer"] == "return=representation" for r in requests)
+    assert all(r.headers["User-Agent"].startswith("automl-image-skill-search-setup azsdk-python-search-documents/")
+               for r in requests)  # fmt: skip
+    # The SDK sends the rendered JSON unchanged, byte for byte.
+    expected = render(
+        search_service.endpoint, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID
+    )
+    assert [r.raw for r in requests] == [json.dumps(expected[k]).encode() for k in KINDS]
     # The service needs the real key; only printing hides it.
-    assert requests[2]["body"]["skills"][0]["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
+    assert requests[2].body["skills"][0]["httpHeaders"] == {"x-functions-key": FUNCTION_KEY}
+    assert search_service.definitions["indexers"]["automl-images-indexer"] == expected["indexer"]
 
     # Running again updates in place.
     assert main_search_setup(args, env) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "datasource automl-images-datasource: updated"
+    assert capsys.readouterr().out.splitlines() == [
+        "datasource automl-images-datasource: updated",
+        "index automl-images-index: updated",
+        "skillset automl-images-skillset: updated",
+        "indexer automl-images-indexer: updated",
+    ]
 
 
-def test_apply_defaults_to_search_admin_key(search_service: Recorder) -> None:
-    rendered = rendered_with_key()
+def test_apply_defaults_to_search_admin_key(search_service: SearchStub) -> None:
     env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
-    assert main_search_setup(namespace(search_endpoint=search_service.url), env) == 0
-    assert {r["headers"]["api-key"] for r in search_service.requests} == {ADMIN_KEY}
-    assert len(rendered) == 4
+    assert main_search_setup(namespace(search_endpoint=search_service.endpoint), env) == 0
+    assert search_service.calls() == PUTS
+    assert {r.headers["api-key"] for r in search_service.requests} == {ADMIN_KEY}
 
 
-def test_apply_with_an_entra_id_credential_sends_a_bearer_token(search_service: Recorder) -> None:
+def test_apply_with_an_entra_id_credential_sends_a_bearer_token(search_service: SearchStub) -> None:
     class FakeCredential:
+        """What the SDK's BearerTokenCredentialPolicy asks of a TokenCredential (DefaultAzureCredential)."""
+
         def __init__(self) -> None:
             self.scopes: list[tuple[str, ...]] = []
 
-        def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
             self.scopes.append(scopes)
-            return argparse.Namespace(token="eyJ-token", expires_on=0)
+            return AccessToken(TOKEN, int(time.time()) + 3600)
 
     credential = FakeCredential()
-    lines = apply(rendered_with_key(), search_service.url, credential)
+    lines = apply(rendered_with_key(), search_service.endpoint, credential)
     assert len(lines) == 4
-    assert credential.scopes == [("https://search.azure.com/.default",)]
-    assert {r["headers"]["authorization"] for r in search_service.requests} == {"Bearer eyJ-token"}
-    assert all("api-key" not in r["headers"] for r in search_service.requests)
+    # One token per client (SearchIndexClient for the index, SearchIndexerClient for the rest), for the search scope.
+    assert credential.scopes == [("https://search.azure.com/.default",)] * 2
+    assert {r.headers["Authorization"] for r in search_service.requests} == {f"Bearer {TOKEN}"}
+    assert all("api-key" not in r.headers for r in search_service.requests)
 
 
-def test_403_is_one_clear_line_without_the_key(search_service: Recorder, capsys: pytest.CaptureFixture[str]) -> None:
-    search_service.answers["/datasources/"] = (403, {"error": {"code": "", "message": "Forbidden"}})
-    env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
-    assert main_search_setup(namespace(search_endpoint=search_service.url), env) == 1
+def test_no_credential_is_one_line_naming_the_ways_to_sign_in(search_service: SearchStub) -> None:
+    from azure.identity import CredentialUnavailableError
+
+    class NoCredential:
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            raise CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token")
+
+    with pytest.raises(SearchSetupError) as caught:
+        apply(rendered_with_key(), search_service.endpoint, NoCredential())
+    assert str(caught.value) == (
+        "no Azure credential could get a token for Azure AI Search: sign in with `az login` (or run where a managed "
+        "identity is available), or set SEARCH_ADMIN_KEY (or --key-env NAME) to an admin key"
+    )
+    assert search_service.requests == []
+
+
+def test_the_credential_comes_from_the_one_place_that_builds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.core.credentials import AzureKeyCredential
+    from azure.identity import DefaultAzureCredential
+
+    from shared.searchsetup import _search_credential
+
+    key = _search_credential(None, {"SEARCH_ADMIN_KEY": ADMIN_KEY})
+    assert isinstance(key, AzureKeyCredential) and key.key == ADMIN_KEY
+    named = _search_credential("MY_SEARCH_KEY", {"MY_SEARCH_KEY": "other", "SEARCH_ADMIN_KEY": ADMIN_KEY})
+    assert isinstance(named, AzureKeyCredential) and named.key == "other"
+    built: list[Any] = []
+    monkeypatch.setattr(DefaultAzureCredential, "__init__", lambda self, **kwargs: built.append(kwargs))
+    assert isinstance(_search_credential(None, {"AZURE_CLIENT_ID": "client-1"}), DefaultAzureCredential)
+    assert isinstance(_search_credential(None, {}), DefaultAzureCredential)
+    assert built == [{"managed_identity_client_id": "client-1"}, {"managed_identity_client_id": None}]
+
+
+def test_a_wrong_key_is_one_clear_line_without_the_key(
+    search_service: SearchStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"SEARCH_ADMIN_KEY": "a-query-key-not-an-admin-key", "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    assert main_search_setup(namespace(search_endpoint=search_service.endpoint), env) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
-        f"error: search service {search_service.url} refused the admin key (403 Forbidden) while writing the "
+        f"error: search service {search_service.endpoint} refused the admin key (403 Forbidden) while writing the "
         "datasource 'automl-images-datasource': check that it is an admin key (not a query key) of this service\n"
     )
-    assert ADMIN_KEY not in err and FUNCTION_KEY not in err
+    assert "a-query-key" not in err and FUNCTION_KEY not in err
     assert len(search_service.requests) == 1
 
 
 def test_a_rejected_object_relays_the_service_message(
-    search_service: Recorder, capsys: pytest.CaptureFixture[str]
+    search_service: SearchStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
     message = "The request is invalid. Details: Cannot change field 'labels' type.\nSecond line."
-    search_service.answers["/indexes/"] = (400, {"error": {"code": "OperationNotAllowed", "message": message}})
+    search_service.refuse("indexes", 400, message)
     env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
-    assert main_search_setup(namespace(search_endpoint=search_service.url), env) == 1
+    assert main_search_setup(namespace(search_endpoint=search_service.endpoint), env) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err == (
-        f"error: search service {search_service.url} answered 400 Bad Request to the index 'automl-images-index': "
-        "The request is invalid. Details: Cannot change field 'labels' type. Second line.\n"
+        f"error: search service {search_service.endpoint} answered 400 Bad Request to the index "
+        "'automl-images-index': The request is invalid. Details: Cannot change field 'labels' type. Second line.\n"
     )
-    assert [r["path"] for r in search_service.requests] == [
-        "/datasources/automl-images-datasource",
-        "/indexes/automl-images-index",
-    ]
+    assert search_service.calls() == PUTS[:2]
+
+
+def test_a_refused_preview_object_is_the_same_kind_of_line(search_service: SearchStub) -> None:
+    search_service.refuse("skillsets", 403, "Forbidden")
+    keyless = rendered_with_key(image_analysis=ImageAnalysis(AIServicesIdentity(AI_ENDPOINT)))
+    with pytest.raises(SearchSetupError) as caught:
+        apply(keyless, search_service.endpoint, ADMIN_KEY)
+    assert str(caught.value) == (
+        f"search service {search_service.endpoint} refused the admin key (403 Forbidden) while writing the skillset "
+        "'automl-images-skillset': check that it is an admin key (not a query key) of this service"
+    )
 
 
 def test_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -616,9 +638,26 @@ def test_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str], mon
     env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
     assert main_search_setup(namespace(search_endpoint=endpoint), env) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1
-    assert err.startswith(f"error: search service {endpoint} is unreachable (")
+    assert out == ""
+    assert err == f"error: search service {endpoint} is unreachable ([Errno 111] Connection refused)\n"
     assert "Traceback" not in err and ADMIN_KEY not in err
+
+
+def test_no_credential_on_the_command_line_is_one_line(tmp_path: Any) -> None:
+    """The command as a user runs it, with no admin key and (here) no Azure sign-in: one `error:` line, not
+    DefaultAzureCredential's warning report first. Where a sign-in exists, the closed port gives the one line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SKILL_FUNCTION_KEY": FUNCTION_KEY, "NO_PROXY": "*"}
+    argv = ["-m", "shared", "search-setup", "--search-endpoint", f"http://127.0.0.1:{port}", "--function-url",
+            FUNCTION, "--storage-resource-id", STORAGE_ID]  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
 
 
 @pytest.mark.parametrize(
@@ -641,13 +680,13 @@ def test_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str], mon
     ],
 )
 def test_missing_key_variables_are_one_line_and_nothing_is_sent(
-    search_service: Recorder,
+    search_service: SearchStub,
     capsys: pytest.CaptureFixture[str],
     overrides: dict[str, Any],
     env: dict[str, str],
     message: str,
 ) -> None:
-    assert main_search_setup(namespace(search_endpoint=search_service.url, **overrides), env) == 1
+    assert main_search_setup(namespace(search_endpoint=search_service.endpoint, **overrides), env) == 1
     out, err = capsys.readouterr()
     assert (out, err) == ("", message)
     assert search_service.requests == []
@@ -801,20 +840,150 @@ def test_image_analysis_with_a_key_and_every_feature(install_service: Any) -> No
     assert AI_KEY not in shown and FUNCTION_KEY not in shown and "<redacted: $MY_AI_KEY>" in shown
 
 
-def test_apply_writes_a_keyless_skillset_with_the_preview_api_version(search_service: Recorder) -> None:
+def test_apply_writes_a_keyless_skillset_with_the_preview_api_version(search_service: SearchStub) -> None:
     keyless = rendered_with_key(image_analysis=ImageAnalysis(AIServicesIdentity(AI_ENDPOINT)))
-    apply(keyless, search_service.url, ADMIN_KEY)
-    versions = {r["path"].split("/")[1]: r["query"]["api-version"] for r in search_service.requests}
-    assert versions == {
-        "datasources": [API_VERSION],
-        "indexes": [API_VERSION],
-        "skillsets": [KEYLESS_BILLING_API_VERSION],
-        "indexers": [API_VERSION],
-    }
+    assert apply(keyless, search_service.endpoint, ADMIN_KEY)[2] == "skillset automl-images-skillset: created"
+    assert search_service.calls() == PUTS
+    versions = [r.query["api-version"] for r in search_service.requests]
+    assert versions == [API_VERSION, API_VERSION, KEYLESS_BILLING_API_VERSION, API_VERSION]
+    assert KEYLESS_BILLING_API_VERSION == "2025-11-01-preview"
+    # The preview call goes through the same client: the same headers, the rendered JSON as it is.
+    preview = search_service.requests[2]
+    assert preview.raw == json.dumps(keyless["skillset"]).encode()
+    assert preview.headers["api-key"] == ADMIN_KEY and preview.headers["Prefer"] == "return=representation"
+    assert preview.headers["User-Agent"] == search_service.requests[1].headers["User-Agent"]
+    assert apply(keyless, search_service.endpoint, ADMIN_KEY)[2] == "skillset automl-images-skillset: updated"
     search_service.requests.clear()
-    apply(rendered_with_key(image_analysis=ImageAnalysis(AIServicesKey(AI_KEY, "K"))), search_service.url, ADMIN_KEY)
-    assert {r["query"]["api-version"][0] for r in search_service.requests} == {API_VERSION}
-    assert search_service.requests[2]["body"]["cognitiveServices"]["key"] == AI_KEY
+    apply(
+        rendered_with_key(image_analysis=ImageAnalysis(AIServicesKey(AI_KEY, "K"))), search_service.endpoint, ADMIN_KEY
+    )
+    assert {r.query["api-version"] for r in search_service.requests} == {API_VERSION}
+    assert search_service.requests[2].body["cognitiveServices"]["key"] == AI_KEY
+
+
+# --- --enrichment-cache -------------------------------------------------------------------------------------
+
+CACHE_ACCOUNT = "/subscriptions/0000-1111/resourceGroups/rg-cache/providers/Microsoft.Storage/storageAccounts/stcache1"
+
+
+def test_enrichment_cache_adds_only_the_indexers_cache() -> None:
+    plain = rendered_with_key()
+    cached = rendered_with_key(enrichment_cache=CACHE_ACCOUNT)
+    # Microsoft Learn, "Configure an enrichment cache": `cache` with `storageConnectionString` (here the
+    # managed-identity form `ResourceId=<account id>;`) and `enableReprocessing`.
+    assert cached["indexer"].pop("cache") == {
+        "storageConnectionString": f"ResourceId={CACHE_ACCOUNT};",
+        "enableReprocessing": True,
+    }
+    assert cached == plain
+    assert api_version_for("indexer", rendered_with_key(enrichment_cache=CACHE_ACCOUNT)["indexer"]) == (
+        PREVIEW_API_VERSION
+    )
+    assert api_version_for("indexer", plain["indexer"]) == API_VERSION
+    with pytest.raises(SearchSetupError) as caught:
+        rendered_with_key(enrichment_cache="stcache1")
+    assert str(caught.value) == (
+        "cache storage resource id 'stcache1' is invalid: expected /subscriptions/<id>/resourceGroups/<group>/"
+        "providers/Microsoft.Storage/storageAccounts/<account> (azd: STORAGE_ACCOUNT_ID)"
+    )
+
+
+def test_the_sdks_typed_call_cannot_write_the_cache(search_service: SearchStub) -> None:
+    """Why the indexer with a cache goes through send_preview(): the SDK's GA models have no `cache`, and its
+    typed call sends its GA version, which the service refuses with Learn's "common error"."""
+    from azure.core.credentials import AzureKeyCredential
+    from azure.core.exceptions import HttpResponseError
+
+    from shared import searchclient
+    from tests import searchmodels
+    from tests.searchstub import CACHE_ON_GA
+
+    indexer = rendered_with_key(enrichment_cache=CACHE_ACCOUNT)["indexer"]
+    assert searchmodels.check("indexer", indexer)[0].startswith("indexer.cache: unknown property of SearchIndexer")
+    client = searchclient.indexer_client(search_service.endpoint, AzureKeyCredential(ADMIN_KEY))
+    with pytest.raises(HttpResponseError) as caught:
+        client.create_or_update_indexer(indexer)
+    assert caught.value.status_code == 400 and CACHE_ON_GA in str(caught.value)
+    assert search_service.requests[0].query["api-version"] == API_VERSION
+
+
+def test_search_setup_with_enrichment_cache_writes_the_indexer_on_the_preview_version(
+    search_service: SearchStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"SEARCH_ADMIN_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY}
+    args = namespace(search_endpoint=search_service.endpoint, enrichment_cache=True)
+    assert main_search_setup(args, env) == 0
+    assert capsys.readouterr() == (
+        "datasource automl-images-datasource: created\nindex automl-images-index: created\n"
+        "skillset automl-images-skillset: created\nindexer automl-images-indexer: created\n",
+        "",
+    )
+    assert search_service.calls() == PUTS
+    versions = [r.query["api-version"] for r in search_service.requests]
+    assert versions == [API_VERSION, API_VERSION, API_VERSION, PREVIEW_API_VERSION]
+    assert PREVIEW_API_VERSION == "2025-11-01-preview"
+    expected = render(
+        search_service.endpoint,
+        FUNCTION,
+        auth=FunctionKeyAuth(FUNCTION_KEY),
+        storage_resource_id=STORAGE_ID,
+        enrichment_cache=STORAGE_ID,  # without --cache-storage-resource-id: the images' account
+    )
+    assert [r.raw for r in search_service.requests] == [json.dumps(expected[k]).encode() for k in KINDS]
+    assert search_service.indexers["automl-images-indexer"].cache == {
+        "storageConnectionString": f"ResourceId={STORAGE_ID};",
+        "enableReprocessing": True,
+    }
+    # Again, on an indexer that exists: Learn says an existing indexer must be reset and run once to fill it.
+    search_service.requests.clear()
+    args = namespace(
+        search_endpoint=search_service.endpoint, enrichment_cache=True, cache_storage_resource_id=CACHE_ACCOUNT
+    )
+    assert main_search_setup(args, env) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "indexer automl-images-indexer: updated",
+        "indexer automl-images-indexer: the enrichment cache fills only on a full run: reset the indexer and run it "
+        "once (Azure portal: Reset, then Run)",
+    ]
+    assert search_service.requests[-1].body["cache"]["storageConnectionString"] == f"ResourceId={CACHE_ACCOUNT};"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"cache_storage_resource_id": CACHE_ACCOUNT},
+            "--cache-storage-resource-id only applies with --enrichment-cache",
+        ),
+        (
+            {"enrichment_cache": True, "cache_storage_resource_id": "stcache1"},
+            "cache storage resource id 'stcache1' is invalid: expected /subscriptions/<id>/resourceGroups/<group>/"
+            "providers/Microsoft.Storage/storageAccounts/<account> (azd: STORAGE_ACCOUNT_ID)",
+        ),
+    ],
+)
+def test_bad_cache_options_are_one_line(
+    capsys: pytest.CaptureFixture[str], overrides: dict[str, Any], message: str
+) -> None:
+    assert main_search_setup(namespace(dry_run=True, **overrides), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 1
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+
+
+def test_enrichment_cache_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import cli
+
+    monkeypatch.setenv("SKILL_FUNCTION_KEY", FUNCTION_KEY)
+    argv = ["search-setup", "--search-endpoint", SEARCH, "--function-url", FUNCTION, "--storage-resource-id",
+            STORAGE_ID, "--enrichment-cache", "--cache-storage-resource-id", CACHE_ACCOUNT, "--dry-run"]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["indexer"]["cache"] == {
+        "storageConnectionString": f"ResourceId={CACHE_ACCOUNT};",
+        "enableReprocessing": True,
+    }
+    assert printed["datasource"]["credentials"]["connectionString"] == f"ResourceId={STORAGE_ID};"
 
 
 def test_image_analysis_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -920,14 +1089,14 @@ def test_bad_image_analysis_options_are_one_line(
     ],
 )
 def test_dry_run_reports_the_same_missing_input_as_the_real_run(
-    search_service: Recorder,
+    search_service: SearchStub,
     capsys: pytest.CaptureFixture[str],
     overrides: dict[str, Any],
     env: dict[str, str],
     message: str,
 ) -> None:
     for dry_run in (False, True):
-        args = namespace(search_endpoint=search_service.url, dry_run=dry_run, **overrides)
+        args = namespace(search_endpoint=search_service.endpoint, dry_run=dry_run, **overrides)
         assert main_search_setup(args, env) == 1
         assert capsys.readouterr() == ("", message), f"dry_run={dry_run}"
     assert search_service.requests == []
