@@ -662,12 +662,6 @@ def quiet_azure_sdk(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
-
-    # With no logging configured, Python prints the Azure SDK's warnings on stderr (its last-resort handler):
-    # DefaultAzureCredential's 14-line report before our one `error:` line. A NullHandler keeps them quiet
-    # there; where a handler is configured (`serve`, the Functions host) they still propagate to it.
-    logging.getLogger("azure").addHandler(logging.NullHandler())
     args = build_parser().parse_args(argv)
     quiet_azure_sdk(args.verbose)
     try:

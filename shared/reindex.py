@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 # The enrichment cache and Reset Skills exist only in preview API versions; the SDK's own calls use its GA
 # default (2026-04-01 in azure-search-documents 12.0.0).
-PREVIEW_API_VERSION = "2026-05-01-preview"
+PREVIEW_API_VERSION = searchclient.PREVIEW_API_VERSION
 # A claim older than this is a pass that died between its claim and its record (the calls take seconds).
 CLAIM_EXPIRES_S = 900
 USER_AGENT = "automl-image-skill-reindex"

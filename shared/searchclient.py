@@ -28,6 +28,9 @@ CONNECTION_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
 USER_AGENT = "automl-image-skill"
 SEARCH_SCOPE = "https://search.azure.com/.default"
+# The newest preview Microsoft Learn lists ("REST API versions": 2025-11-01-preview), for every call that needs
+# a preview feature: the indexer's enrichment cache, Reset Skills, keyless AI Services billing.
+PREVIEW_API_VERSION = "2025-11-01-preview"
 # urllib3's messages wrapped in requests' "HTTPConnectionPool(...): Max retries exceeded ... (Caused by ...)".
 _TRANSPORT_REASONS = (
     re.compile(r"Failed to establish a new connection:\s*([^']+)"),

@@ -53,11 +53,10 @@ from shared.errors import ClassifierError
 # What azure-search-documents 12.0.0's typed calls send (its only known version; the SDK does not let one
 # call choose another). tests/test_searchsetup.py checks that the SDK still sends it.
 API_VERSION = "2026-04-01"
-# The newest preview Microsoft Learn documents ("REST API versions": 2025-11-01-preview, latest), for the
-# objects that need preview features: the keyless billing below and the indexer's enrichment cache
+# For the objects that need preview features: the keyless billing below and the indexer's enrichment cache
 # ("Configure an enrichment cache": preview REST APIs only; a GA version answers 400 "A resource without a
 # type name was found, but no expected type was specified").
-PREVIEW_API_VERSION = "2025-11-01-preview"
+PREVIEW_API_VERSION = searchclient.PREVIEW_API_VERSION
 SEARCH_SCOPE = searchclient.SEARCH_SCOPE
 USER_AGENT = "automl-image-skill-search-setup"
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "infra" / "search"
