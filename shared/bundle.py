@@ -30,6 +30,8 @@ CHECKPOINT_FILE = "model.pt"
 
 # Where AutoML puts each file in a run's artifacts, relative to the run folder; a bundle has them at its root.
 _SEARCH_DIRS = ("", "train_artifacts", "outputs", "outputs/mlflow-model/artifacts", "mlflow-model/artifacts")
+# MLflow's MLmodel sits beside artifacts/, not in it.
+_MLMODEL_DIRS = ("", "outputs/mlflow-model", "mlflow-model")
 
 # AutoML's defaults for image classification (valid_resize_size, valid_crop_size) and ImageNet statistics,
 # which AutoML uses for every architecture, ViT included.
@@ -259,7 +261,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     except OnnxFormatError:
         raise BundleError(f"{model_path} is not an ONNX model (the file does not parse as one)") from None
 
-    mlmodel_path = _find(root, MLMODEL_FILE)
+    mlmodel_path = next((p for d in _MLMODEL_DIRS if (p := root / d / MLMODEL_FILE).is_file()), None)
     if mlmodel_path is not None:
         metadata = read_mlmodel_metadata(mlmodel_path)
         if metadata.get("finetuning_task"):

@@ -69,6 +69,11 @@ def open_engine(model: str | None, settings: Settings) -> Engine:
 
 def _print_row(out: TextIO, name: str, outcome: ImageOutcome, width: int) -> None:
     assert outcome.data is not None
+    if "objects" in outcome.data:
+        from shared.detector import object_summary
+
+        out.write(f"{name:<{width}}  {object_summary(outcome.data)}\n")
+        return
     label = outcome.data["label"]
     shown = label if label is not None else "(none above threshold)"
     out.write(f"{name:<{width}}  {shown:<32}  {outcome.data['confidence']:.4f}\n")
@@ -76,8 +81,14 @@ def _print_row(out: TextIO, name: str, outcome: ImageOutcome, width: int) -> Non
 
 def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_engine(args.model, settings)
+    if args.boxes and engine.task != "object-detection":
+        sys.stderr.write(
+            f"error: --boxes needs an object detection model; {engine.bundle.root} is a {engine.task} classifier\n"
+        )
+        return 1
     options = ClassifyOptions(
-        top_k=args.top_k,
+        top_k=args.top_k or 5,
+        object_top_k=args.top_k,
         threshold=args.threshold,
         fast_decode=args.fast,
         limits=settings.image_limits(),
@@ -91,7 +102,8 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         out.write(
             f"model {engine.version} ({engine.task}, {len(engine.labels)} labels) from {engine.bundle.root}\n"
-            f"{'file':<{width}}  {'label':<32}  confidence\n"
+            + (f"{'file':<{width}}  objects\n" if engine.task == "object-detection" else "")
+            + (f"{'file':<{width}}  {'label':<32}  confidence\n" if engine.task != "object-detection" else "")
         )
     failed = 0
     show_progress = len(files) >= PROGRESS_MIN_FILES and err.isatty()
@@ -101,7 +113,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     for start in range(0, len(files), BATCH):
         chunk = files[start : start + BATCH]
         outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options, pool=pool)
-        for (name, _), outcome in zip(chunk, outcomes, strict=True):
+        for (name, path), outcome in zip(chunk, outcomes, strict=True):
             if outcome.errors:
                 failed += 1
                 err.write(f"error: {name}: {'; '.join(outcome.errors)}\n")
@@ -112,6 +124,10 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
                 out.write(json.dumps(line) + "\n")
             else:
                 _print_row(out, name, outcome, width)
+            if args.boxes and outcome.data is not None and path is not None:
+                from shared.detector import draw_boxes
+
+                draw_boxes(path, outcome.data["objects"], Path(args.boxes) / (name.replace("/", "_") + ".boxes.png"))
         if show_progress:
             err.write(f"\rclassified {min(start + BATCH, len(files))}/{len(files)}")
             err.flush()
@@ -270,11 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     classify = commands.add_parser("classify", help="classify image files or folders")
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (searched recursively)")
     classify.add_argument("--model", metavar="PATH", help="bundle folder or AutoML run folder (default: sample)")
-    classify.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="predictions per image")
+    classify.add_argument(
+        "--top-k", type=_positive_int, metavar="K", help="predictions per image (default 5; detection: the model's)"
+    )
     classify.add_argument(
         "--threshold", type=_probability, metavar="T", help="score cutoff (default 0.5 multi-label, 0 multi-class)"
     )
     classify.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    classify.add_argument(
+        "--boxes", metavar="OUT_DIR", help="detection models: write each image with its boxes drawn to OUT_DIR"
+    )
     classify.add_argument(
         "--fast",
         action="store_true",

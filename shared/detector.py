@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -206,3 +207,37 @@ def detect_batch(
             warnings = (f"low confidence: no object scored at or above the threshold {cutoff:g}",)
         outcomes.append(ImageOutcome(data=objects_data(objects, engine.version), warnings=warnings))
     return outcomes
+
+
+def object_summary(data: dict[str, Any], shown: int = 3) -> str:
+    """The CLI table's cell for one image: the object count and the best few objects."""
+    objects = data.get("objects") or []
+    best = ", ".join(f"{o['label']} {o['score']:.2f}" for o in objects[:shown])
+    more = f", +{len(objects) - shown} more" if len(objects) > shown else ""
+    return f"{len(objects)} object{'s' if len(objects) != 1 else ''}" + (f": {best}{more}" if objects else "")
+
+
+def draw_boxes(image_path: Path, objects: Sequence[dict[str, Any]], target: Path) -> Path:
+    """Write `image_path` as PNG to `target` with each object's box and "label score" drawn on it."""
+    from PIL import ImageDraw
+
+    with Image.open(image_path) as opened:
+        image = opened.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    line = max(2, round(min(width, height) / 300))
+    palette = ("#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#00c7be")
+    colours: dict[str, str] = {}
+    for obj in reversed(objects):  # the best object is drawn last, on top
+        colour = colours.setdefault(obj["label"], palette[len(colours) % len(palette)])
+        box = obj["box"]
+        corners = (box["topX"] * width, box["topY"] * height, box["bottomX"] * width, box["bottomY"] * height)
+        draw.rectangle(corners, outline=colour, width=line)
+        caption = f"{obj['label']} {obj['score']:.2f}"
+        left, top = corners[0], max(0.0, corners[1] - 12)
+        text_box = draw.textbbox((left, top), caption)
+        draw.rectangle(text_box, fill=colour)
+        draw.text((left, top), caption, fill="white")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, format="PNG")
+    return target
