@@ -549,3 +549,70 @@ def test_docs_have_a_detection_page() -> None:
     text = (ROOT / "docs" / "detection.md").read_text()
     assert "objects" in text and "batchSize" in text
     assert "docs/detection.md" in (ROOT / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------- CLI and dev server
+
+
+def test_cli_classify_json_table_and_boxes(
+    runs: dict[str, Path], engines: dict[str, DetectionEngine], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.cli import main as cli_main
+
+    photo = SAMPLE_PHOTOS[0]
+    expected = engines["yolov5"].detect(Image.open(photo).convert("RGB"))
+    assert cli_main(["classify", "--json", "--model", str(runs["yolov5"]), str(photo)]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["file"] == str(photo)
+    assert [(o["label"], o["score"]) for o in line["objects"]] == [(o.label, o.score) for o in expected]
+
+    out_dir = tmp_path / "drawn"
+    code = cli_main(["classify", "--model", str(runs["yolov5"]), "--top-k", "2", "--boxes", str(out_dir), str(photo)])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[1].split() == ["file", "objects"]
+    best = ", ".join(f"{o.label} {o.score:.2f}" for o in expected[:2])
+    assert out[2] == f"{photo}  2 objects: {best}"
+    drawn = out_dir / (str(photo).replace("/", "_") + ".boxes.png")
+    with Image.open(drawn) as image:
+        assert image.size == Image.open(photo).size
+        changed = np.asarray(image.convert("RGB")) != np.asarray(Image.open(photo).convert("RGB"))
+    assert changed.any() and changed.mean() < 0.2  # boxes and captions drawn, the photo still there
+
+
+def test_cli_boxes_with_a_classifier_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from shared.bundle import SAMPLE_BUNDLE
+    from shared.cli import main as cli_main
+
+    assert cli_main(["classify", "--boxes", str(tmp_path), str(SAMPLE_PHOTOS[0])]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --boxes needs an object detection model; {SAMPLE_BUNDLE} is a multiclass classifier\n"
+    )
+
+
+def test_dev_server_serves_a_detection_run_folder(runs: dict[str, Path]) -> None:
+    import threading
+    import urllib.request
+
+    from shared import app
+    from shared.devserver import make_server
+    from shared.settings import Settings
+
+    settings = Settings(model_dir=runs["faster_rcnn"])
+    app.reset_service(app.SkillService(settings))
+    httpd = make_server(settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = httpd.server_address[:2]
+        photo = base64.b64encode(encode(Image.open(SAMPLE_PHOTOS[3]).convert("RGB"), "PNG")).decode()
+        request = urllib.request.Request(f"http://{host!s}:{port}/api/classify", data=_request([photo]), method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            value = json.loads(response.read())["values"][0]
+        assert value["errors"] is None and value["data"]["objects"]
+        assert all(o["score"] >= 0.05 for o in value["data"]["objects"])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        app.reset_service(None)
