@@ -365,9 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
     )
-    search.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="images per skill call (8)")
     search.add_argument(
-        "--degree-of-parallelism", type=_positive_int, default=4, metavar="N", help="skill calls in flight (4)"
+        "--detection",
+        action="store_true",
+        help="for an object detection model: index objects and objectLabels (infra/search/detection/)",
+    )
+    search.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="images per skill call (8; 4 with --detection)"
+    )
+    search.add_argument(
+        "--degree-of-parallelism",
+        type=_positive_int,
+        metavar="N",
+        help="skill calls in flight (4; 2 with --detection)",
     )
     search.add_argument("--dry-run", action="store_true", help="print the rendered JSON (key redacted), change nothing")
     search.set_defaults(handler=cmd_search_setup)

@@ -43,6 +43,8 @@ from shared.errors import ClassifierError
 API_VERSION = "2024-07-01"
 SEARCH_SCOPE = "https://search.azure.com/.default"
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "infra" / "search"
+# Object detection models (docs/detection.md): `objects` (one entry per detected object) and `objectLabels`.
+DETECTION_TEMPLATE_DIR = TEMPLATE_DIR / "detection"
 # Creation order: each object names the ones before it.
 KINDS = ("datasource", "index", "skillset", "indexer")
 COLLECTIONS = {"datasource": "datasources", "index": "indexes", "skillset": "skillsets", "indexer": "indexers"}
@@ -52,6 +54,9 @@ DEFAULT_KEY_ENV = "SEARCH_ADMIN_KEY"
 DEFAULT_FUNCTION_KEY_ENV = "SKILL_FUNCTION_KEY"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_DEGREE_OF_PARALLELISM = 4
+# A detection run costs seconds of CPU per image (docs/detection.md, `make bench` (g)).
+DETECTION_BATCH_SIZE = 4
+DETECTION_DEGREE_OF_PARALLELISM = 2
 # Azure AI Search allows at most 10 parallel calls per skill.
 MAX_DEGREE_OF_PARALLELISM = 10
 MAX_BATCH_SIZE = 1000
@@ -411,6 +416,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
     dry_run = bool(getattr(args, "dry_run", False))
     try:
         auth = _skill_auth(args, env, dry_run)
+        detection = bool(getattr(args, "detection", False))
         rendered = render(
             args.search_endpoint,
             args.function_url,
@@ -418,8 +424,10 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             auth=auth,
             storage_resource_id=args.storage_resource_id,
             container=getattr(args, "container", None) or DEFAULT_CONTAINER,
-            batch_size=getattr(args, "batch_size", None) or DEFAULT_BATCH_SIZE,
-            degree_of_parallelism=getattr(args, "degree_of_parallelism", None) or DEFAULT_DEGREE_OF_PARALLELISM,
+            batch_size=getattr(args, "batch_size", None) or (DETECTION_BATCH_SIZE if detection else DEFAULT_BATCH_SIZE),
+            degree_of_parallelism=getattr(args, "degree_of_parallelism", None)
+            or (DETECTION_DEGREE_OF_PARALLELISM if detection else DEFAULT_DEGREE_OF_PARALLELISM),
+            template_dir=DETECTION_TEMPLATE_DIR if detection else TEMPLATE_DIR,
         )
         if dry_run:
             sys.stdout.write(json.dumps(redacted(rendered, auth.source), indent=2) + "\n")
