@@ -616,3 +616,25 @@ def test_dev_server_serves_a_detection_run_folder(runs: dict[str, Path]) -> None
         httpd.shutdown()
         httpd.server_close()
         app.reset_service(None)
+
+
+def test_serving_a_detection_model_never_imports_torch(runs: dict[str, Path]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import base64, json, sys\n"
+        "from shared import app\n"
+        f"photo = base64.b64encode(open({str(SAMPLE_PHOTOS[0])!r}, 'rb').read()).decode()\n"
+        "body = json.dumps({'values': [{'recordId': 'a', 'data': {'image': photo}}]}).encode()\n"
+        "status, body, _ = app.classify(body, {})\n"
+        "assert status == 200 and json.loads(body)['values'][0]['data']['objects'], body[:300]\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'cv2', 'azureml')))\n"
+    )
+    env = {**os.environ, "AZUREML_MODEL_DIR": str(runs["yolov5"])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
