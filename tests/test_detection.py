@@ -638,3 +638,27 @@ def test_serving_a_detection_model_never_imports_torch(runs: dict[str, Path]) ->
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_hot_swap_from_a_classifier_to_a_detection_model(
+    runs: dict[str, Path], blob_settings: Any, tmp_path: Path
+) -> None:
+    from shared.app import SkillService
+    from shared.store import BlobModelStore
+    from tests.modelfactory import tiny_bundle
+
+    store = BlobModelStore.from_settings(blob_settings)
+    assert store is not None
+    store.ensure_container()
+    store.publish(tiny_bundle(tmp_path / "classifier"), version="cls1")
+    service = SkillService(blob_settings)
+    photo = base64.b64encode(encode(Image.open(SAMPLE_PHOTOS[0]).convert("RGB"), "PNG")).decode()
+    status, body, _ = service.classify(_request([photo]), {})
+    before = json.loads(body)["values"][0]["data"]
+    assert status == 200 and before["modelVersion"] == "cls1" and "objects" not in before
+    store.publish(runs["yolov5"], version="det2")
+    service.holder.poll_now()
+    status, body, _ = service.classify(_request([photo]), {})
+    after = json.loads(body)["values"][0]["data"]
+    assert status == 200 and after["modelVersion"] == "det2" and after["objects"]
+    assert service.holder.status()["task"] == "object-detection"
