@@ -161,11 +161,14 @@ def read_mlmodel_metadata(path: Path) -> dict[str, str]:
     return found
 
 
-def _family_from_outputs(outputs: tuple[str, ...]) -> Family | None:
-    if "output" in outputs:
+def _family_from_outputs(outputs: tuple[tuple[str, tuple[int | str | None, ...]], ...]) -> Family | None:
+    names = [name for name, _ in outputs]
+    # YOLOv5's `output` is [1, N, 5 + classes]; a classifier whose [batch, classes] output happens to be
+    # named "output" is not one.
+    if any(name == "output" and len(shape) == 3 for name, shape in outputs):
         return "yolov5"
-    if {"boxes", "labels", "scores"} <= set(outputs):
-        return "retinanet" if outputs.index("scores") < outputs.index("labels") else "faster_rcnn"
+    if {"boxes", "labels", "scores"} <= set(names):
+        return "retinanet" if names.index("scores") < names.index("labels") else "faster_rcnn"
     return None
 
 
@@ -189,7 +192,7 @@ def recognise_detection(
     names = tuple(name for name, _ in outputs)
     if "masks" in names or any(v == AML_SEGMENTATION for v in task_hints.values()):
         raise BundleError(f"{model_path} {_SEGMENTATION_REFUSAL}")
-    family = _family_from_outputs(names)
+    family = _family_from_outputs(outputs)
     said_detection = {k for k, v in task_hints.items() if v in (AML_DETECTION, DETECTION_TASK)}
     said_classification = {k for k, v in task_hints.items() if v not in (AML_DETECTION, DETECTION_TASK)}
     if family is None:

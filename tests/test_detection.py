@@ -662,3 +662,21 @@ def test_hot_swap_from_a_classifier_to_a_detection_model(
     after = json.loads(body)["values"][0]["data"]
     assert status == 200 and after["modelVersion"] == "det2" and after["objects"]
     assert service.holder.status()["task"] == "object-detection"
+
+
+def test_a_classifier_whose_output_is_named_output_stays_a_classifier(tmp_path: Path) -> None:
+    import onnx
+
+    from tests.modelfactory import tiny_classifier
+
+    path = tiny_classifier(tmp_path / "model.onnx")
+    model = onnx.load(str(path))
+    old = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["output" if name == old else name for name in node.output]
+    model.graph.output[0].name = "output"
+    onnx.save(model, str(path))
+    (tmp_path / "labels.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    bundle = load_bundle(tmp_path)
+    assert bundle.task == "multiclass" and bundle.preprocessing.detection is None
+    assert not isinstance(Engine(bundle), DetectionEngine)
