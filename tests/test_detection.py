@@ -680,3 +680,21 @@ def test_a_classifier_whose_output_is_named_output_stays_a_classifier(tmp_path: 
     bundle = load_bundle(tmp_path)
     assert bundle.task == "multiclass" and bundle.preprocessing.detection is None
     assert not isinstance(Engine(bundle), DetectionEngine)
+
+
+def test_past_the_deadline_no_new_detection_starts(engines: dict[str, DetectionEngine]) -> None:
+    from shared.skill import ClassifyOptions, classify_batch, deadline_message
+
+    photo = encode(Image.open(SAMPLE_PHOTOS[0]).convert("RGB"), "PNG")
+    ticks = iter([0.0, 5.0, 5.0])  # checked before each image: the first starts, the others are past 1.0
+    outcomes = classify_batch(
+        engines["yolov5"],
+        [lambda: photo, lambda: photo, lambda: b"not an image"],
+        ClassifyOptions(),
+        deadline=1.0,
+        budget_s=1.0,
+        clock=lambda: next(ticks),
+    )
+    assert outcomes[0].data is not None and outcomes[0].data["objects"]
+    assert outcomes[1].errors == (deadline_message(1.0),)
+    assert outcomes[2].data is None and outcomes[2].errors and "budget" not in outcomes[2].errors[0]
