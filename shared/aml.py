@@ -27,7 +27,11 @@ LABELS = "train_artifacts/labels.json"
 CHECKPOINTS = ("train_artifacts/model.pt", "outputs/model.pt")
 # Small files that say the task and sizes. Never the whole train_artifacts/ prefix: it holds per-epoch
 # checkpoints (gigabytes).
-OPTIONAL_FILES = ("outputs/scoring_file_v_1_0_0.py", "outputs/mlflow-model/artifacts/settings.json")
+OPTIONAL_FILES = (
+    "outputs/scoring_file_v_1_0_0.py",
+    "outputs/mlflow-model/artifacts/settings.json",
+    "outputs/mlflow-model/MLmodel",
+)
 PARENTS_EXAMINED = 20
 
 

@@ -89,6 +89,7 @@ class SkillService:
         options = ClassifyOptions(
             top_k=q.top_k or s.default_top_k,
             threshold=q.threshold,
+            object_top_k=q.top_k,
             fast_decode=s.fast_jpeg_decode,
             limits=s.image_limits(),
         )

@@ -12,14 +12,15 @@ import ast
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.detection import DETECTION_TASK, MLMODEL_FILE, DetectionSpec, read_mlmodel_metadata, recognise_detection
 from shared.errors import BundleError
 from shared.onnxinfo import OnnxFormatError, read_onnx_info
 
-Task = Literal["multiclass", "multilabel"]
+Task = Literal["multiclass", "multilabel", "object-detection"]
 
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "labels.json"
@@ -30,6 +31,8 @@ CHECKPOINT_FILE = "model.pt"
 
 # Where AutoML puts each file in a run's artifacts, relative to the run folder; a bundle has them at its root.
 _SEARCH_DIRS = ("", "train_artifacts", "outputs", "outputs/mlflow-model/artifacts", "mlflow-model/artifacts")
+# MLflow's MLmodel sits beside artifacts/, not in it.
+_MLMODEL_DIRS = ("", "outputs/mlflow-model", "mlflow-model")
 
 # AutoML's defaults for image classification (valid_resize_size, valid_crop_size) and ImageNet statistics,
 # which AutoML uses for every architecture, ViT included.
@@ -47,7 +50,8 @@ class Preprocessing:
 
     resize: the shorter side is resized to this many pixels (bilinear); crop: then a centered square of
     this side is cut; in_graph: the graph normalizes itself and wants raw 0-255 floats, otherwise the
-    input is (x/255 - mean) / std.
+    input is (x/255 - mean) / std. detection: set for an object detection model, whose input is made as
+    its spec says (shared.detection); resize and crop then hold the input's shorter side.
     """
 
     resize: int
@@ -55,8 +59,11 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     in_graph: bool = False
+    detection: DetectionSpec | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        if self.detection is not None:
+            return {"detection": self.detection.as_dict()}
         out: dict[str, Any] = {"resize": self.resize, "crop": self.crop}
         if self.in_graph:
             out["in_graph"] = True
@@ -113,13 +120,15 @@ def _read_labels(path: Path) -> tuple[str, ...]:
     return tuple(data)
 
 
-def _scoring_file_facts(path: Path) -> tuple[Task | None, dict[str, Any]]:
-    """TASK_TYPE and the `model_settings` dict literal from AutoML's generated scoring script."""
+def _scoring_file_facts(path: Path) -> tuple[Task | None, dict[str, Any], str | None]:
+    """TASK_TYPE (as a classification Task, and as written) and the `model_settings` dict literal from
+    AutoML's generated scoring script."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
         raise BundleError(f"{path} is not a readable Python scoring file") from None
     task: Task | None = None
+    raw_task: str | None = None
     settings: dict[str, Any] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
@@ -132,13 +141,14 @@ def _scoring_file_facts(path: Path) -> tuple[Task | None, dict[str, Any]]:
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
         if target.id == "TASK_TYPE" and isinstance(value, str):
+            raw_task = value
             if value == "image-classification-multilabel":
                 task = "multilabel"
             elif value == "image-classification":
                 task = "multiclass"
         elif target.id == "model_settings" and isinstance(value, dict):
             settings.update(value)
-    return task, settings
+    return task, settings, raw_task
 
 
 def _size(value: Any, key: str, source: Path) -> int | None:
@@ -191,17 +201,25 @@ def load_bundle(path: str | Path) -> ModelBundle:
     crop: int | None = None
     in_graph: bool | None = None
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    # Where a task is named, as written there: a detection run is recognised from these and the ONNX outputs.
+    task_hints: dict[str, str] = {}
+    manifest_detection: Any = None
 
     if manifest is not None and manifest_path is not None:
         declared = manifest.get("task")
         if declared is not None:
-            if declared not in ("multiclass", "multilabel"):
-                raise BundleError(f"{manifest_path}: task must be 'multiclass' or 'multilabel', got {declared!r}")
-            task = declared
-            evidence["task"] = MANIFEST_FILE
+            if declared not in ("multiclass", "multilabel", DETECTION_TASK):
+                raise BundleError(
+                    f"{manifest_path}: task must be 'multiclass', 'multilabel' or '{DETECTION_TASK}', got {declared!r}"
+                )
+            task_hints[MANIFEST_FILE] = declared
+            if declared != DETECTION_TASK:
+                task = declared
+                evidence["task"] = MANIFEST_FILE
         pre = manifest.get("preprocessing") or {}
         if not isinstance(pre, dict):
             raise BundleError(f"{manifest_path}: preprocessing must be a JSON object")
+        manifest_detection = pre.get("detection")
         resize = _size(pre.get("resize"), "preprocessing.resize", manifest_path)
         crop = _size(pre.get("crop"), "preprocessing.crop", manifest_path)
         if "in_graph" in pre:
@@ -212,17 +230,21 @@ def load_bundle(path: str | Path) -> ModelBundle:
             evidence["sizes"] = MANIFEST_FILE
 
     settings_path = _find(root, SETTINGS_FILE)
-    if settings_path is not None and (resize is None or crop is None):
+    settings: dict[str, Any] = {}
+    if settings_path is not None:
         settings = _read_json(settings_path)
         if not isinstance(settings, dict):
             raise BundleError(f"{settings_path} must be a JSON object")
+    if settings_path is not None and (resize is None or crop is None):
         resize = resize or _size(settings.get("valid_resize_size"), "valid_resize_size", settings_path)
         crop = crop or _size(settings.get("valid_crop_size"), "valid_crop_size", settings_path)
         evidence.setdefault("sizes", SETTINGS_FILE)
 
     scoring_path = _find(root, SCORING_FILE)
     if scoring_path is not None:
-        scoring_task, model_settings = _scoring_file_facts(scoring_path)
+        scoring_task, model_settings, raw_task = _scoring_file_facts(scoring_path)
+        if raw_task is not None:
+            task_hints[SCORING_FILE + " TASK_TYPE"] = raw_task
         if task is None and scoring_task is not None:
             task = scoring_task
             evidence["task"] = SCORING_FILE
@@ -239,6 +261,45 @@ def load_bundle(path: str | Path) -> ModelBundle:
         info = read_onnx_info(model_bytes)
     except OnnxFormatError:
         raise BundleError(f"{model_path} is not an ONNX model (the file does not parse as one)") from None
+
+    mlmodel_path = next((p for d in _MLMODEL_DIRS if (p := root / d / MLMODEL_FILE).is_file()), None)
+    if mlmodel_path is not None:
+        metadata = read_mlmodel_metadata(mlmodel_path)
+        if metadata.get("finetuning_task"):
+            task_hints["MLmodel finetuning_task"] = metadata["finetuning_task"]
+        if metadata.get("base_model_name") and "model_name" not in settings:
+            settings = {**settings, "model_name": metadata["base_model_name"]}
+    detection = recognise_detection(
+        model_path=model_path,
+        outputs=info.outputs,
+        input_shape=info.inputs[0][1] if info.inputs else (),
+        task_hints=task_hints,
+        settings=settings,
+        settings_path=settings_path,
+        labels=labels,
+    )
+    if detection is not None:
+        if manifest_detection is not None and manifest_path is not None:
+            detection = DetectionSpec.from_dict(manifest_detection, manifest_path)
+        elif "Div" in info.first_ops() and detection.family != "yolov5":
+            # AutoML's enable_onnx_normalization: the graph divides and normalizes itself.
+            detection = replace(detection, normalize=False)
+        evidence["task"] = ", ".join(sorted(task_hints)) or "ONNX outputs"
+        evidence["family"] = f"{detection.family} (ONNX outputs {[name for name, _ in info.outputs]})"
+        side = min(detection.height, detection.width)
+        preprocessing = Preprocessing(resize=side, crop=side, detection=detection)
+        return ModelBundle(
+            root=root,
+            model_path=model_path,
+            labels_path=labels_path,
+            labels=labels,
+            task=DETECTION_TASK,
+            preprocessing=preprocessing,
+            version=_version(manifest, model_bytes, labels, DETECTION_TASK, preprocessing),
+            opset=info.opset,
+            manifest=manifest,
+            evidence=evidence,
+        )
 
     if in_graph is None:
         # AutoML's enable_onnx_normalization wraps the network in x/255 then (x-mean)/std: a Div reads input1.
@@ -264,11 +325,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         evidence["task"] = "default (no manifest or scoring file says otherwise)"
 
     preprocessing = Preprocessing(resize=resize, crop=crop, mean=mean, std=std, in_graph=in_graph)
-    version = None
-    if manifest is not None:
-        version = manifest.get("version")
-    if not isinstance(version, str) or not version:
-        version = content_version(hashlib.sha256(model_bytes).hexdigest(), labels, task, preprocessing)
+    version = _version(manifest, model_bytes, labels, task, preprocessing)
 
     return ModelBundle(
         root=root,
@@ -282,6 +339,16 @@ def load_bundle(path: str | Path) -> ModelBundle:
         manifest=manifest,
         evidence=evidence,
     )
+
+
+def _version(
+    manifest: dict[str, Any] | None, model_bytes: bytes, labels: Sequence[str], task: str, preprocessing: Preprocessing
+) -> str:
+    """The manifest's version, else content_version()."""
+    version = manifest.get("version") if manifest is not None else None
+    if not isinstance(version, str) or not version:
+        version = content_version(hashlib.sha256(model_bytes).hexdigest(), labels, task, preprocessing)
+    return version
 
 
 def _mean_std(mean: Any, std: Any, source: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

@@ -159,12 +159,17 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         raise ClassifierError(problem)
     files = list(_image_files(args.paths))
     engine = open_engine(args.model, settings)
+    if args.boxes and engine.task != "object-detection":
+        raise ClassifierError(
+            f"--boxes needs an object detection model; {engine.bundle.root} is a {engine.task} classifier"
+        )
     top_k = args.top_k or DEFAULT_TOP_K
     if not args.json:
         # The table shows every label above a multi-label threshold, whatever --top-k says.
         top_k = max(args.top_k or 1, len(engine.labels) if engine.task == "multilabel" else 1)
     options = ClassifyOptions(
         top_k=top_k,
+        object_top_k=args.top_k,
         threshold=args.threshold,
         fast_decode=args.fast,
         limits=settings.image_limits(),
@@ -174,7 +179,8 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         out.write(
             f"model {engine.version} ({engine.task}, {len(engine.labels)} labels) from {engine.bundle.root}\n"
-            f"{'file':<{width}}  {'label':<32}  confidence\n"
+            + (f"{'file':<{width}}  objects\n" if engine.task == "object-detection" else "")
+            + (f"{'file':<{width}}  {'label':<32}  confidence\n" if engine.task != "object-detection" else "")
         )
         out.flush()
     failed = 0
@@ -187,7 +193,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         for start in range(0, len(files), BATCH):
             chunk = files[start : start + BATCH]
             outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options, pool=pool)
-            for (name, _), outcome in zip(chunk, outcomes, strict=True):
+            for (name, path), outcome in zip(chunk, outcomes, strict=True):
                 if outcome.errors:
                     failed += 1
                     output.message(f"error: {name}: {'; '.join(outcome.errors)}")
@@ -198,12 +204,21 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
                     if outcome.warnings:
                         line["warnings"] = list(outcome.warnings)
                     output.row(json.dumps(line))
+                elif outcome.data is not None and "objects" in outcome.data:
+                    from shared.detector import object_summary
+
+                    output.row(f"{shorten(name, width):<{width}}  {object_summary(outcome.data)}")
                 else:
                     assert outcome.data is not None
                     shown = shorten(name, width)
                     for label, score in table_rows(outcome.data, args.top_k):
                         output.row(f"{shown:<{width}}  {label:<32}  {score:.4f}")
                         shown = ""
+                if args.boxes and outcome.data is not None and path is not None:
+                    from shared.detector import draw_boxes
+
+                    drawn = Path(args.boxes) / (name.replace("/", "_") + ".boxes.png")
+                    draw_boxes(path, outcome.data["objects"], drawn)
             output.advance(len(chunk))
     finally:
         output.close()
@@ -468,13 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="K",
         help=f"predictions per image (--json: default {DEFAULT_TOP_K}; table: the top K rows besides the labels "
-        "above the threshold)",
+        "above the threshold; detection: the most objects, default the model's)",
     )
     classify.add_argument(
         "--threshold", type=_probability, metavar="T", help="score cutoff (default 0.5 multi-label, 0 multi-class)"
     )
     classify.add_argument(
         "--json", action="store_true", help='one JSON object per image per line (failed files: {"file", "errors"})'
+    )
+    classify.add_argument(
+        "--boxes", metavar="OUT_DIR", help="detection models: write each image with its boxes drawn to OUT_DIR"
     )
     classify.add_argument(
         "--fast",
@@ -556,9 +574,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--key-env", metavar="NAME", help="environment variable holding a search admin key (default: Entra ID sign-in)"
     )
-    search.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="images per skill call (8)")
     search.add_argument(
-        "--degree-of-parallelism", type=_positive_int, default=4, metavar="N", help="skill calls in flight (4)"
+        "--detection",
+        action="store_true",
+        help="for an object detection model: index objects and objectLabels (infra/search/detection/)",
+    )
+    search.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="images per skill call (8; 4 with --detection)"
+    )
+    search.add_argument(
+        "--degree-of-parallelism",
+        type=_positive_int,
+        metavar="N",
+        help="skill calls in flight (4; 2 with --detection)",
     )
     search.add_argument(
         "--image-analysis",

@@ -83,6 +83,14 @@ class Engine:
     concurrent `run` calls.
     """
 
+    def __new__(cls, bundle: ModelBundle, threads: int | None = None) -> Engine:
+        # Object detection bundles get their own engine (shared.detector), wherever an Engine is opened.
+        if cls is Engine and bundle.task == "object-detection":
+            from shared.detector import DetectionEngine
+
+            return super().__new__(DetectionEngine)
+        return super().__new__(cls)
+
     def __init__(self, bundle: ModelBundle, threads: int | None = None) -> None:
         self.bundle = bundle
         options = ort.SessionOptions()

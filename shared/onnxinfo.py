@@ -16,6 +16,7 @@ _MODEL_OPSET_IMPORT = 8
 _GRAPH_NODE = 1
 _GRAPH_INITIALIZER = 5
 _GRAPH_INPUT = 11
+_GRAPH_OUTPUT = 12
 _TENSOR_NAME = 8
 _VALUE_NAME = 1
 _VALUE_TYPE = 2
@@ -39,12 +40,13 @@ class OnnxFormatError(ValueError):
 @dataclass(frozen=True)
 class OnnxInfo:
     """Opset of the default domain; the graph's real inputs (initializers excluded) with their shapes
-    (an int per fixed dimension, the symbol's name or None for a dynamic one); and, per value name, the op
-    types of the nodes that read it."""
+    (an int per fixed dimension, the symbol's name or None for a dynamic one); per value name, the op
+    types of the nodes that read it; and the graph's outputs in order, with their shapes."""
 
     opset: int | None
     inputs: tuple[tuple[str, tuple[int | str | None, ...]], ...]
     consumers: dict[str, tuple[str, ...]]
+    outputs: tuple[tuple[str, tuple[int | str | None, ...]], ...] = ()
 
     def first_ops(self) -> tuple[str, ...]:
         """Op types of the nodes reading the first real input (the image)."""
@@ -123,6 +125,7 @@ def read_onnx_info(data: bytes) -> OnnxInfo:
     opset: int | None = None
     consumers: dict[str, list[str]] = {}
     graph_inputs: list[tuple[str, tuple[int | str | None, ...]]] = []
+    graph_outputs: list[tuple[str, tuple[int | str | None, ...]]] = []
     initializers: set[str] = set()
     for number, wire, value in _fields(memoryview(data)):
         if number == _MODEL_OPSET_IMPORT and isinstance(value, memoryview):
@@ -141,7 +144,7 @@ def read_onnx_info(data: bytes) -> OnnxInfo:
                 if n == _GRAPH_INITIALIZER:
                     initializers.update(_text(v) for fn, _, v in _fields(node) if fn == _TENSOR_NAME)
                     continue
-                if n == _GRAPH_INPUT:
+                if n in (_GRAPH_INPUT, _GRAPH_OUTPUT):
                     name: str = ""
                     shape: tuple[int | str | None, ...] = ()
                     for fn, _, fv in _fields(node):
@@ -149,7 +152,7 @@ def read_onnx_info(data: bytes) -> OnnxInfo:
                             name = _text(fv)
                         elif fn == _VALUE_TYPE and isinstance(fv, memoryview):
                             shape = _shape(fv)
-                    graph_inputs.append((name, shape))
+                    (graph_inputs if n == _GRAPH_INPUT else graph_outputs).append((name, shape))
                     continue
                 if n != _GRAPH_NODE:
                     continue
@@ -168,4 +171,5 @@ def read_onnx_info(data: bytes) -> OnnxInfo:
         opset=opset,
         inputs=tuple((name, shape) for name, shape in graph_inputs if name not in initializers),
         consumers={k: tuple(v) for k, v in consumers.items()},
+        outputs=tuple(graph_outputs),
     )

@@ -60,6 +60,8 @@ PREVIEW_API_VERSION = searchclient.PREVIEW_API_VERSION
 SEARCH_SCOPE = searchclient.SEARCH_SCOPE
 USER_AGENT = "automl-image-skill-search-setup"
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "infra" / "search"
+# Object detection models (docs/detection.md): `objects` (one entry per detected object) and `objectLabels`.
+DETECTION_TEMPLATE_DIR = TEMPLATE_DIR / "detection"
 # Creation order: each object names the ones before it.
 KINDS = ("datasource", "index", "skillset", "indexer")
 COLLECTIONS = {"datasource": "datasources", "index": "indexes", "skillset": "skillsets", "indexer": "indexers"}
@@ -69,6 +71,9 @@ DEFAULT_KEY_ENV = "SEARCH_ADMIN_KEY"
 DEFAULT_FUNCTION_KEY_ENV = "SKILL_FUNCTION_KEY"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_DEGREE_OF_PARALLELISM = 4
+# A detection run costs seconds of CPU per image (docs/detection.md, `make bench` (g)).
+DETECTION_BATCH_SIZE = 4
+DETECTION_DEGREE_OF_PARALLELISM = 2
 # Azure AI Search allows at most 10 parallel calls per skill.
 MAX_DEGREE_OF_PARALLELISM = 10
 MAX_BATCH_SIZE = 1000
@@ -734,6 +739,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
     try:
         auth = _skill_auth(args, env)
         analysis = _image_analysis(args, env)
+        detection = bool(getattr(args, "detection", False))
         cache_account: str | None = getattr(args, "cache_storage_resource_id", None)
         with_cache = bool(getattr(args, "enrichment_cache", False))
         if cache_account and not with_cache:
@@ -745,11 +751,13 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             auth=auth,
             storage_resource_id=args.storage_resource_id,
             container=getattr(args, "container", None) or DEFAULT_CONTAINER,
-            batch_size=getattr(args, "batch_size", None) or DEFAULT_BATCH_SIZE,
-            degree_of_parallelism=getattr(args, "degree_of_parallelism", None) or DEFAULT_DEGREE_OF_PARALLELISM,
+            batch_size=getattr(args, "batch_size", None) or (DETECTION_BATCH_SIZE if detection else DEFAULT_BATCH_SIZE),
+            degree_of_parallelism=getattr(args, "degree_of_parallelism", None)
+            or (DETECTION_DEGREE_OF_PARALLELISM if detection else DEFAULT_DEGREE_OF_PARALLELISM),
             image_analysis=analysis,
             per_page=bool(getattr(args, "per_page", False)),
             enrichment_cache=(cache_account or args.storage_resource_id) if with_cache else None,
+            template_dir=DETECTION_TEMPLATE_DIR if detection else TEMPLATE_DIR,
         )
         key_env: str | None = getattr(args, "key_env", None)
         if dry_run:

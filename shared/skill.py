@@ -33,12 +33,14 @@ ImageLoader = Callable[[], bytes]
 @dataclass(frozen=True)
 class ClassifyOptions:
     """top_k: predictions returned per image; threshold: None means the model's default cutoff;
-    fast_decode: JPEG draft decoding (see images.decode_image)."""
+    fast_decode: JPEG draft decoding (see images.decode_image); object_top_k: objects per image for a
+    detection model, None meaning the model's box_detections_per_img."""
 
     top_k: int = 5
     threshold: float | None = None
     fast_decode: bool = True
     limits: ImageLimits = field(default_factory=ImageLimits)
+    object_top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,13 @@ def classify_batch(
     MAX_INFERENCE_BATCH. Once `clock()` passes `deadline`, no new run starts: the rest are answered
     with an error telling the caller to lower the batch size.
     """
+    if engine.task == "object-detection":
+        from shared.detector import DetectionEngine, detect_batch
+
+        assert isinstance(engine, DetectionEngine)
+        return detect_batch(
+            engine, loaders, options, pool=pool, deadline=deadline, budget_s=budget_s, clock=clock, stats=stats
+        )
     outcomes: list[ImageOutcome] = []
     crop = engine.preprocessing.crop
     stats = stats if stats is not None else BatchStats()

@@ -1,0 +1,243 @@
+"""Serving AutoML object detection models: the ONNX Runtime engine and one batch of images -> `objects`.
+
+`Engine(bundle)` returns a DetectionEngine for a bundle whose task is `object-detection`, so every place that
+opens an engine (skill, CLI, publish validation, refresh) serves detection models unchanged; `classify_batch`
+hands such an engine to `detect_batch`. AutoML exports detection models with batch size 1: one run per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from shared.bundle import ModelBundle
+from shared.detection import (
+    BG_LABEL,
+    DetectedObject,
+    DetectionSpec,
+    letterbox_tensor,
+    rcnn_objects,
+    stretch_tensor,
+    yolo_objects,
+)
+from shared.engine import Engine
+from shared.errors import BundleError, ImageError
+from shared.images import DecodedImage, decode_image
+
+if TYPE_CHECKING:
+    from shared.skill import BatchStats, ClassifyOptions, ImageLoader, ImageOutcome
+
+logger = logging.getLogger(__name__)
+
+_RCNN_OUTPUTS = ("boxes", "labels", "scores")
+
+
+class DetectionEngine(Engine):
+    """One ONNX Runtime session over a detection bundle (Faster R-CNN, RetinaNet or YOLOv5).
+
+    Opening it checks the input and outputs against the family's contract (YOLOv5: 5 + labels columns) and
+    runs one smoke inference; BundleError otherwise. `labels` are the class names without "--bg--".
+    Thread-safe like Engine.
+    """
+
+    spec: DetectionSpec
+
+    def __init__(self, bundle: ModelBundle, threads: int | None = None) -> None:
+        spec = bundle.preprocessing.detection
+        if spec is None:
+            raise BundleError(f"{bundle.model_path} is not an object detection bundle")
+        self.bundle = bundle
+        self.spec = spec
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own unrelated types for bad graphs
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+            raise BundleError(f"ONNX Runtime cannot load {bundle.model_path}: {first_line}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
+            raise BundleError(
+                f"{bundle.model_path} is not an AutoML detection model: expected one image input [1, 3, height, "
+                f"width], got {[(i.name, list(i.shape)) for i in inputs]}"
+            )
+        self.input_name = inputs[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        wanted = ("output",) if spec.family == "yolov5" else _RCNN_OUTPUTS
+        if not set(wanted) <= set(names):
+            raise BundleError(f"{bundle.model_path} ({spec.family}) needs outputs {list(wanted)}, has {names}")
+        self.output_names = list(wanted)
+        self.output_name = wanted[0]
+        self.labels = tuple(label for label in bundle.labels if label != BG_LABEL)
+        self.task = bundle.task
+        self.preprocessing = bundle.preprocessing
+        self.version = bundle.version
+        smoke = self.run(np.zeros((1, 3, spec.height, spec.width), dtype=np.float32))
+        if spec.family == "yolov5":
+            width = smoke[0].shape[-1]
+            if smoke[0].ndim != 3 or width != 5 + len(bundle.labels):
+                raise BundleError(
+                    f"{bundle.model_path} outputs {width} columns per box but labels.json lists "
+                    f"{len(bundle.labels)} labels (YOLOv5 gives 5 + classes); the two files must come from the same run"
+                )
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """The wanted outputs for one preprocessed image [1, 3, H, W], in `output_names` order."""
+        return [np.asarray(x) for x in self.session.run(self.output_names, {self.input_name: tensor})]
+
+    def default_threshold(self) -> float:
+        """The model's box_score_thresh."""
+        return self.spec.box_score_thresh
+
+    def detect(
+        self, image: Image.Image, threshold: float | None = None, top_k: int | None = None
+    ) -> list[DetectedObject]:
+        """Objects in one RGB image, best first, score >= threshold (default box_score_thresh), at most
+        top_k (default box_detections_per_img); boxes are fractions of the image's width and height."""
+        cutoff = self.default_threshold() if threshold is None else threshold
+        limit = self.spec.box_detections_per_img if top_k is None else top_k
+        if self.spec.family == "yolov5":
+            tensor, pad = letterbox_tensor(image, self.spec.height)
+            (output,) = self.run(tensor)
+            return yolo_objects(output, pad, spec=self.spec, labels=self.bundle.labels, threshold=cutoff, top_k=limit)
+        boxes, labels, scores = self.run(stretch_tensor(image, self.spec))
+        return rcnn_objects(
+            boxes,
+            labels_out=labels,
+            scores=scores,
+            spec=self.spec,
+            labels=self.bundle.labels,
+            threshold=cutoff,
+            top_k=limit,
+        )
+
+    def classify(self, images: Sequence[Image.Image], top_k: int = 5, threshold: float | None = None) -> list[Any]:
+        raise BundleError("this is an object detection model: use detect() (the skill answers `objects`)")
+
+
+def objects_data(objects: Sequence[DetectedObject], model_version: str) -> dict[str, Any]:
+    """The skill's fields for one image: `objects`, plus label/confidence/labels/predictions/amllabel derived
+    from them (the best object; distinct labels by their best score)."""
+    best: dict[str, float] = {}
+    for obj in objects:
+        if obj.label not in best:
+            best[obj.label] = obj.score
+    top = objects[0] if objects else None
+    return {
+        "objects": [o.as_dict() for o in objects],
+        "label": top.label if top else None,
+        "confidence": top.score if top else None,
+        "labels": list(best),
+        "predictions": [{"label": label, "score": score} for label, score in best.items()],
+        "modelVersion": model_version,
+        "amllabel": top.label if top else None,
+    }
+
+
+def _decode(loader: ImageLoader, options: ClassifyOptions) -> DecodedImage | ImageError:
+    # Exact decoding (no JPEG draft): the recipe resizes the full image, and draft's saving is small next to
+    # a detection run.
+    try:
+        return decode_image(loader(), options.limits)
+    except ImageError as exc:
+        return exc
+
+
+def detect_batch(
+    engine: DetectionEngine,
+    loaders: Sequence[ImageLoader],
+    options: ClassifyOptions,
+    *,
+    pool: Executor | None = None,
+    deadline: float | None = None,
+    budget_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    stats: BatchStats | None = None,
+) -> list[ImageOutcome]:
+    """Answer every loader in order, like `classify_batch`: images decoded (in `pool` when given), then one
+    detection run each. Past `deadline` no new run starts; the rest get the lower-your-batchSize error."""
+    from shared.skill import BatchStats, ImageOutcome, deadline_message
+
+    stats = stats if stats is not None else BatchStats()
+    began = time.perf_counter()
+    if pool is not None and len(loaders) > 1:
+        decoded = [f.result() for f in [pool.submit(_decode, loader, options) for loader in loaders]]
+    else:
+        decoded = [_decode(loader, options) for loader in loaders]
+    stats.decode_ms += 1000 * (time.perf_counter() - began)
+    top_k = options.object_top_k
+    outcomes: list[ImageOutcome] = []
+    for item in decoded:
+        if isinstance(item, ImageError):
+            outcomes.append(ImageOutcome(data=None, errors=(str(item),)))
+            continue
+        if deadline is not None and clock() > deadline:
+            outcomes.append(ImageOutcome(data=None, errors=(deadline_message(budget_s),)))
+            continue
+        started = time.perf_counter()
+        try:
+            objects = engine.detect(item.image, options.threshold, top_k)
+        except Exception:  # a model that fails on a valid image is our problem: answer, log, keep serving
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("detection failed (incident %s)", incident)
+            message = f"internal error while detecting objects (incident {incident}); the batch may be retried"
+            outcomes.append(ImageOutcome(data=None, errors=(message,)))
+            continue
+        finally:
+            stats.infer_ms += 1000 * (time.perf_counter() - started)
+        stats.images += 1
+        warnings: tuple[str, ...] = ()
+        if not objects:
+            cutoff = engine.default_threshold() if options.threshold is None else options.threshold
+            warnings = (f"low confidence: no object scored at or above the threshold {cutoff:g}",)
+        outcomes.append(ImageOutcome(data=objects_data(objects, engine.version), warnings=warnings))
+    return outcomes
+
+
+def object_summary(data: dict[str, Any], shown: int = 3) -> str:
+    """The CLI table's cell for one image: the object count and the best few objects."""
+    objects = data.get("objects") or []
+    best = ", ".join(f"{o['label']} {o['score']:.2f}" for o in objects[:shown])
+    more = f", +{len(objects) - shown} more" if len(objects) > shown else ""
+    return f"{len(objects)} object{'s' if len(objects) != 1 else ''}" + (f": {best}{more}" if objects else "")
+
+
+def draw_boxes(image_path: Path, objects: Sequence[dict[str, Any]], target: Path) -> Path:
+    """Write `image_path` as PNG to `target` with each object's box and "label score" drawn on it."""
+    from PIL import ImageDraw
+
+    with Image.open(image_path) as opened:
+        image = opened.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    line = max(2, round(min(width, height) / 300))
+    palette = ("#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#00c7be")
+    colours: dict[str, str] = {}
+    for obj in reversed(objects):  # the best object is drawn last, on top
+        colour = colours.setdefault(obj["label"], palette[len(colours) % len(palette)])
+        box = obj["box"]
+        corners = (box["topX"] * width, box["topY"] * height, box["bottomX"] * width, box["bottomY"] * height)
+        draw.rectangle(corners, outline=colour, width=line)
+        caption = f"{obj['label']} {obj['score']:.2f}"
+        left, top = corners[0], max(0.0, corners[1] - 12)
+        text_box = draw.textbbox((left, top), caption)
+        draw.rectangle(text_box, fill=colour)
+        draw.text((left, top), caption, fill="white")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, format="PNG")
+    return target
