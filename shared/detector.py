@@ -130,9 +130,21 @@ class DetectionEngine(Engine):
         raise BundleError("this is an object detection model: use detect() (the skill answers `objects`)")
 
 
+def object_count_tokens(objects: Sequence[DetectedObject]) -> list[str]:
+    """`"<label>>=<n>"` for n = 1 .. the number of objects of that label, labels in order of their best score:
+    ["forklift>=1", "forklift>=2", "person>=1"] for two forklifts and a person. An index filters on such a
+    string collection with `eq`, which is all Azure AI Search allows on one ("images with at least two
+    forklifts": `t eq 'forklift>=2'`); there is one token per object, so the list is as long as `objects`."""
+    counts: dict[str, int] = {}
+    for obj in objects:
+        counts[obj.label] = counts.get(obj.label, 0) + 1
+    return [f"{label}>={n}" for label, total in counts.items() for n in range(1, total + 1)]
+
+
 def objects_data(objects: Sequence[DetectedObject], model_version: str) -> dict[str, Any]:
     """The skill's fields for one image: `objects`, plus label/confidence/labels/predictions/amllabel derived
-    from them (the best object; distinct labels by their best score)."""
+    from them (the best object; distinct labels by their best score), `objectCount` (how many objects) and
+    `objectCounts` (object_count_tokens())."""
     best: dict[str, float] = {}
     for obj in objects:
         if obj.label not in best:
@@ -144,6 +156,8 @@ def objects_data(objects: Sequence[DetectedObject], model_version: str) -> dict[
         "confidence": top.score if top else None,
         "labels": list(best),
         "predictions": [{"label": label, "score": score} for label, score in best.items()],
+        "objectCount": len(objects),
+        "objectCounts": object_count_tokens(objects),
         "modelVersion": model_version,
         "amllabel": top.label if top else None,
     }

@@ -16,7 +16,7 @@ from PIL import Image
 
 from shared.bundle import load_bundle
 from shared.detection import DetectedObject, DetectionSpec, Letterbox, letterbox_tensor, rcnn_objects
-from shared.detector import DetectionEngine, objects_data
+from shared.detector import DetectionEngine, object_count_tokens, objects_data
 from shared.engine import Engine
 from shared.errors import BundleError
 from tests.conftest import ROOT, SAMPLE_PHOTOS, encode, preloaded_holder
@@ -397,6 +397,8 @@ def test_objects_data_shape() -> None:
         "confidence": 0.9,
         "labels": ["dog", "cat"],
         "predictions": [{"label": "dog", "score": 0.9}, {"label": "cat", "score": 0.8}],
+        "objectCount": 3,
+        "objectCounts": ["dog>=1", "dog>=2", "cat>=1"],
         "modelVersion": "v7",
         "amllabel": "dog",
     }
@@ -406,9 +408,33 @@ def test_objects_data_shape() -> None:
         "confidence": None,
         "labels": [],
         "predictions": [],
+        "objectCount": 0,
+        "objectCounts": [],
         "modelVersion": "v7",
         "amllabel": None,
     }
+
+
+def _objects(*labels: str) -> list[DetectedObject]:
+    return [DetectedObject(label, 0.9 - i / 100, (0.1, 0.1, 0.2, 0.2)) for i, label in enumerate(labels)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "tokens"),
+    [
+        ((), []),
+        (("forklift",), ["forklift>=1"]),
+        (("forklift", "person", "forklift"), ["forklift>=1", "forklift>=2", "person>=1"]),
+        (("crack",) * 4, ["crack>=1", "crack>=2", "crack>=3", "crack>=4"]),
+        (("person", "forklift", "forklift", "person", "person"),
+         ["person>=1", "person>=2", "person>=3", "forklift>=1", "forklift>=2"]),
+        (("milk bottle", "o'brien"), ["milk bottle>=1", "o'brien>=1"]),
+    ],
+)  # fmt: skip
+def test_object_count_tokens(labels: tuple[str, ...], tokens: list[str]) -> None:
+    # One token per object, labels in order of their best score: "at least n of a label" is a string equality.
+    assert object_count_tokens(_objects(*labels)) == tokens
+    assert objects_data(_objects(*labels), "v1")["objectCounts"] == tokens
 
 
 # ------------------------------------------------------------------------------------------ the skill contract
@@ -445,6 +471,8 @@ def test_skill_answers_objects_for_every_record(install_service: Any, engines: d
         assert data["label"] == data["amllabel"] == expected[0].label and data["confidence"] == expected[0].score
         assert data["modelVersion"] == engine.version
         assert all(o["score"] >= 0.06 for o in data["objects"]) and len(data["objects"]) <= 3
+        assert data["objectCount"] == len(expected)
+        assert data["objectCounts"] == object_count_tokens(expected)
     assert values["2"] == {
         "recordId": "2",
         "data": {},

@@ -1,10 +1,13 @@
 """search-setup --detection: the object detection templates (infra/search/detection/) are valid for the search
-SDK's models and, run through the real skill serving a detection model, fill `objects` and `objectLabels`."""
+SDK's models, keep a document under Azure AI Search's 3,000 elements across all complex collections whatever
+topK is, and, run through the real skill serving a detection model, fill `objects` (one element per image,
+its detections as parallel lists), `objectLabels` and `objectCounts`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -17,7 +20,16 @@ import ClassifySkill
 from shared.bundle import load_bundle
 from shared.detector import DetectionEngine
 from shared.engine import Engine
-from shared.searchsetup import DETECTION_TEMPLATE_DIR, FunctionKeyAuth, main_search_setup, render
+from shared.searchsetup import (
+    DETECTION_TEMPLATE_DIR,
+    MAX_COMPLEX_ELEMENTS_PER_DOCUMENT,
+    MAX_IMAGES_PER_DOCUMENT,
+    FunctionKeyAuth,
+    SearchSetupError,
+    complex_elements_per_document,
+    main_search_setup,
+    render,
+)
 from tests.conftest import SAMPLES, preloaded_holder
 from tests.detection_models import build_yolo
 from tests.test_searchsetup import (
@@ -31,7 +43,12 @@ from tests.test_searchsetup import (
 )
 
 IMAGES = "/document/normalized_images/*"
-OBJECTS = f"{IMAGES}/objects/*"
+BOX = ("topX", "topY", "bottomX", "bottomY")
+# The per-image element of `objects`: one entry per image, each object's fields as parallel lists.
+PARALLEL = ("labels", "scores", *BOX)
+OBJECTS_SUBFIELDS = [
+    "label", "confidence", "count", "labels", "scores", *BOX, "objectCounts", "pageNumber", "modelVersion",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -43,36 +60,107 @@ def yolo_engine(tmp_path_factory: pytest.TempPathFactory) -> DetectionEngine:
     return engine
 
 
-def rendered() -> dict[str, dict[str, Any]]:
+def rendered(template_dir: Path = DETECTION_TEMPLATE_DIR) -> dict[str, dict[str, Any]]:
     return render(
         SEARCH, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID,
-        batch_size=4, degree_of_parallelism=2, template_dir=DETECTION_TEMPLATE_DIR,
+        batch_size=4, degree_of_parallelism=2, template_dir=template_dir,
     )  # fmt: skip
 
 
 def test_detection_templates_deserialize_with_the_sdk_models() -> None:
     objects = sdk_objects(rendered())
     fields = {f.name: f for f in objects["index"].fields}
-    assert fields["objectLabels"].type == "Collection(Edm.String)" and fields["objectLabels"].facetable
-    assert [f.name for f in fields["objects"].fields] == ["label", "score", "box", "pageNumber", "modelVersion"]
+    for name in ("objectLabels", "objectCounts"):
+        assert fields[name].type == "Collection(Edm.String)" and fields[name].filterable and fields[name].facetable
+    assert fields["objects"].type == "Collection(Edm.ComplexType)"
+    sub = {f.name: f for f in fields["objects"].fields}
+    assert list(sub) == OBJECTS_SUBFIELDS
+    # Only primitive types inside the per-image element: nothing in it counts against the 3,000.
+    assert {f.type for f in sub.values()} == {
+        "Edm.String", "Edm.Double", "Edm.Int32", "Collection(Edm.String)", "Collection(Edm.Double)",
+    }  # fmt: skip
+    assert [sub[n].type for n in PARALLEL] == ["Collection(Edm.String)"] + ["Collection(Edm.Double)"] * 5
+    assert sub["labels"].filterable and sub["labels"].facetable and sub["objectCounts"].filterable
+    assert not any(f.sortable for f in sub.values())  # collections and subfields of a complex collection cannot sort
     (skill,) = [s for s in objects["skillset"].skills if s.odata_type.endswith("WebApiSkill")]
     assert skill.uri == f"{FUNCTION}/api/classify?topK=20"
     assert (skill.batch_size, skill.degree_of_parallelism) == (4, 2)
 
 
-def _resolve(source: str, image: dict[str, Any], obj: dict[str, Any] | None) -> Any:
-    """A Shaper input at the object's level or at its image's (an ancestor of the skill's context)."""
-    for prefix, node in ((OBJECTS + "/", obj), (IMAGES + "/", image)):
-        if source.startswith(prefix) and node is not None:
-            return node.get(source[len(prefix) :])
-    raise AssertionError(f"cannot resolve {source}")
+def test_a_detection_document_fills_at_most_one_complex_element_per_image() -> None:
+    # `objects` has one element per image and nothing nested, so the extraction cap of 1,000 images per document
+    # bounds it at 1,000 of the 3,000, whatever topK is; the per-object values sit in primitive collections.
+    templates = rendered()
+    assert complex_elements_per_document(templates["index"], templates["indexer"]) == MAX_IMAGES_PER_DOCUMENT
+    assert MAX_IMAGES_PER_DOCUMENT < MAX_COMPLEX_ELEMENTS_PER_DOCUMENT
+
+
+def old_per_object_shape(template_dir: Path, target: Path) -> Path:
+    """The templates before: one `objects` element per detected object (a Shaper at .../objects/*)."""
+    shutil.copytree(template_dir, target)
+    index = json.loads((target / "index.json").read_text())
+    (objects,) = [f for f in index["fields"] if f["name"] == "objects"]
+    objects["fields"] = [
+        {"name": "label", "type": "Edm.String"},
+        {"name": "score", "type": "Edm.Double"},
+        {"name": "box", "type": "Edm.ComplexType", "fields": [{"name": n, "type": "Edm.Double"} for n in BOX]},
+        {"name": "pageNumber", "type": "Edm.Int32"},
+        {"name": "modelVersion", "type": "Edm.String"},
+    ]
+    (target / "index.json").write_text(json.dumps(index))
+    skillset = json.loads((target / "skillset.json").read_text())
+    skillset["skills"][1] = {
+        "@odata.type": "#Microsoft.Skills.Util.ShaperSkill",
+        "context": f"{IMAGES}/objects/*",
+        "inputs": [
+            {"name": "label", "source": f"{IMAGES}/objects/*/label"},
+            {"name": "score", "source": f"{IMAGES}/objects/*/score"},
+            {"name": "box", "source": f"{IMAGES}/objects/*/box"},
+            {"name": "pageNumber", "source": f"{IMAGES}/pageNumber"},
+            {"name": "modelVersion", "source": f"{IMAGES}/modelVersion"},
+        ],
+        "outputs": [{"name": "output", "targetName": "object"}],
+    }
+    (target / "skillset.json").write_text(json.dumps(skillset))
+    indexer = json.loads((target / "indexer.json").read_text())
+    for mapping in indexer["outputFieldMappings"]:
+        if mapping["targetFieldName"] == "objects":
+            mapping["sourceFieldName"] = f"{IMAGES}/objects/*/object"
+    (target / "indexer.json").write_text(json.dumps(indexer))
+    return target
+
+
+def test_the_old_per_object_shape_is_refused(tmp_path: Path) -> None:
+    # 1,000 images x topK objects per document: no bound below 3,000, so render() refuses it.
+    with pytest.raises(SearchSetupError) as caught:
+        rendered(old_per_object_shape(DETECTION_TEMPLATE_DIR, tmp_path / "old"))
+    assert str(caught.value) == (
+        "index field 'objects' is a complex collection filled from /document/normalized_images/*/objects/*/object, "
+        "which has no bound per document; Azure AI Search allows 3,000 elements across all complex collections of a "
+        "document: fill it with one object per image (/document/normalized_images/*/NAME)"
+    )
+
+
+def _select(node: Any, path: str) -> Any:
+    """The enrichment tree's value at `path` below `node`: a `*` walks a list, and a path with a `*` yields one
+    flat list of everything it reaches, in order (Microsoft Learn, "Shaper cognitive skill", scenario 2: an
+    input through a deeper `*` than the context "flattens all chapter titles to create a single array")."""
+    head, _, rest = path.partition("/")
+    if head == "*":
+        items = node if isinstance(node, list) else []
+        if not rest:
+            return list(items)
+        found = [_select(item, rest) for item in items]
+        return [v for f in found for v in (f if "*" in rest else [f])]
+    child = node.get(head) if isinstance(node, dict) else None
+    return _select(child, rest) if rest else child
 
 
 def run_detection_skillset(skillset: dict[str, Any], document: dict[str, Any]) -> None:
-    """What the indexer does: the Web API skill per image (through ClassifySkill.main, with the query string
-    of its uri), outputs written under each image, then the Shaper once per detected object."""
+    """What the indexer does: the Web API skill per image (through ClassifySkill.main, with the query string of
+    its uri), outputs written under each image, then the Shaper once per image (its context)."""
     web, shaper = skillset["skills"]
-    assert web["context"] == IMAGES and shaper["context"] == OBJECTS
+    assert web["context"] == IMAGES and shaper["context"] == IMAGES
     images = document["normalized_images"]
     values = [{"recordId": str(i), "data": {"image": image}} for i, image in enumerate(images)]
     uri = urlsplit(web["uri"])
@@ -89,19 +177,19 @@ def run_detection_skillset(skillset: dict[str, Any], document: dict[str, Any]) -
             image[output["targetName"]] = answers[str(i)]["data"][output["name"]]
     (output,) = shaper["outputs"]
     for image in images:
-        for obj in image["objects"]:
-            obj[output["targetName"]] = {inp["name"]: _resolve(inp["source"], image, obj) for inp in shaper["inputs"]}
+        shaped = {}
+        for inp in shaper["inputs"]:
+            assert inp["source"].startswith(IMAGES + "/"), inp
+            shaped[inp["name"]] = _select(image, inp["source"][len(IMAGES) + 1 :])
+        image[output["targetName"]] = shaped
 
 
-def _mapped(document: dict[str, Any], source: str) -> list[Any]:
-    if source == f"{IMAGES}/labels/*":
-        return [label for image in document["normalized_images"] for label in image["labels"]]
-    assert source.startswith(OBJECTS + "/")
-    name = source[len(OBJECTS) + 1 :]
-    return [obj[name] for image in document["normalized_images"] for obj in image["objects"]]
+def _mapped(document: dict[str, Any], source: str) -> Any:
+    assert source.startswith("/document/")
+    return _select(document, source[len("/document/") :])
 
 
-def test_the_pipeline_through_the_real_skill_fills_objects_and_object_labels(
+def test_the_pipeline_through_the_real_skill_fills_one_element_per_image(
     install_service: Any, yolo_engine: DetectionEngine
 ) -> None:
     install_service(holder=preloaded_holder(yolo_engine))
@@ -117,13 +205,42 @@ def test_the_pipeline_through_the_real_skill_fills_objects_and_object_labels(
         value = _mapped(document, mapping["sourceFieldName"])
         assert type_problems(value, fields[target], target) == []
         mapped[target] = value
-    objects = mapped["objects"]
-    per_image = [len(image["objects"]) for image in document["normalized_images"]]
-    assert len(objects) == sum(per_image) and max(per_image) <= 20 and per_image[0] > 0  # topK=20 from the uri
-    assert {o["pageNumber"] for o in objects} == {p for p, n in zip((1, 2), per_image, strict=True) if n}
-    assert all(o["modelVersion"] == yolo_engine.version and set(o["box"]) == {"topX", "topY", "bottomX", "bottomY"}
-               for o in objects)  # fmt: skip
-    assert set(mapped["objectLabels"]) == {o["label"] for o in objects}
+    assert set(mapped) == {"objectLabels", "objectCounts", "objects"}
+
+    images = document["normalized_images"]
+    elements = mapped["objects"]
+    assert len(elements) == len(images)  # one complex element per image, however many objects
+    per_image = [len(image["objects"]) for image in images]
+    assert per_image[0] > 1 and max(per_image) <= 20  # topK=20 from the uri
+    for page, (element, image) in enumerate(zip(elements, images, strict=True), 1):
+        assert list(element) == OBJECTS_SUBFIELDS
+        answered = image["objects"]
+        # The parallel lists, zipped back, are the skill's objects in its order (best first).
+        rebuilt = [
+            {"label": label, "score": score, "box": dict(zip(BOX, corners, strict=True))}
+            for label, score, *corners in zip(*(element[n] for n in PARALLEL), strict=True)
+        ]
+        assert rebuilt == answered
+        assert element["count"] == len(answered)
+        assert (element["label"], element["confidence"]) == (
+            (answered[0]["label"], answered[0]["score"]) if answered else (None, None)
+        )
+        assert element["objectCounts"] == image["objectCounts"]
+        assert (element["pageNumber"], element["modelVersion"]) == (page, yolo_engine.version)
+    # Document level: every image's labels and count tokens, for filters and facets.
+    assert mapped["objectLabels"] == [label for image in images for label in image["labels"]]
+    assert mapped["objectCounts"] == [token for image in images for token in image["objectCounts"]]
+
+    # "Images with at least two <label>": objects/any(o: o/objectCounts/any(t: t eq '<label>>=2')).
+    first = elements[0]
+    label = max(set(first["labels"]), key=first["labels"].count)
+    n = first["labels"].count(label)
+    assert n >= 2, first["labels"]
+    assert f"{label}>={n}" in first["objectCounts"] and f"{label}>={n + 1}" not in first["objectCounts"]
+    for element in elements:
+        counts = {name: element["labels"].count(name) for name in element["labels"]}  # labels in best-first order
+        expected = [f"{name}>={i}" for name, total in counts.items() for i in range(1, total + 1)]
+        assert element["objectCounts"] == expected
 
 
 def test_cli_dry_run_with_detection(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -142,4 +259,5 @@ def test_cli_dry_run_with_detection(capsys: pytest.CaptureFixture[str], tmp_path
     assert skill["uri"] == f"{FUNCTION}/api/classify?topK=20"
     assert (skill["batchSize"], skill["degreeOfParallelism"]) == (4, 2)
     assert FUNCTION_KEY not in json.dumps(printed)
-    assert {f["name"] for f in printed["index"]["fields"]} >= {"objects", "objectLabels"}
+    assert {f["name"] for f in printed["index"]["fields"]} >= {"objects", "objectLabels", "objectCounts"}
+    assert complex_elements_per_document(printed["index"], printed["indexer"]) == MAX_IMAGES_PER_DOCUMENT

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from shared.searchsetup import (
+    DETECTION_TEMPLATE_DIR,
     AIServicesIdentity,
     AIServicesKey,
     EntraAuth,
@@ -47,6 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         ),
     },
     "enrichment-cache": {"auth": FunctionKeyAuth("k-123"), "enrichment_cache": STORAGE_ID},
+    # search-setup --detection: infra/search/detection/ (objects per image as parallel primitive collections).
+    "detection": {"auth": FunctionKeyAuth("k-123"), "template_dir": DETECTION_TEMPLATE_DIR},
 }
 # Properties only preview API versions have, which the installed SDK's GA models (2026-04-01) do not know:
 # kind -> property -> {key: JSON types}. The indexer's `cache` is SearchIndexerCache of the preview REST API
