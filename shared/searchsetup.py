@@ -79,6 +79,7 @@ MAX_DEGREE_OF_PARALLELISM = 10
 MAX_BATCH_SIZE = 1000
 WEB_API_SKILL = "#Microsoft.Skills.Custom.WebApiSkill"
 IMAGE_ANALYSIS_SKILL = "#Microsoft.Skills.Vision.ImageAnalysisSkill"
+SHAPER_SKILL = "#Microsoft.Skills.Util.ShaperSkill"
 # Keyless billing (AIServicesByIdentity) is a preview feature: Microsoft Learn ("Attach a billable resource to a
 # skillset") documents it on 2025-11-01-preview. Only the skillset that uses it is written with that version.
 KEYLESS_BILLING_API_VERSION = PREVIEW_API_VERSION
@@ -365,7 +366,7 @@ def render(
             "storageConnectionString": f"ResourceId={enrichment_cache.strip()};",
             "enableReprocessing": True,
         }
-    complex_elements_per_document(rendered["index"], rendered["indexer"])
+    complex_elements_per_document(rendered["index"], rendered["indexer"], rendered["skillset"])
     return rendered
 
 
@@ -461,16 +462,33 @@ def _nested_complex_collection(field: Mapping[str, Any]) -> str | None:
     return None
 
 
-def complex_elements_per_document(index: Mapping[str, Any], indexer: Mapping[str, Any]) -> int:
+def _per_image_objects(skillset: Mapping[str, Any]) -> set[str]:
+    """The enrichment nodes under each image that hold one object: the outputs of Shaper skills whose context is
+    the image (a Shaper's `output` is always one object; a Web API skill's output may be a list)."""
+    return {
+        str(output.get("targetName") or output.get("name"))
+        for skill in skillset.get("skills") or []
+        if skill.get("@odata.type") == SHAPER_SKILL and skill.get("context") == PER_IMAGE
+        for output in skill.get("outputs") or []
+    }
+
+
+def complex_elements_per_document(
+    index: Mapping[str, Any], indexer: Mapping[str, Any], skillset: Mapping[str, Any] | None = None
+) -> int:
     """The most elements one document can put in the index's complex collections, which Azure AI Search
     caps at MAX_COMPLEX_ELEMENTS_PER_DOCUMENT (3,000) per document.
 
     A Collection(Edm.ComplexType) field filled with one object per image (`/document/normalized_images/*/X`)
     costs MAX_IMAGES_PER_DOCUMENT (1,000); anything else in a complex collection (a nested complex
-    collection, a source path through another `*`) has no bound. Raises SearchSetupError when the total
-    has no bound or exceeds the limit.
+    collection, a source path through another `*`) has no bound. With `skillset`, X must also be the output
+    of a Shaper skill at the image's context (one object), not a skill output that may be a list (a detection
+    skill's `objects`: one element per object). Primitive collections (Collection(Edm.String), ...) do not
+    count, inside a complex collection or not. Raises SearchSetupError when the total has no bound or
+    exceeds the limit.
     """
     fields = {f.get("name"): f for f in index.get("fields", []) if isinstance(f, dict)}
+    shaped = None if skillset is None else _per_image_objects(skillset)
     limit = MAX_COMPLEX_ELEMENTS_PER_DOCUMENT
     total = 0
     for mapping in indexer.get("outputFieldMappings") or []:
@@ -491,6 +509,13 @@ def complex_elements_per_document(index: Mapping[str, Any], indexer: Mapping[str
                 f"index field {name!r} is a complex collection filled from {source}, which has no bound per "
                 f"document; Azure AI Search allows {limit:,} elements across all complex collections of a "
                 f"document: fill it with one object per image ({PER_IMAGE}/NAME)"
+            )
+        if shaped is not None and source[len(PER_IMAGE) + 1 :] not in shaped:
+            raise SearchSetupError(
+                f"index field {name!r} is a complex collection filled from {source}, which no Shaper skill at "
+                f"context {PER_IMAGE} outputs, so it may be a list (one element per item, no bound per document); "
+                f"Azure AI Search allows {limit:,} elements across all complex collections of a document: fill it "
+                f"with one object per image, a Shaper skill's output at context {PER_IMAGE}"
             )
         total += MAX_IMAGES_PER_DOCUMENT
     if total > limit:

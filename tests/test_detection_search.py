@@ -30,7 +30,7 @@ from shared.searchsetup import (
     main_search_setup,
     render,
 )
-from tests.conftest import SAMPLES, preloaded_holder
+from tests.conftest import ROOT, SAMPLES, preloaded_holder
 from tests.detection_models import build_yolo
 from tests.test_searchsetup import (
     FUNCTION,
@@ -139,6 +139,40 @@ def test_the_old_per_object_shape_is_refused(tmp_path: Path) -> None:
         "which has no bound per document; Azure AI Search allows 3,000 elements across all complex collections of a "
         "document: fill it with one object per image (/document/normalized_images/*/NAME)"
     )
+
+
+def test_the_skill_objects_list_mapped_straight_is_refused(tmp_path: Path) -> None:
+    # `/document/normalized_images/*/objects` has one `*`, but the node is the skill's list of objects, not one
+    # object: only a Shaper's output at the image's context is known to be one element per image.
+    target = old_per_object_shape(DETECTION_TEMPLATE_DIR, tmp_path / "straight")
+    indexer = json.loads((target / "indexer.json").read_text())
+    for mapping in indexer["outputFieldMappings"]:
+        if mapping["targetFieldName"] == "objects":
+            mapping["sourceFieldName"] = f"{IMAGES}/objects"
+    (target / "indexer.json").write_text(json.dumps(indexer))
+    with pytest.raises(SearchSetupError) as caught:
+        rendered(target)
+    assert str(caught.value) == (
+        "index field 'objects' is a complex collection filled from /document/normalized_images/*/objects, which no "
+        "Shaper skill at context /document/normalized_images/* outputs, so it may be a list (one element per item, "
+        "no bound per document); Azure AI Search allows 3,000 elements across all complex collections of a "
+        "document: fill it with one object per image, a Shaper skill's output at context /document/normalized_images/*"
+    )
+    # The templates as shipped pass, and so does the classifier's `images` (a Shaper's `classification`).
+    templates = rendered()
+    assert complex_elements_per_document(templates["index"], templates["indexer"], templates["skillset"]) == 1000
+
+
+def test_the_docs_describe_every_index_field() -> None:
+    text = (ROOT / "docs" / "detection.md").read_text()
+    section = text[text.index("## The search index") : text.index("## CLI and dev server")]
+    for field in rendered()["index"]["fields"]:
+        if field["name"].startswith("object"):
+            assert f"`{field['name']}`" in section
+            for sub in field.get("fields", []):
+                assert f"`{sub['name']}`" in section, sub["name"]
+    for query in ("objects/any(o: o/objectCounts/any(t: t eq 'forklift>=2'))", "Service limits in Azure AI Search"):
+        assert query in section
 
 
 def _select(node: Any, path: str) -> Any:
