@@ -12,13 +12,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared import app, cli
 from shared.devserver import SkillServer, make_server
 from shared.settings import Settings
 from tests.conftest import SAMPLES
+from tests.modelfactory import tiny_bundle
 
 KEY = "test-key-not-a-secret"
 BODY = json.dumps(
@@ -363,3 +366,136 @@ def test_keep_alive_answers_in_one_send_with_nodelay(server: str) -> None:
                 )
             )
             assert len(body) == length  # headers and body arrived in one segment
+
+
+@pytest.fixture
+def no_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point `serve` at a local.settings.json in tmp_path (absent until a test writes it)."""
+    path = tmp_path / "local.settings.json"
+    monkeypatch.setattr("shared.devserver.LOCAL_SETTINGS", path)
+    return path
+
+
+@pytest.fixture
+def listening_port() -> Iterator[int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+def test_serve_on_a_port_in_use_is_one_error_line(
+    no_local_settings: Path, listening_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--port", str(listening_port)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: port {listening_port} on 127.0.0.1 is already in use; "
+        "choose another with --port N (0 for a free one)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--port", "70000"],
+            "error: port 70000 is out of range; choose one from 1 to 65535 with --port N, or --port 0 for a free one\n",
+        ),
+        (
+            ["--port", "-1"],
+            "error: port -1 is out of range; choose one from 1 to 65535 with --port N, or --port 0 for a free one\n",
+        ),
+        (
+            ["--host", "nosuch.invalid", "--port", "0"],
+            "error: host 'nosuch.invalid' does not resolve to an address of this machine; use --host 127.0.0.1 "
+            "(or 0.0.0.0)\n",
+        ),
+    ],
+)
+def test_serve_bind_failures_are_one_error_line(
+    no_local_settings: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert cli.main(["serve", *args]) == 1
+    assert capsys.readouterr().err == message
+
+
+class FakeServer:
+    """Stands in for the bound server so `serve` returns at once: records the settings it was given."""
+
+    given: Settings | None = None
+    server_address = ("127.0.0.1", 7071)
+
+    def serve_forever(self) -> None:
+        raise KeyboardInterrupt
+
+    def server_close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeServer]]:
+    def make(settings: Settings, host: str, port: int) -> FakeServer:
+        FakeServer.given = settings
+        return FakeServer()
+
+    monkeypatch.setattr("shared.devserver.make_server", make)
+    yield FakeServer
+    FakeServer.given = None
+    app.reset_service(None)
+
+
+def test_serve_reads_local_settings_values_and_the_environment_wins(
+    no_local_settings: Path,
+    fake_server: type[FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    no_local_settings.write_text(
+        json.dumps(
+            {
+                "IsEncrypted": False,
+                "Values": {"SKILL_API_KEY": "from-the-file", "SKILL_DEFAULT_TOP_K": "3", "SKILL_MAX_RECORDS": "7"},
+            }
+        )
+    )
+    for name in ("SKILL_API_KEY", "SKILL_DEFAULT_TOP_K"):
+        monkeypatch.delenv(name, raising=False)  # restored (removed) after the test
+    monkeypatch.setenv("SKILL_MAX_RECORDS", "9")
+    assert cli.main(["serve"]) == 0
+    settings = fake_server.given
+    assert settings is not None
+    assert (settings.api_key, settings.default_top_k, settings.max_records) == ("from-the-file", 3, 9)
+    assert app.service().settings == settings
+    err = capsys.readouterr().err
+    assert err.startswith("settings from local.settings.json (2 values); serving ")
+    assert err.rstrip().endswith("; function key required")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"IsEncrypted": true, "Values": {}}', "is encrypted (IsEncrypted: true); run `func settings decrypt` first"),
+        ('{"Values": []}', 'must be a JSON object with a "Values" object of setting names and values'),
+    ],
+)
+def test_serve_with_a_bad_local_settings_file_is_one_error_line(
+    no_local_settings: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    no_local_settings.write_text(text)
+    assert cli.main(["serve", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {no_local_settings} ") and message in err and err.count("\n") == 1
+
+
+def test_serve_model_serves_that_folder(
+    no_local_settings: Path, fake_server: type[FakeServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tiny_bundle(tmp_path / "mine", classes=3)
+    assert cli.main(["serve", "--model", str(folder)]) == 0
+    settings = fake_server.given
+    assert settings is not None and settings.model_dir == folder and not settings.uses_blob_store
+    assert app.service().holder.current().bundle.root == folder
+    assert str(folder) in capsys.readouterr().err
