@@ -155,11 +155,14 @@ def instance_memory_bytes() -> int | None:
 
 
 def default_decode_budget_bytes() -> int:
-    """A quarter of the instance's memory, at most 1 GiB (256 MiB when the memory is unknown)."""
+    """A quarter of the instance's memory, at most 512 MiB (256 MiB when the memory is unknown).
+
+    The cap keeps a 2 GB Flex Consumption instance safe even where the instance size is not visible as a
+    cgroup limit; 512 MiB still decodes the largest accepted image (50 Mpx RGBA, about 400 MB) alone."""
     memory = instance_memory_bytes()
     if memory is None:
         return 256 << 20
-    return max(64 << 20, min(memory // 4, 1 << 30))
+    return max(64 << 20, min(memory // 4, 512 << 20))
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

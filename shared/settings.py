@@ -135,7 +135,7 @@ class Settings:
         return Path(tempfile.gettempdir()) / "automl-skill-models"
 
     def decode_budget_bytes(self) -> int:
-        """DECODE_MEMORY_MB in bytes; 0 means a quarter of the instance's memory, at most 1 GiB."""
+        """DECODE_MEMORY_MB in bytes; 0 means a quarter of the instance's memory, at most 512 MiB."""
         return self.decode_memory_mb << 20 if self.decode_memory_mb else default_decode_budget_bytes()
 
     def image_limits(self) -> ImageLimits:
@@ -159,7 +159,7 @@ class Settings:
                 "DECODE_MEMORY_MB",
                 0,
                 _bounded_int(0, 1 << 20),
-                "MiB, 0 (a quarter of the instance's memory, at most 1024) or more",
+                "MiB, 0 (a quarter of the instance's memory, at most 512) or more",
             ),
             fast_jpeg_decode=_get(env, "FAST_JPEG_DECODE", True, _bool, "true or false"),
             deadline_s=_get(env, "SKILL_DEADLINE_SECONDS", 200.0, _bounded_float(1, 230), "seconds from 1 to 230"),

@@ -208,7 +208,7 @@ def test_budget_gives_memory_back_after_large_decodes_once_idle() -> None:
     assert budget.trims == 1  # once, when the last holder left and 90 >= 50 bytes were released
 
 
-def test_default_budget_is_a_quarter_of_memory_at_most_a_gib() -> None:
+def test_default_budget_is_a_quarter_of_memory_at_most_512_mib() -> None:
     memory = instance_memory_bytes()
     assert memory is not None and memory > 0
-    assert default_decode_budget_bytes() == max(64 << 20, min(memory // 4, 1 << 30))
+    assert default_decode_budget_bytes() == max(64 << 20, min(memory // 4, 512 << 20))
