@@ -129,7 +129,9 @@ def _load_and_prepare(
             preprocess(load_rgb(opened).image, pre, out=out)
             del opened
     except ImageError as exc:
-        return exc
+        # A fresh error: the raised one's traceback would keep this frame, and any decoded pixels, alive
+        # until the whole batch is answered, outside the budget.
+        return ImageError(str(exc))
     except Exception as exc:  # MemoryError or a library fault: this image's error, never the batch's
         incident = uuid.uuid4().hex[:12]
         logger.error("preparing an image failed: %s (incident %s)", exc.__class__.__name__, incident, exc_info=True)
