@@ -18,6 +18,7 @@ from shared.contract import error_body, parse_query, parse_request, response_val
 from shared.engine import Engine
 from shared.errors import HttpError, ModelNotReady, SettingsError
 from shared.holder import FolderSource, ModelHolder, ModelSource
+from shared.images import DecodeBudget
 from shared.settings import Settings
 from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch
 
@@ -63,7 +64,10 @@ class SkillService:
         self.settings = settings
         self.holder = holder or build_holder(settings)
         workers = settings.decode_threads or os.cpu_count() or 1
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") if workers > 1 else None
+        # Every image is decoded in this pool, one-record requests too, so concurrent requests cannot decode
+        # more images at once than it has threads; the budget bounds the decoded bytes in flight.
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.budget = DecodeBudget(settings.decode_budget_bytes(), clock=clock)
         self.clock = clock
 
     def classify(self, body: bytes, query: Mapping[str, str]) -> Response:
@@ -72,7 +76,7 @@ class SkillService:
         try:
             return self._classify(body, query, started)
         except HttpError as exc:
-            logger.warning("skill request refused: %s %s", exc.status, exc.code)
+            logger.warning("skill request refused: %s %s: %.300s", exc.status, exc.code, exc)
             return exc.status, error_body(exc.code, str(exc)), {**JSON_HEADERS, **exc.headers()}
         except Exception:  # our bug, not the caller's: say so without details, log the traceback
             incident = uuid.uuid4().hex[:12]
@@ -100,6 +104,7 @@ class SkillService:
             [r.loader for r in todo if r.loader is not None],
             options,
             pool=self.pool,
+            budget=self.budget,
             deadline=started + s.deadline_s,
             budget_s=s.deadline_s,
             clock=self.clock,

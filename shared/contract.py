@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -136,8 +137,16 @@ def parse_request(body: bytes, *, max_request_bytes: int, max_records: int, max_
             f"request body is {len(body):,} bytes; the limit is {max_request_bytes:,} bytes "
             "(SKILL_MAX_REQUEST_BYTES); lower the skillset's batchSize"
         )
+    if not body.strip():
+        raise InvalidEnvelope('request body is empty; send a JSON object with a "values" list of records')
     try:
         envelope = json.loads(body)
+    except RecursionError:
+        # json.loads recurses once per level and fails near 1,000 levels; a skill request nests 5.
+        raise InvalidEnvelope(
+            f"request body nests JSON arrays or objects too deeply to parse (the limit is about "
+            f"{sys.getrecursionlimit():,} levels; a skill request needs 5)"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidEnvelope(f"request body is not valid JSON{where}") from None

@@ -38,20 +38,47 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return int(short_side * width / height), short_side
 
 
+# Largest resized image (pixels) that preprocess builds whole. Up to it the resize-then-crop is exactly
+# torchvision's; beyond it (aspect ratios past about 120:1 at resize 256, 34:1 at 480) only the centre window
+# is resized, so a thin 16x3,000,000 PNG costs a 224x224 resize instead of a 256x48,000,000 one (37 GB).
+EXACT_RESIZE_MAX_PIXELS = 8_000_000
+
+
+def _resize_and_crop(image: Image.Image, pre: Preprocessing) -> Image.Image:
+    new_w, new_h = resized_size(image.width, image.height, pre.resize)
+    top = round((new_h - pre.crop) / 2.0)
+    left = round((new_w - pre.crop) / 2.0)
+    if new_w * new_h > EXACT_RESIZE_MAX_PIXELS:
+        # Pillow's `box` resamples just the source region the crop covers. Its pixels differ from the full
+        # resize by at most a few levels out of 255 (float rounding of the kernel centres, measured).
+        sx, sy = image.width / new_w, image.height / new_h
+        box = (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
+        return image.resize((pre.crop, pre.crop), Image.Resampling.BILINEAR, box=box)
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return image.crop((left, top, left + pre.crop, top + pre.crop))
+
+
+def preprocess_bytes(width: int, height: int, pre: Preprocessing) -> int:
+    """Pillow memory `preprocess` allocates for a `width` x `height` RGB image: the resized image it builds
+    (4 bytes a pixel) and the horizontal pass before it; bounded by the crop past EXACT_RESIZE_MAX_PIXELS."""
+    new_w, new_h = resized_size(width, height, pre.resize)
+    if new_w * new_h > EXACT_RESIZE_MAX_PIXELS:
+        return 2 * 4 * pre.crop * pre.crop
+    return 4 * (new_w * new_h + new_w * height)
+
+
 def preprocess(image: Image.Image, pre: Preprocessing, out: np.ndarray | None = None) -> np.ndarray:
     """AutoML's validation transform: Resize(shorter side) bilinear, CenterCrop, ToTensor, Normalize.
 
     `image` must be RGB. Returns float32 CHW `[3, crop, crop]`, written into `out` when given. With
     `pre.in_graph` the values stay raw 0-255 (the graph divides and normalizes itself). Equal to
     torchvision's `Compose([Resize(r), CenterCrop(c), ToTensor(), Normalize(mean, std)])` on PIL input
-    bit for bit: the same PIL resize, the same crop offsets, the same float32 operations in the same order.
+    bit for bit (the same PIL resize, the same crop offsets, the same float32 operations in the same order)
+    whenever the resized image has at most EXACT_RESIZE_MAX_PIXELS; thinner images resize only the centre
+    window, so memory and time stay bounded by the crop whatever the aspect ratio.
     """
-    new_w, new_h = resized_size(image.width, image.height, pre.resize)
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    top = round((new_h - pre.crop) / 2.0)
-    left = round((new_w - pre.crop) / 2.0)
-    pixels = np.asarray(image.crop((left, top, left + pre.crop, top + pre.crop)), dtype=np.uint8)
+    pixels = np.asarray(_resize_and_crop(image, pre), dtype=np.uint8)
     chw = pixels.transpose(2, 0, 1)
     if out is None:
         out = np.empty((3, pre.crop, pre.crop), dtype=np.float32)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -15,7 +23,14 @@ from shared.errors import ImageError
 # is redundant here.
 Image.MAX_IMAGE_PIXELS = None
 
+# The formats the skill documents (what Azure AI Search's normalized images and common uploads are). Pillow
+# reads many more (ICO, TGA, PCX, SGI, PPM, DDS, EPS, ...), each one more parser exposed to callers.
 SUPPORTED_FORMATS = "JPEG, PNG, GIF, BMP, TIFF or WebP"
+# Pillow's JPEG reader opens a camera JPEG with extra pictures (Multi-Picture Format) as format "MPO".
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+
+# Bytes per pixel of Pillow's in-memory image for each mode (RGB is stored as 4 bytes, RGBX).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
 @dataclass(frozen=True)
@@ -38,16 +53,42 @@ class DecodedImage:
     draft: bool
 
 
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image whose header was read and checked, not yet decoded; `decoded_bytes` is what decoding it to
+    RGB will allocate (Pillow's pixel buffers: the decoded mode, plus the RGB copy when it must convert)."""
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str | None
+    draft: bool
+    decoded_bytes: int
+
+
 def draft_request(width: int, height: int, short_side: int) -> tuple[int, int]:
     """The smallest size JPEG draft may reduce to and still leave the shorter side >= `short_side`."""
     scale = short_side / min(width, height)
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
-def decode_image(data: bytes, limits: ImageLimits, *, draft_short_side: int | None = None) -> DecodedImage:
-    """Decode encoded bytes (first frame of animations) and convert to RGB as AutoML does (`convert("RGB")`).
+def _not_accepted(data: bytes) -> ImageError:
+    """The error for data that none of ACCEPTED_FORMATS opens, naming its format when Pillow knows it."""
+    found = None
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            found = other.format
+    except Exception:  # noqa: BLE001 - only used to name the format in the message
+        pass
+    if found:
+        return ImageError(f"image format {found} is not accepted; send {SUPPORTED_FORMATS}")
+    return ImageError(f"data is not an image that can be decoded ({SUPPORTED_FORMATS} expected)")
 
-    With `draft_short_side`, a JPEG whose shorter side is at least twice that is decoded at a reduced
+
+def open_image(data: bytes, limits: ImageLimits, *, draft_short_side: int | None = None) -> OpenedImage:
+    """Read and check the header of encoded bytes without decoding the pixels.
+
+    With `draft_short_side`, a JPEG whose shorter side is at least twice that is set to decode at a reduced
     scale in the DCT domain (Pillow's `draft`), never below `draft_short_side`: several times faster,
     slightly different pixels. Raises ImageError naming the limit or the problem.
     """
@@ -56,9 +97,9 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_short_side: int | No
     if not data:
         raise ImageError("image is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(f"data is not an image that can be decoded ({SUPPORTED_FORMATS} expected)") from None
+        raise _not_accepted(data) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for malformed headers
         raise ImageError(f"image header is malformed ({exc.__class__.__name__})") from None
     width, height = image.size
@@ -70,10 +111,131 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_short_side: int | No
         raise ImageError(f"image is {width}x{height}; the shortest side must be at least {limits.min_side} pixels")
     drafted = False
     try:
-        if draft_short_side and image.format == "JPEG" and min(width, height) >= 2 * draft_short_side:
+        if draft_short_side and image.format in ("JPEG", "MPO") and min(width, height) >= 2 * draft_short_side:
             drafted = image.draft("RGB", draft_request(width, height, draft_short_side)) is not None
+    except Exception as exc:  # noqa: BLE001 - a malformed JPEG header can fail here too
+        raise ImageError(f"image data is truncated or corrupt ({exc.__class__.__name__})") from None
+    pixels = image.width * image.height
+    decoded = pixels * _PIXEL_BYTES.get(image.mode, 4) + (0 if image.mode == "RGB" else pixels * 4)
+    return OpenedImage(
+        image=image, width=width, height=height, format=image.format, draft=drafted, decoded_bytes=decoded
+    )
+
+
+def load_rgb(opened: OpenedImage) -> DecodedImage:
+    """Decode an opened image (first frame of animations) to RGB as AutoML does (`convert("RGB")`).
+    Raises ImageError for truncated or corrupt data."""
+    image = opened.image
+    try:
         image.load()
         rgb = image if image.mode == "RGB" else image.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data surfaces as OSError, ValueError, ...
         raise ImageError(f"image data is truncated or corrupt ({exc.__class__.__name__})") from None
-    return DecodedImage(image=rgb, width=width, height=height, format=image.format, draft=drafted)
+    return DecodedImage(image=rgb, width=opened.width, height=opened.height, format=opened.format, draft=opened.draft)
+
+
+def decode_image(data: bytes, limits: ImageLimits, *, draft_short_side: int | None = None) -> DecodedImage:
+    """`open_image` then `load_rgb`: header checks, then the pixels. Raises ImageError."""
+    return load_rgb(open_image(data, limits, draft_short_side=draft_short_side))
+
+
+def instance_memory_bytes() -> int | None:
+    """Memory this process may use: the cgroup limit (v2 or v1) when set, else physical memory; None if unknown."""
+    candidates: list[int] = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:  # v1 reports "no limit" as a huge number, v2 as "max"
+            candidates.append(int(raw))
+    with suppress(ValueError, OSError, AttributeError):
+        candidates.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return min(candidates) if candidates else None
+
+
+def default_decode_budget_bytes() -> int:
+    """A quarter of the instance's memory, at most 512 MiB (256 MiB when the memory is unknown).
+
+    The cap keeps a 2 GB Flex Consumption instance safe even where the instance size is not visible as a
+    cgroup limit; 512 MiB still decodes the largest accepted image (50 Mpx RGBA, about 400 MB) alone."""
+    memory = instance_memory_bytes()
+    if memory is None:
+        return 256 << 20
+    return max(64 << 20, min(memory // 4, 512 << 20))
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    # glibc keeps freed heap blocks of large decodes (RSS stayed at 1-4 GiB until restart, measured);
+    # malloc_trim(0) gives them back. musl and other libcs have no malloc_trim: then nothing to do.
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_memory() -> bool:
+    """Return freed heap memory to the OS (glibc `malloc_trim(0)`); False where that is not available."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+class DecodeBudget:
+    """The process-wide budget of decoded pixel bytes in flight; decoders wait for their share.
+
+    `hold(n, deadline)` blocks until `n` bytes fit (a request larger than the whole budget waits until it
+    can run alone), or raises ImageError once `clock()` passes `deadline`. After the budget falls idle
+    having released at least `trim_after_bytes` since the last trim, freed memory goes back to the OS.
+    Thread-safe.
+    """
+
+    def __init__(
+        self, capacity_bytes: int, *, trim_after_bytes: int = 64 << 20, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if capacity_bytes < 1:
+            raise ValueError("capacity_bytes must be positive")
+        self.capacity_bytes = capacity_bytes
+        self.trim_after_bytes = trim_after_bytes
+        self.clock = clock
+        self.in_flight = 0
+        self.peak_bytes = 0
+        self.trims = 0
+        self._released_since_trim = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int, deadline: float | None = None, *, budget_s: float = 0.0) -> Iterator[None]:
+        share = max(0, min(nbytes, self.capacity_bytes))
+        with self._changed:
+            while self.in_flight + share > self.capacity_bytes:
+                remaining = None if deadline is None else deadline - self.clock()
+                if remaining is not None and remaining <= 0:
+                    raise ImageError(
+                        f"not classified: the batch ran past its {budget_s:g} s budget (SKILL_DEADLINE_SECONDS) "
+                        f"waiting for decode memory ({self.capacity_bytes >> 20} MiB in flight at most, "
+                        "DECODE_MEMORY_MB); lower the skillset's batchSize or degreeOfParallelism"
+                    )
+                self._changed.wait(remaining)
+            self.in_flight += share
+            self.peak_bytes = max(self.peak_bytes, self.in_flight)
+        trim = False
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_flight -= share
+                self._released_since_trim += nbytes
+                if self.in_flight == 0 and self._released_since_trim >= self.trim_after_bytes:
+                    self._released_since_trim = 0
+                    trim = True
+                self._changed.notify_all()
+            if trim and release_memory():
+                with self._changed:
+                    self.trims += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.errors import SettingsError
-from shared.images import ImageLimits
+from shared.images import ImageLimits, default_decode_budget_bytes
 
 T = TypeVar("T")
 
@@ -129,6 +129,7 @@ class Settings:
     model_dir: Path | None = None
     engine_threads: int = 0
     decode_threads: int = 0
+    decode_memory_mb: int = 0
     fast_jpeg_decode: bool = True
     deadline_s: float = 200.0
     max_request_bytes: int = 100 * 1024 * 1024
@@ -184,6 +185,10 @@ class Settings:
             return default
         return Path(tempfile.gettempdir()) / "automl-skill-models"
 
+    def decode_budget_bytes(self) -> int:
+        """DECODE_MEMORY_MB in bytes; 0 means a quarter of the instance's memory, at most 512 MiB."""
+        return self.decode_memory_mb << 20 if self.decode_memory_mb else default_decode_budget_bytes()
+
     def image_limits(self) -> ImageLimits:
         return ImageLimits(
             max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels, min_side=self.min_image_side
@@ -220,6 +225,13 @@ class Settings:
             engine_threads=_get(env, "ENGINE_THREADS", 0, _bounded_int(0, 256), "an integer from 0 (all cores) to 256"),
             decode_threads=_get(
                 env, "DECODE_THREADS", 0, _bounded_int(0, 64), "an integer from 0 (one per core) to 64"
+            ),
+            decode_memory_mb=_get(
+                env,
+                "DECODE_MEMORY_MB",
+                0,
+                _bounded_int(0, 1 << 20),
+                "MiB, 0 (a quarter of the instance's memory, at most 512) or more",
             ),
             fast_jpeg_decode=_get(env, "FAST_JPEG_DECODE", True, _bool, "true or false"),
             deadline_s=_get(env, "SKILL_DEADLINE_SECONDS", 200.0, _bounded_float(1, 230), "seconds from 1 to 230"),

@@ -11,14 +11,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from shared.engine import Classification, Engine, preprocess
+from shared.engine import Classification, Engine, preprocess, preprocess_bytes
 from shared.errors import ImageError
-from shared.images import DecodedImage, ImageLimits, decode_image
+from shared.images import DecodeBudget, ImageLimits, load_rgb, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def record_data(result: Classification, model_version: str) -> dict[str, Any]:
     }
 
 
-def _warnings(decoded: DecodedImage, result: Classification, engine: Engine, threshold: float | None) -> list[str]:
+def _warnings(decoded: PreparedImage, result: Classification, engine: Engine, threshold: float | None) -> list[str]:
     notes = []
     resize = engine.preprocessing.resize
     if min(decoded.width, decoded.height) < resize:
@@ -90,17 +92,56 @@ def _warnings(decoded: DecodedImage, result: Classification, engine: Engine, thr
     return notes
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """What the answer needs to know about an image once its tensor is written (the pixels are gone)."""
+
+    width: int
+    height: int
+    format: str | None
+    draft: bool
+
+
 def _load_and_prepare(
-    loader: ImageLoader, engine: Engine, options: ClassifyOptions, out: np.ndarray
-) -> DecodedImage | ImageError:
-    """Decode one image and write its preprocessed tensor into `out`; runs in the decode pool."""
+    loader: ImageLoader,
+    engine: Engine,
+    options: ClassifyOptions,
+    out: np.ndarray,
+    *,
+    budget: DecodeBudget | None,
+    deadline: float | None,
+    budget_s: float,
+    clock: Callable[[], float],
+) -> PreparedImage | ImageError:
+    """Decode one image and write its preprocessed tensor into `out`; runs in the decode pool.
+
+    Never raises: every failure, MemoryError included, is this image's error. The decoded pixels are held
+    under `budget` and dropped before returning.
+    """
+    if deadline is not None and clock() > deadline:
+        return ImageError(deadline_message(budget_s))
+    pre = engine.preprocessing
     try:
-        draft = engine.preprocessing.resize if options.fast_decode else None
-        decoded = decode_image(loader(), options.limits, draft_short_side=draft)
-        preprocess(decoded.image, engine.preprocessing, out=out)
+        opened = open_image(
+            loader(), options.limits, draft_short_side=pre.resize if options.fast_decode else None
+        )
+        info = PreparedImage(width=opened.width, height=opened.height, format=opened.format, draft=opened.draft)
+        cost = opened.decoded_bytes + preprocess_bytes(opened.image.width, opened.image.height, pre)
+        with budget.hold(cost, deadline, budget_s=budget_s) if budget is not None else nullcontext():
+            preprocess(load_rgb(opened).image, pre, out=out)
+            del opened
     except ImageError as exc:
-        return exc
-    return decoded
+        # A fresh error: the raised one's traceback would keep this frame, and any decoded pixels, alive
+        # until the whole batch is answered, outside the budget.
+        return ImageError(str(exc))
+    except Exception as exc:  # MemoryError or a library fault: this image's error, never the batch's
+        incident = uuid.uuid4().hex[:12]
+        logger.error("preparing an image failed: %s (incident %s)", exc.__class__.__name__, incident, exc_info=True)
+        return ImageError(
+            f"image could not be prepared ({exc.__class__.__name__}, incident {incident}); the other records "
+            "were answered"
+        )
+    return info
 
 
 def deadline_message(budget_s: float) -> str:
@@ -116,6 +157,7 @@ def classify_batch(
     options: ClassifyOptions,
     *,
     pool: Executor | None = None,
+    budget: DecodeBudget | None = None,
     deadline: float | None = None,
     budget_s: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
@@ -123,9 +165,10 @@ def classify_batch(
 ) -> list[ImageOutcome]:
     """Answer every loader, in order. One image's failure never affects the others.
 
-    Images are decoded (in `pool` when given, in parallel) and classified in runs of at most
-    MAX_INFERENCE_BATCH. Once `clock()` passes `deadline`, no new run starts: the rest are answered
-    with an error telling the caller to lower the batch size.
+    Images are decoded in `pool` when given (in parallel; every image, so decoding never runs in the
+    caller's thread), each holding its decoded bytes under `budget`, and classified in runs of at most
+    MAX_INFERENCE_BATCH. Once `clock()` passes `deadline`, no new image starts: the rest are answered with
+    an error telling the caller to lower the batch size, so a call ends within the budget plus one image.
     """
     if engine.task == "object-detection":
         from shared.detector import DetectionEngine, detect_batch
@@ -144,14 +187,21 @@ def classify_batch(
             continue
         began = time.perf_counter()
         tensors = np.empty((len(chunk), 3, crop, crop), dtype=np.float32)
-        if pool is not None and len(chunk) > 1:
-            futures = [
-                pool.submit(_load_and_prepare, loader, engine, options, tensors[i]) for i, loader in enumerate(chunk)
-            ]
+        prepare = partial(
+            _load_and_prepare,
+            engine=engine,
+            options=options,
+            budget=budget,
+            deadline=deadline,
+            budget_s=budget_s,
+            clock=clock,
+        )
+        if pool is not None:
+            futures = [pool.submit(prepare, loader, out=tensors[i]) for i, loader in enumerate(chunk)]
             prepared = [f.result() for f in futures]
         else:
-            prepared = [_load_and_prepare(loader, engine, options, tensors[i]) for i, loader in enumerate(chunk)]
-        good = [i for i, p in enumerate(prepared) if isinstance(p, DecodedImage)]
+            prepared = [prepare(loader, out=tensors[i]) for i, loader in enumerate(chunk)]
+        good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
         inferred = time.perf_counter()
         stats.decode_ms += 1000 * (inferred - began)
         results: list[Classification] | None = []

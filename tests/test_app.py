@@ -7,13 +7,19 @@ import json
 import logging
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from shared import app
-from tests.conftest import ROOT, SAMPLES
+from shared.images import DecodeBudget
+from tests.conftest import ROOT, SAMPLES, encode
 
 B64_COFFEE = base64.b64encode((SAMPLES / "coffee.png").read_bytes()).decode()
 
@@ -80,3 +86,107 @@ def test_the_http_path_never_imports_torch_or_azureml() -> None:
     )
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "health": 200, "label": "espresso", "heavy": []}
+
+
+def png(image: Image.Image) -> str:
+    return base64.b64encode(encode(image, "PNG")).decode()
+
+
+def test_hostile_images_next_to_good_photos_get_their_own_answers(install_service: Any) -> None:
+    install_service()
+    truncated = encode(Image.open(SAMPLES / "chelsea.png").convert("RGB"), "JPEG")
+    records = {
+        "coffee": B64_COFFEE,
+        "cat": base64.b64encode(encode(Image.open(SAMPLES / "chelsea.png").convert("RGB"), "JPEG")).decode(),
+        "thin": png(Image.new("L", (16, 200_000), 128)),  # 10 kB; resized whole it would be 3.3 GB
+        "thinner": png(Image.new("L", (16, 3_000_000), 128)),  # 48 Mpx, under the 50 Mpx limit
+        "bomb": png(Image.new("RGBA", (7000, 7000), (10, 20, 30, 40))),  # 190 kB, about 392 MB decoded
+        "icon": base64.b64encode(encode(Image.new("RGBA", (32, 32)), "ICO")).decode(),
+        "truncated": base64.b64encode(truncated[: len(truncated) // 2]).decode(),
+    }
+    body = {"values": [{"recordId": rid, "data": {"image": data}} for rid, data in records.items()]}
+    status, raw, _ = app.classify(json.dumps(body).encode(), {})
+    assert status == 200
+    answers = {v["recordId"]: v for v in json.loads(raw)["values"]}
+    assert answers["coffee"]["data"]["label"] == "espresso"
+    assert answers["cat"]["data"]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
+    for rid in ("thin", "thinner", "bomb"):
+        assert answers[rid]["errors"] is None and answers[rid]["data"]["modelVersion"], rid
+    assert answers["icon"]["errors"] == [
+        {"message": "image format ICO is not accepted; send JPEG, PNG, GIF, BMP, TIFF or WebP"}
+    ]
+    assert answers["truncated"]["errors"] == [{"message": "image data is truncated or corrupt (OSError)"}]
+
+
+def test_memory_error_while_preparing_one_image_is_that_records_error(
+    install_service: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shared import skill
+
+    install_service()
+    real = skill.preprocess
+
+    def preprocess(image: Image.Image, *args: Any, **kwargs: Any) -> Any:
+        if image.size == (500, 400):
+            raise MemoryError
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(skill, "preprocess", preprocess)
+    big = base64.b64encode(encode(Image.open(SAMPLES / "coffee.png").convert("RGB").resize((500, 400)), "PNG"))
+    body = {
+        "values": [
+            {"recordId": "1", "data": {"image": B64_COFFEE}},
+            {"recordId": "2", "data": {"image": big.decode()}},
+        ]
+    }
+    status, raw, _ = app.classify(json.dumps(body).encode(), {})
+    first, second = json.loads(raw)["values"]
+    assert status == 200 and first["data"]["label"] == "espresso"
+    assert second["data"] == {}
+    message = second["errors"][0]["message"]
+    assert message.startswith("image could not be prepared (MemoryError, incident ")
+    assert message.endswith("); the other records were answered")
+    assert "MemoryError" in caplog.text
+
+
+class RecordingBudget(DecodeBudget):
+    def __init__(self, capacity_bytes: int) -> None:
+        super().__init__(capacity_bytes)
+        self.threads: set[str] = set()
+        self.holders = 0
+        self.most_holders = 0
+
+    @contextmanager
+    def hold(self, nbytes: int, deadline: float | None = None, *, budget_s: float = 0.0) -> Iterator[None]:
+        with super().hold(nbytes, deadline, budget_s=budget_s):
+            self.threads.add(threading.current_thread().name)
+            self.holders += 1
+            self.most_holders = max(self.most_holders, self.holders)
+            try:
+                yield
+            finally:
+                self.holders -= 1
+
+
+def test_concurrent_bombs_share_one_bounded_decode_budget(install_service: Any) -> None:
+    # Four one-record requests at once, each a 2500x2500 RGBA PNG costing about 52 MB to decode and prepare.
+    # With a 64 MiB budget they decode one at a time, in the decode pool, never in the request threads.
+    service = install_service(decode_memory_mb=64, decode_threads=2)
+    assert service.budget.capacity_bytes == 64 << 20
+    service.budget = RecordingBudget(64 << 20)
+    body = json.dumps({"values": [{"recordId": "1", "data": {"image": png(Image.new("RGBA", (2500, 2500)))}}]})
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="request") as callers:
+        results = list(callers.map(lambda _: app.classify(body.encode(), {}), range(4)))
+    assert [status for status, _, _ in results] == [200] * 4
+    assert all(json.loads(raw)["values"][0]["errors"] is None for _, raw, _ in results)
+    budget = service.budget
+    assert 2500 * 2500 * 8 <= budget.peak_bytes <= 64 << 20
+    assert budget.most_holders == 1 and budget.in_flight == 0
+    assert budget.threads and all(name.startswith("decode") for name in budget.threads)
+
+
+def test_nested_json_is_a_400_not_a_500(install_service: Any) -> None:
+    install_service()
+    status, raw, _ = app.classify(b'{"values": ' + b"[" * 100_000, {})
+    assert status == 400
+    assert json.loads(raw)["error"]["message"].startswith("request body nests JSON arrays or objects too deeply")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,15 @@ BAD_ENVELOPES = [
         "InvalidRequest",
         "recordId 'a' appears more than once (values[0] and values[2])",
     ),
+    (b"", 400, "InvalidRequest", 'request body is empty; send a JSON object with a "values" list of records'),
+    (b" \r\n", 400, "InvalidRequest", 'request body is empty; send a JSON object with a "values" list of records'),
+    (
+        b'{"values": [{"recordId": "1", "data": {"image": ' + b"[" * 5000 + b"]" * 5000 + b"}}]}",
+        400,
+        "InvalidRequest",
+        f"request body nests JSON arrays or objects too deeply to parse (the limit is about "
+        f"{sys.getrecursionlimit():,} levels; a skill request needs 5)",
+    ),
 ]
 
 
@@ -301,25 +311,45 @@ def test_no_model_is_503_with_retry_after(install_service: Any, tmp_path: Path) 
     assert json.loads(health.get_body())["model"]["lastError"] == f"no model.onnx in {tmp_path}"
 
 
-def test_deadline_budget_answers_the_rest_with_an_error(install_service: Any) -> None:
-    from shared.skill import MAX_INFERENCE_BATCH
+def test_deadline_is_checked_before_each_image_not_each_chunk(install_service: Any) -> None:
+    # One decode thread makes the order of clock readings fixed: the request's start, the chunk's check,
+    # then one check before each image. The clock passes the deadline after the third image started.
+    readings = [0]
 
-    ticks = iter([0.0, 0.0, 250.0, 250.0, 250.0, 250.0])
-    install_service(deadline_s=200.0, clock=lambda: next(ticks, 250.0))
-    n = MAX_INFERENCE_BATCH + 3
+    def clock() -> float:
+        readings[0] += 1
+        return 0.0 if readings[0] <= 5 else 250.0
+
+    install_service(deadline_s=200.0, decode_threads=1, clock=clock)
+    n = 8
     status, payload, _ = call({"values": [{"recordId": str(i), "data": {"image": B64_COFFEE}} for i in range(n)]})
     assert status == 200
     answers = payload["values"]
     assert [a["recordId"] for a in answers] == [str(i) for i in range(n)]
-    assert all(a["data"]["label"] == "espresso" for a in answers[:MAX_INFERENCE_BATCH])
-    late = answers[MAX_INFERENCE_BATCH:]
+    assert [a["data"].get("label") for a in answers[:3]] == ["espresso"] * 3
+    late = answers[3:]
     assert all(a["data"] == {} for a in late)
-    assert late[0]["errors"] == [
-        {
-            "message": "not classified: the batch ran past its 200 s budget (SKILL_DEADLINE_SECONDS) before reaching "
-            "this record; lower the skillset's batchSize"
-        }
-    ]
+    assert {json.dumps(a["errors"]) for a in late} == {
+        json.dumps(
+            [
+                {
+                    "message": "not classified: the batch ran past its 200 s budget (SKILL_DEADLINE_SECONDS) before "
+                    "reaching this record; lower the skillset's batchSize"
+                }
+            ]
+        )
+    }
+
+
+def test_deadline_budget_answers_later_chunks_with_an_error(install_service: Any) -> None:
+    from shared.skill import MAX_INFERENCE_BATCH
+
+    ticks = iter([0.0])
+    install_service(deadline_s=200.0, clock=lambda: next(ticks, 250.0))
+    n = MAX_INFERENCE_BATCH + 3
+    status, payload, _ = call({"values": [{"recordId": str(i), "data": {"image": B64_COFFEE}} for i in range(n)]})
+    assert status == 200 and len(payload["values"]) == n
+    assert all(a["data"] == {} and "SKILL_DEADLINE_SECONDS" in a["errors"][0]["message"] for a in payload["values"])
 
 
 def test_invalid_settings_are_503_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,6 +408,35 @@ def test_any_batch_answers_every_record_exactly_once_and_never_500(records: list
             assert value["data"] == {} and all(set(e) == {"message"} for e in value["errors"])
         else:
             assert value["data"]["modelVersion"] == "sample-efficientnet-lite0-imagenet"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+raw_bodies = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"values": st.lists(json_values, max_size=4)}).map(lambda v: json.dumps(v).encode()),
+    st.tuples(st.integers(1, 20_000), st.sampled_from([b"[", b'{"a":', b'{"values":['])).map(lambda t: t[1] * t[0]),
+    st.tuples(st.integers(900, 20_000), st.sampled_from([b"[", b'{"values":['])).map(
+        lambda t: t[1] * t[0] + b"]" * t[0]
+    ),
+    st.binary(max_size=64).map(lambda b: b'{"values": [{"recordId": "1", "data": {"image": "' + b + b'"}}]}'),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(raw_bodies, st.dictionaries(st.sampled_from(["topK", "threshold"]), st.text(max_size=4), max_size=2))
+def test_fuzzed_request_bodies_never_answer_500_and_always_answer_json(raw: bytes, params: dict[str, str]) -> None:
+    status, payload, _ = call(None, params, raw=raw)  # call() asserts the JSON mimetype and parses the body
+    assert status in (200, 400, 413)
+    if status == 200:
+        assert set(payload) == {"values"}
+    else:
+        assert set(payload) == {"error"} and set(payload["error"]) == {"code", "message"}
+        assert "Traceback" not in payload["error"]["message"]
 
 
 def test_model_not_ready_is_not_a_caller_error() -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +10,9 @@ import pytest
 from PIL import Image
 
 from shared.bundle import Preprocessing, load_bundle
-from shared.engine import Engine, preprocess, resized_size, sigmoid, softmax
+from shared.engine import EXACT_RESIZE_MAX_PIXELS, Engine, preprocess, resized_size, sigmoid, softmax
 from shared.errors import BundleError
+from tests.conftest import ROOT
 from tests.modelfactory import tiny_bundle, tiny_classifier, write_labels
 
 torch = pytest.importorskip("torch")
@@ -132,3 +135,52 @@ def test_garbage_onnx_is_refused(tmp_path: Path) -> None:
         Engine(load_bundle(tmp_path))
     assert "model.onnx" in str(caught.value)
     assert "Traceback" not in str(caught.value)
+
+
+@pytest.mark.parametrize("size", [(40, 4000), (4000, 40)])
+def test_preprocess_stays_exact_up_to_the_resize_bound(photos: list[Image.Image], size: tuple[int, int]) -> None:
+    image = photos[0].resize(size)
+    assert resized_size(*size, 256)[0] * resized_size(*size, 256)[1] <= EXACT_RESIZE_MAX_PIXELS
+    assert np.array_equal(
+        preprocess(image, Preprocessing(resize=256, crop=224)), torchvision_reference(image, 256, 224)
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "resize", "crop"), [((16, 2000), 256, 224), ((2000, 16), 256, 224), ((20, 3000), 480, 384)]
+)
+def test_thin_images_resize_only_the_centre_within_two_levels_of_torchvision(
+    photos: list[Image.Image], size: tuple[int, int], resize: int, crop: int
+) -> None:
+    image = photos[1].resize(size)
+    new_w, new_h = resized_size(*size, resize)
+    assert new_w * new_h > EXACT_RESIZE_MAX_PIXELS  # past the bound: the centre-window path
+    pre = Preprocessing(resize=resize, crop=crop, in_graph=True)
+    reference = pipeline_raw(image, resize, crop)
+    ours = preprocess(image, pre)
+    assert ours.shape == reference.shape == (3, crop, crop)
+    assert np.abs(ours - reference).max() <= 2.0  # raw 0-255 levels
+
+
+def pipeline_raw(image: Image.Image, resize: int, crop: int) -> np.ndarray:
+    pipeline = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop), transforms.PILToTensor()])
+    return np.asarray(pipeline(image).numpy(), dtype=np.float32)
+
+
+def test_a_thin_image_costs_the_crop_not_gigabytes() -> None:
+    # 16x200,000 pixels (a 10 kB PNG) resized whole to a 256-pixel shorter side is 256x3,200,000: 3.3 GB.
+    # Under a 1.5 GiB address-space limit the full resize raises MemoryError; the centre window does not.
+    script = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
+        "from PIL import Image\n"
+        "from shared.bundle import Preprocessing\n"
+        "from shared.engine import preprocess\n"
+        "out = preprocess(Image.new('RGB', (16, 200_000), (200, 100, 50)), Preprocessing(resize=256, crop=224))\n"
+        "print(out.shape, float(out[0, 0, 0]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-500:]
+    assert completed.stdout.split(")")[0] == "(3, 224, 224"

@@ -1,13 +1,23 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from shared.errors import ImageError
-from shared.images import ImageLimits, decode_image, draft_request
+from shared.images import (
+    DecodeBudget,
+    ImageLimits,
+    decode_image,
+    default_decode_budget_bytes,
+    draft_request,
+    instance_memory_bytes,
+    open_image,
+    release_memory,
+)
 from tests.conftest import encode, jpeg_bytes
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000, min_side=16)
@@ -114,3 +124,91 @@ def test_decompression_bomb_is_refused_from_the_header_alone() -> None:
     assert len(bomb) < 1_000_000
     with pytest.raises(ImageError, match="400,000,000 pixels; the limit is 4,000,000 pixels"):
         decode_image(bomb, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [("ICO", "RGBA"), ("TGA", "RGB"), ("PCX", "RGB"), ("SGI", "RGB"), ("PPM", "RGB"), ("DDS", "RGBA"), ("EPS", "RGB")],
+)
+def test_formats_outside_the_documented_ones_are_refused_by_name(fmt: str, mode: str) -> None:
+    data = encode(Image.new(mode, (32, 32), (1, 2, 3)), fmt)
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, LIMITS)
+    assert str(caught.value) == f"image format {fmt} is not accepted; send JPEG, PNG, GIF, BMP, TIFF or WebP"
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "expected"),
+    [
+        ("RGB", (100, 50), 100 * 50 * 4),  # Pillow keeps RGB as 4 bytes a pixel; no conversion
+        ("RGBA", (7000, 7000), 7000 * 7000 * 8),  # the RGBA pixels, then their RGB copy: about 392 MB
+        ("L", (16, 200_000), 16 * 200_000 * 5),
+    ],
+)
+def test_opened_image_knows_what_decoding_it_will_allocate(mode: str, size: tuple[int, int], expected: int) -> None:
+    opened = open_image(encode(Image.new(mode, size), "PNG"), ImageLimits(max_pixels=50_000_000))
+    assert opened.decoded_bytes == expected
+
+
+def test_draft_shrinks_the_decode_cost_of_a_large_jpeg(large_jpeg: bytes) -> None:
+    exact = open_image(large_jpeg, ImageLimits())
+    fast = open_image(large_jpeg, ImageLimits(), draft_short_side=256)
+    assert exact.decoded_bytes == 2000 * 1500 * 4
+    assert fast.decoded_bytes == fast.image.width * fast.image.height * 4 < exact.decoded_bytes // 4
+
+
+def test_budget_waits_for_room_and_records_the_peak() -> None:
+    budget = DecodeBudget(100, trim_after_bytes=1 << 40)
+    entered = threading.Event()
+    order: list[str] = []
+    with budget.hold(70):
+        assert budget.in_flight == 70
+
+        def second() -> None:
+            with budget.hold(60):
+                order.append("second")
+                entered.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        # The second holder cannot enter while the first holds 70 of 100 (the event stays unset).
+        assert not entered.wait(0.2)
+        order.append("first done")
+    thread.join(timeout=10)
+    assert order == ["first done", "second"]
+    assert budget.peak_bytes == 70 and budget.in_flight == 0
+
+
+def test_budget_lets_an_oversized_image_run_alone() -> None:
+    budget = DecodeBudget(100, trim_after_bytes=1 << 40)
+    with budget.hold(500):
+        assert budget.in_flight == 100
+    assert budget.peak_bytes == 100 and budget.in_flight == 0
+
+
+def test_budget_wait_ends_at_the_deadline_with_a_record_error() -> None:
+    budget = DecodeBudget(100, clock=lambda: 10.0)
+    with budget.hold(100), pytest.raises(ImageError) as caught, budget.hold(1, deadline=5.0, budget_s=3):
+        pass
+    assert str(caught.value) == (
+        "not classified: the batch ran past its 3 s budget (SKILL_DEADLINE_SECONDS) waiting for decode memory "
+        "(0 MiB in flight at most, DECODE_MEMORY_MB); lower the skillset's batchSize or degreeOfParallelism"
+    )
+    assert budget.in_flight == 0
+
+
+@pytest.mark.skipif(not release_memory(), reason="malloc_trim is glibc's")
+def test_budget_gives_memory_back_after_large_decodes_once_idle() -> None:
+    budget = DecodeBudget(1 << 30, trim_after_bytes=50)
+    with budget.hold(30):
+        pass
+    assert budget.trims == 0
+    with budget.hold(30), budget.hold(30):
+        pass
+    assert budget.trims == 1  # once, when the last holder left and 90 >= 50 bytes were released
+
+
+def test_default_budget_is_a_quarter_of_memory_at_most_512_mib() -> None:
+    memory = instance_memory_bytes()
+    assert memory is not None and memory > 0
+    assert default_decode_budget_bytes() == max(64 << 20, min(memory // 4, 512 << 20))
