@@ -19,7 +19,7 @@ from shared.engine import Engine
 from shared.errors import HttpError, ModelNotReady, SettingsError
 from shared.holder import FolderSource, ModelHolder, ModelSource
 from shared.settings import Settings
-from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch
+from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch, engine_threads
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def build_holder(settings: Settings) -> ModelHolder:
         source = FolderSource(model_path(settings))
 
     def load(path: Path) -> Engine:
-        return Engine(load_bundle(path), threads=settings.engine_threads or None)
+        return Engine(load_bundle(path), threads=engine_threads(settings))
 
     return ModelHolder(source, load, poll_s=settings.poll_s)
 
