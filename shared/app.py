@@ -36,9 +36,11 @@ def build_holder(settings: Settings) -> ModelHolder:
     """The Blob model store when one is configured, else AZUREML_MODEL_DIR, else the bundled sample."""
     source: ModelSource
     if settings.uses_blob_store:
+        from shared import prefetch
         from shared.store import BlobModelStore, BlobSource
 
-        store = BlobModelStore.from_settings(settings)
+        # A prefetch started at process start (prefetch.start) has the SDK imported and the version cached.
+        store = prefetch.take(settings) or BlobModelStore.from_settings(settings)
         assert store is not None
         source = BlobSource(store, settings.model_cache_dir())
     else:

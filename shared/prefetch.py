@@ -1,0 +1,89 @@
+"""Start downloading the served model from the Blob store at process start, beside the rest of start-up.
+
+A cold start from the model store pays for importing the Azure Storage SDK and for downloading and
+verifying the model; neither needs ONNX Runtime, numpy, Pillow or the Functions SDK, which the process
+imports meanwhile. `start()` runs them on a background thread as early as an entry point can call it
+(`python -m shared serve` calls it before importing anything heavy); `build_holder` then `take()`s the
+store client, waiting for the download if it is still running, and the holder's first fetch finds the
+version verified in the cache. A failed prefetch is dropped without a word: the holder's own fetch meets
+the same failure and reports it as usual.
+
+Only `shared.settings` is imported here, so calling `start()` costs the caller almost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.store import BlobModelStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Prefetch:
+    settings: Settings
+    done: threading.Event = field(default_factory=threading.Event)
+    store: BlobModelStore | None = None
+
+
+_pending: _Prefetch | None = None
+_lock = threading.Lock()
+
+
+def start(settings: Settings | None = None) -> bool:
+    """Begin fetching the store's current version into the cache on a daemon thread, once per process.
+
+    `settings` defaults to the environment's. Returns whether a prefetch started: False without a
+    configured store, with invalid settings (the app reports those when it starts) or when one is
+    already pending. Never raises.
+    """
+    global _pending  # noqa: PLW0603 - one prefetch per process, taken by the one service
+    try:
+        settings = settings or Settings.from_env()
+    except Exception:  # noqa: BLE001 - the service reads the settings again and reports what is wrong
+        return False
+    if not settings.uses_blob_store:
+        return False
+    with _lock:
+        if _pending is not None:
+            return False
+        job = _pending = _Prefetch(settings)
+    threading.Thread(target=_run, args=(job,), name="model-prefetch", daemon=True).start()
+    return True
+
+
+def _run(job: _Prefetch) -> None:
+    try:
+        # The SDK first: it is most of the cost, and shared.store's own imports (the engine, ONNX
+        # Runtime) may still be under way on the main thread, which this thread would have to wait for.
+        import azure.storage.blob  # noqa: F401
+
+        from shared.store import BlobModelStore, Pointer
+
+        store = job.store = BlobModelStore.from_settings(job.settings)
+        pointer = store.read_pointer() if store is not None else None
+        if store is not None and isinstance(pointer, Pointer):
+            store.download_version(pointer.version, job.settings.model_cache_dir(), pointer.manifest_sha256)
+    except Exception:  # the holder's first fetch meets the same failure and reports it
+        logger.debug("model prefetch failed", exc_info=True)
+    finally:
+        job.done.set()
+
+
+def take(settings: Settings) -> BlobModelStore | None:
+    """The pending prefetch's store client when it was started with `settings`, after its download has
+    finished (waiting for it); None when there is none or it was for other settings."""
+    global _pending
+    with _lock:
+        job, _pending = _pending, None
+    if job is None or job.settings != settings:
+        return None
+    job.done.wait()
+    return job.store
