@@ -17,10 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.engine import Engine
 from shared.errors import ClassifierError, ModelNotReady
+
+if TYPE_CHECKING:  # not at run time: the store imports this module, and a cold start's prefetch needs
+    # the store without waiting for ONNX Runtime (see shared/prefetch.py)
+    from shared.engine import Engine
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,13 @@
 """Start downloading the served model from the Blob store at process start, beside the rest of start-up.
 
 A cold start from the model store pays for importing the Azure Storage SDK and for downloading and
-verifying the model; neither needs ONNX Runtime, numpy, Pillow or the Functions SDK, which the process
-imports meanwhile. `start()` runs them on a background thread as early as an entry point can call it
-(`python -m shared serve` calls it before importing anything heavy); `build_holder` then `take()`s the
-store client, waiting for the download if it is still running, and the holder's first fetch finds the
-version verified in the cache. A failed prefetch is dropped without a word: the holder's own fetch meets
-the same failure and reports it as usual.
-
-Only `shared.settings` is imported here, so calling `start()` costs the caller almost nothing.
+verifying the model. `start()`, called by an entry point before its other imports, imports the SDK and
+then reads the pointer and downloads the version on a background thread while the caller imports ONNX
+Runtime, numpy, Pillow and the Functions SDK; `build_holder` then `take()`s the store client, waiting for
+the download if it is still running, and the holder's first fetch finds the version verified in the
+cache. The SDK import stays on the caller's thread because imports hold the GIL: run beside the caller's
+own imports it would only finish later and hold the download back (measured; see docs/performance.md).
+A failed prefetch is dropped without a word: the holder's own fetch meets the same failure and reports it.
 """
 
 from __future__ import annotations
@@ -38,11 +37,10 @@ _lock = threading.Lock()
 
 
 def start(settings: Settings | None = None) -> bool:
-    """Begin fetching the store's current version into the cache on a daemon thread, once per process.
-
-    `settings` defaults to the environment's. Returns whether a prefetch started: False without a
-    configured store, with invalid settings (the app reports those when it starts) or when one is
-    already pending. Never raises.
+    """Import the storage SDK, then begin fetching the store's current version into the cache on a
+    daemon thread, once per process. `settings` defaults to the environment's. Returns whether a prefetch
+    started: False without a configured store, with invalid settings (the app reports those when it
+    starts) or when one is already pending. Never raises.
     """
     global _pending  # noqa: PLW0603 - one prefetch per process, taken by the one service
     try:
@@ -50,6 +48,10 @@ def start(settings: Settings | None = None) -> bool:
     except Exception:  # noqa: BLE001 - the service reads the settings again and reports what is wrong
         return False
     if not settings.uses_blob_store:
+        return False
+    try:
+        import azure.storage.blob  # noqa: F401
+    except ImportError:  # the service reports the missing package when it builds the store
         return False
     with _lock:
         if _pending is not None:
@@ -61,10 +63,8 @@ def start(settings: Settings | None = None) -> bool:
 
 def _run(job: _Prefetch) -> None:
     try:
-        # The SDK first: it is most of the cost, and shared.store's own imports (the engine, ONNX
-        # Runtime) may still be under way on the main thread, which this thread would have to wait for.
-        import azure.storage.blob  # noqa: F401
-
+        # While shared.store imports shared.holder (for Fetched), and so the engine, this import waits for
+        # the caller's ONNX Runtime import; once the store depends on nothing above it, it will not.
         from shared.store import BlobModelStore, Pointer
 
         store = job.store = BlobModelStore.from_settings(job.settings)
