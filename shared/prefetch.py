@@ -33,6 +33,7 @@ class _Prefetch:
 
 
 _pending: _Prefetch | None = None
+_started = False
 _lock = threading.Lock()
 
 
@@ -40,9 +41,9 @@ def start(settings: Settings | None = None) -> bool:
     """Import the storage SDK, then begin fetching the store's current version into the cache on a
     daemon thread, once per process. `settings` defaults to the environment's. Returns whether a prefetch
     started: False without a configured store, with invalid settings (the app reports those when it
-    starts) or when one is already pending. Never raises.
+    starts) or when one was started before. Never raises.
     """
-    global _pending  # noqa: PLW0603 - one prefetch per process, taken by the one service
+    global _pending, _started  # noqa: PLW0603 - one prefetch per process, taken by the one service
     try:
         settings = settings or Settings.from_env()
     except Exception:  # noqa: BLE001 - the service reads the settings again and reports what is wrong
@@ -54,8 +55,9 @@ def start(settings: Settings | None = None) -> bool:
     except ImportError:  # the service reports the missing package when it builds the store
         return False
     with _lock:
-        if _pending is not None:
+        if _started:
             return False
+        _started = True
         job = _pending = _Prefetch(settings)
     threading.Thread(target=_run, args=(job,), name="model-prefetch", daemon=True).start()
     return True

@@ -17,12 +17,12 @@ from tests.modelfactory import tiny_bundle
 
 
 @pytest.fixture(autouse=True)
-def no_pending_prefetch() -> Iterator[None]:
-    prefetch._pending = None
+def fresh_process() -> Iterator[None]:
+    prefetch._pending, prefetch._started = None, False
     yield
     if prefetch._pending is not None:
         prefetch._pending.done.wait(timeout=30)
-    prefetch._pending = None
+    prefetch._pending, prefetch._started = None, False
 
 
 def store_for(settings: Settings) -> BlobModelStore:
@@ -35,12 +35,13 @@ def test_the_service_takes_the_prefetched_version(blob_settings: Settings, tmp_p
     store_for(blob_settings).publish(tiny_bundle(tmp_path / "tiny"), version="v1")
     assert blob_settings.cache_dir is not None and not blob_settings.cache_dir.exists()
     assert prefetch.start(blob_settings) is True
-    assert prefetch.start(blob_settings) is False  # one per process
+    assert prefetch.start(blob_settings) is False  # one per process, even once taken
     pending = prefetch._pending
     assert pending is not None and pending.done.wait(timeout=60)
     assert (blob_settings.cache_dir / "v1" / "manifest.json").is_file()  # downloaded before any service exists
     service = SkillService(blob_settings)
     assert prefetch._pending is None and service.holder.source.store is pending.store  # type: ignore[attr-defined]
+    assert prefetch.start(blob_settings) is False
     assert service.holder.current().version == "v1"
     assert service.holder.status()["lastError"] is None
 
