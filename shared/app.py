@@ -39,8 +39,9 @@ def build_holder(settings: Settings) -> ModelHolder:
         from shared import prefetch
         from shared.store import BlobModelStore, BlobSource
 
-        # A prefetch started at process start (prefetch.start) has the SDK imported and the version cached.
-        store = prefetch.take(settings) or BlobModelStore.from_settings(settings)
+        # A prefetch started at process start (prefetch.start) has imported the SDK and cached the version.
+        prefetch.wait(settings)
+        store = BlobModelStore.from_settings(settings)
         assert store is not None
         source = BlobSource(store, settings.model_cache_dir())
     else:

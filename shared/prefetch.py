@@ -3,11 +3,14 @@
 A cold start from the model store pays for importing the Azure Storage SDK and for downloading and
 verifying the model. `start()`, called by an entry point before its other imports, imports the SDK and
 then reads the pointer and downloads the version on a background thread while the caller imports ONNX
-Runtime, numpy, Pillow and the Functions SDK; `build_holder` then `take()`s the store client, waiting for
-the download if it is still running, and the holder's first fetch finds the version verified in the
-cache. The SDK import stays on the caller's thread because imports hold the GIL: run beside the caller's
-own imports it would only finish later and hold the download back (measured; see docs/performance.md).
-A failed prefetch is dropped without a word: the holder's own fetch meets the same failure and reports it.
+Runtime, numpy, Pillow and the Functions SDK; `build_holder` then `wait()`s for the download if it is
+still running, and the holder's first fetch finds the version verified in the cache. The SDK import
+stays on the caller's thread because imports hold the GIL: run beside the caller's own imports it would
+only finish later and hold the download back.
+
+The prefetch makes one attempt per request, without the store's retries, so a store that cannot be
+reached costs the start-up one failed attempt, not a second round of retries. A failed prefetch is
+dropped without a word: the holder's own fetch meets the same failure and reports it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from shared.store import BlobModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 class _Prefetch:
     settings: Settings
     done: threading.Event = field(default_factory=threading.Event)
-    store: BlobModelStore | None = None
 
 
 _pending: _Prefetch | None = None
@@ -69,7 +67,7 @@ def _run(job: _Prefetch) -> None:
         # the caller's ONNX Runtime import; once the store depends on nothing above it, it will not.
         from shared.store import BlobModelStore, Pointer
 
-        store = job.store = BlobModelStore.from_settings(job.settings)
+        store = BlobModelStore.from_settings(job.settings, retries=0)
         pointer = store.read_pointer() if store is not None else None
         if store is not None and isinstance(pointer, Pointer):
             store.download_version(pointer.version, job.settings.model_cache_dir(), pointer.manifest_sha256)
@@ -79,13 +77,11 @@ def _run(job: _Prefetch) -> None:
         job.done.set()
 
 
-def take(settings: Settings) -> BlobModelStore | None:
-    """The pending prefetch's store client when it was started with `settings`, after its download has
-    finished (waiting for it); None when there is none or it was for other settings."""
+def wait(settings: Settings) -> None:
+    """Wait for the pending prefetch's download when it was started with `settings` (the service's), so
+    that the holder's first fetch does not download the same version a second time."""
     global _pending
     with _lock:
         job, _pending = _pending, None
-    if job is None or job.settings != settings:
-        return None
-    job.done.wait()
-    return job.store
+    if job is not None and job.settings == settings:
+        job.done.wait()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,16 +42,56 @@ def test_the_service_takes_the_prefetched_version(blob_settings: Settings, tmp_p
     assert pending is not None and pending.done.wait(timeout=60)
     assert (blob_settings.cache_dir / "v1" / "manifest.json").is_file()  # downloaded before any service exists
     service = SkillService(blob_settings)
-    assert prefetch._pending is None and service.holder.source.store is pending.store  # type: ignore[attr-defined]
+    assert prefetch._pending is None
     assert prefetch.start(blob_settings) is False
     assert service.holder.current().version == "v1"
     assert service.holder.status()["lastError"] is None
 
 
-def test_a_prefetch_for_other_settings_is_dropped(blob_settings: Settings) -> None:
+def test_a_prefetch_for_other_settings_is_not_waited_for(blob_settings: Settings) -> None:
     assert prefetch.start(blob_settings) is True
-    assert prefetch.take(dataclasses.replace(blob_settings, blob_container="other")) is None
+    pending = prefetch._pending
+    assert pending is not None
+    prefetch.wait(dataclasses.replace(blob_settings, blob_container="other"))
     assert prefetch._pending is None
+    pending.done.wait(timeout=30)
+
+
+def test_an_unreachable_store_costs_one_attempt(tmp_path: Path) -> None:
+    from tests.azurite import ACCOUNT, DEV_KEY
+
+    # A loopback listener that hangs up on every connection, counting them.
+    listener = socket.create_server(("127.0.0.1", 0))
+    attempts = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            attempts.append(1)
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    port = listener.getsockname()[1]
+    settings = Settings(
+        blob_connection_string=(
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={DEV_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+        ),
+        cache_dir=tmp_path / "cache",
+    )
+    try:
+        assert prefetch.start(settings) is True
+        pending = prefetch._pending
+        assert pending is not None and pending.done.wait(timeout=60)
+        assert len(attempts) == 1  # the store's own client would try 3 times, 1 s apart
+        status, body, _ = SkillService(settings).classify(b'{"values": []}', {})
+        assert status == 503 and "is unreachable while reading current.json" in json.loads(body)["error"]["message"]
+        assert len(attempts) == 4  # the holder's first fetch: its own 3 attempts, reported as usual
+    finally:
+        listener.close()
 
 
 def test_nothing_to_prefetch_without_a_store_or_with_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
