@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared import app
+from shared import prefetch
+
+# The worker imports this module when it loads the function, before any request: with the Blob model
+# store, the model's download starts here and runs while shared.app imports ONNX Runtime (shared/prefetch.py).
+prefetch.start()
+
+from shared import app  # noqa: E402
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:

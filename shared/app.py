@@ -20,7 +20,7 @@ from shared.errors import HttpError, ModelNotReady, SettingsError
 from shared.holder import FolderSource, ModelHolder, ModelSource
 from shared.images import DecodeBudget
 from shared.settings import Settings
-from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch
+from shared.skill import BatchStats, ClassifyOptions, ImageOutcome, classify_batch, engine_threads
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,11 @@ def build_holder(settings: Settings) -> ModelHolder:
     """The Blob model store when one is configured, else AZUREML_MODEL_DIR, else the bundled sample."""
     source: ModelSource
     if settings.uses_blob_store:
+        from shared import prefetch
         from shared.store import BlobModelStore, BlobSource
 
+        # A prefetch started at process start (prefetch.start) has imported the SDK and cached the version.
+        prefetch.wait(settings)
         store = BlobModelStore.from_settings(settings)
         assert store is not None
         source = BlobSource(store, settings.model_cache_dir())
@@ -46,7 +49,7 @@ def build_holder(settings: Settings) -> ModelHolder:
         source = FolderSource(model_path(settings))
 
     def load(path: Path) -> Engine:
-        return Engine(load_bundle(path), threads=settings.engine_threads or None)
+        return Engine(load_bundle(path), threads=engine_threads(settings))
 
     return ModelHolder(source, load, poll_s=settings.poll_s)
 
@@ -64,8 +67,10 @@ class SkillService:
         self.settings = settings
         self.holder = holder or build_holder(settings)
         workers = settings.decode_threads or os.cpu_count() or 1
-        # Every image is decoded in this pool, one-record requests too, so concurrent requests cannot decode
-        # more images at once than it has threads; the budget bounds the decoded bytes in flight.
+        # Every image is decoded and classified in this pool (a batch in one part per thread), one-record
+        # requests too, so concurrent requests cannot decode more images at once than it has threads; the
+        # budget bounds the decoded bytes in flight.
+        self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         self.budget = DecodeBudget(settings.decode_budget_bytes(), clock=clock)
         self.clock = clock
@@ -109,6 +114,7 @@ class SkillService:
             budget_s=s.deadline_s,
             clock=self.clock,
             stats=stats,
+            parts=self.workers,
         )
         values = response_values(records, {r.record_id: o for r, o in zip(todo, outcomes, strict=True)})
         errors = sum(1 for v in values if v["errors"])

@@ -16,7 +16,7 @@ from shared.bundle import SAMPLE_BUNDLE, ModelBundle, load_bundle
 from shared.engine import Engine
 from shared.errors import ClassifierError, ImageError
 from shared.settings import Settings
-from shared.skill import ClassifyOptions, ImageLoader, classify_batch
+from shared.skill import ClassifyOptions, ImageLoader, classify_batch, engine_threads
 
 if TYPE_CHECKING:
     from shared.store import BlobModelStore
@@ -94,7 +94,7 @@ def open_engine(model: str | None, settings: Settings) -> Engine:
     """The engine for `--model` (converting a model.pt-only run once), else AZUREML_MODEL_DIR, else the
     bundled sample. Raises BundleError."""
     path = servable(Path(model), settings) if model else settings.model_dir or SAMPLE_BUNDLE
-    return Engine(load_bundle(path), threads=settings.engine_threads or None)
+    return Engine(load_bundle(path), threads=engine_threads(settings))
 
 
 def shorten(name: str, width: int) -> str:

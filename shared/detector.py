@@ -13,6 +13,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ from shared.detection import (
 )
 from shared.engine import Engine
 from shared.errors import BundleError, ImageError
-from shared.images import DecodedImage, decode_image
+from shared.images import DecodeBudget, load_rgb, open_image
 
 if TYPE_CHECKING:
     from shared.skill import BatchStats, ClassifyOptions, ImageLoader, ImageOutcome
@@ -163,13 +165,48 @@ def objects_data(objects: Sequence[DetectedObject], model_version: str) -> dict[
     }
 
 
-def _decode(loader: ImageLoader, options: ClassifyOptions) -> DecodedImage | ImageError:
-    # Exact decoding (no JPEG draft): the recipe resizes the full image, and draft's saving is small next to
-    # a detection run.
+def _detect_one(
+    engine: DetectionEngine,
+    loader: ImageLoader,
+    options: ClassifyOptions,
+    *,
+    budget: DecodeBudget | None,
+    deadline: float | None,
+    budget_s: float,
+    clock: Callable[[], float],
+) -> tuple[ImageOutcome, float, float]:
+    """Decode one image and run the detector on it: (outcome, decode ms, detection ms). Never raises (every
+    failure, MemoryError included, is this image's error). The decoded pixels are held under `budget` until
+    the run has resized them."""
+    from shared.skill import ImageOutcome, deadline_message
+
+    if deadline is not None and clock() > deadline:
+        return ImageOutcome(data=None, errors=(deadline_message(budget_s),)), 0.0, 0.0
+    began = decoded = ended = time.perf_counter()
     try:
-        return decode_image(loader(), options.limits)
+        # Exact decoding (no JPEG draft): the recipe resizes the full image, and draft's saving is small next
+        # to a detection run.
+        opened = open_image(loader(), options.limits)
+        with budget.hold(opened.decoded_bytes, deadline, budget_s=budget_s) if budget is not None else nullcontext():
+            image = load_rgb(opened).image
+            del opened
+            decoded = time.perf_counter()
+            objects = engine.detect(image, options.threshold, options.object_top_k)
+            ended = time.perf_counter()
+            del image
     except ImageError as exc:
-        return exc
+        return ImageOutcome(data=None, errors=(str(exc),)), 0.0, 0.0
+    except Exception as exc:  # a model or library fault on one image: that record's error, never the batch's
+        incident = uuid.uuid4().hex[:12]
+        logger.error("detection failed: %s (incident %s)", exc.__class__.__name__, incident, exc_info=True)
+        message = f"internal error while detecting objects (incident {incident}); the batch may be retried"
+        return ImageOutcome(data=None, errors=(message,)), 0.0, 0.0
+    warnings: tuple[str, ...] = ()
+    if not objects:
+        cutoff = engine.default_threshold() if options.threshold is None else options.threshold
+        warnings = (f"low confidence: no object scored at or above the threshold {cutoff:g}",)
+    outcome = ImageOutcome(data=objects_data(objects, engine.version), warnings=warnings)
+    return outcome, 1000 * (decoded - began), 1000 * (ended - decoded)
 
 
 def detect_batch(
@@ -178,49 +215,31 @@ def detect_batch(
     options: ClassifyOptions,
     *,
     pool: Executor | None = None,
+    budget: DecodeBudget | None = None,
     deadline: float | None = None,
     budget_s: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     stats: BatchStats | None = None,
 ) -> list[ImageOutcome]:
-    """Answer every loader in order, like `classify_batch`: images decoded (in `pool` when given), then one
-    detection run each. Past `deadline` no new run starts; the rest get the lower-your-batchSize error."""
-    from shared.skill import BatchStats, ImageOutcome, deadline_message
+    """Answer every loader in order, like `classify_batch`: each image decoded under `budget` and run through
+    the detector on its own (detection exports take batch size 1), in `pool` when given (every image then
+    runs there, never in the caller's thread). Past `deadline` no new image starts; the rest get the
+    lower-your-batchSize error."""
+    from shared.skill import BatchStats
 
     stats = stats if stats is not None else BatchStats()
-    began = time.perf_counter()
-    if pool is not None and len(loaders) > 1:
-        decoded = [f.result() for f in [pool.submit(_decode, loader, options) for loader in loaders]]
+    one = partial(
+        _detect_one, engine, options=options, budget=budget, deadline=deadline, budget_s=budget_s, clock=clock
+    )
+    if pool is None:
+        done = [one(loader) for loader in loaders]
     else:
-        decoded = [_decode(loader, options) for loader in loaders]
-    stats.decode_ms += 1000 * (time.perf_counter() - began)
-    top_k = options.object_top_k
-    outcomes: list[ImageOutcome] = []
-    for item in decoded:
-        if isinstance(item, ImageError):
-            outcomes.append(ImageOutcome(data=None, errors=(str(item),)))
-            continue
-        if deadline is not None and clock() > deadline:
-            outcomes.append(ImageOutcome(data=None, errors=(deadline_message(budget_s),)))
-            continue
-        started = time.perf_counter()
-        try:
-            objects = engine.detect(item.image, options.threshold, top_k)
-        except Exception:  # a model that fails on a valid image is our problem: answer, log, keep serving
-            incident = uuid.uuid4().hex[:12]
-            logger.exception("detection failed (incident %s)", incident)
-            message = f"internal error while detecting objects (incident {incident}); the batch may be retried"
-            outcomes.append(ImageOutcome(data=None, errors=(message,)))
-            continue
-        finally:
-            stats.infer_ms += 1000 * (time.perf_counter() - started)
-        stats.images += 1
-        warnings: tuple[str, ...] = ()
-        if not objects:
-            cutoff = engine.default_threshold() if options.threshold is None else options.threshold
-            warnings = (f"low confidence: no object scored at or above the threshold {cutoff:g}",)
-        outcomes.append(ImageOutcome(data=objects_data(objects, engine.version), warnings=warnings))
-    return outcomes
+        done = [f.result() for f in [pool.submit(one, loader) for loader in loaders]]
+    for outcome, decode_ms, infer_ms in done:
+        stats.decode_ms += decode_ms
+        stats.infer_ms += infer_ms
+        stats.images += outcome.data is not None
+    return [outcome for outcome, _, _ in done]
 
 
 def object_summary(data: dict[str, Any], shown: int = 3) -> str:

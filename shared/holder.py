@@ -19,13 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.engine import Engine
 from shared.errors import ClassifierError, ModelNotReady
 from shared.source import Fetched, FolderSource, ModelSource, SourceUnreachable
 
 __all__ = ["Fetched", "FolderSource", "LoadedModel", "ModelHolder", "ModelSource", "utc_now"]
+
+if TYPE_CHECKING:  # not at run time: the store imports this module, and a cold start's prefetch needs
+    # the store without waiting for ONNX Runtime (see shared/prefetch.py)
+    from shared.engine import Engine
 
 logger = logging.getLogger(__name__)
 

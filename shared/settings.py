@@ -222,7 +222,7 @@ class Settings:
         search_name = "lowercase letters, digits and dashes (1-128, starting and ending with a letter or digit)"
         return cls(
             model_dir=Path(model_dir) if model_dir else None,
-            engine_threads=_get(env, "ENGINE_THREADS", 0, _bounded_int(0, 256), "an integer from 0 (all cores) to 256"),
+            engine_threads=_get(env, "ENGINE_THREADS", 0, _bounded_int(0, 256), "an integer from 0 (automatic) to 256"),
             decode_threads=_get(
                 env, "DECODE_THREADS", 0, _bounded_int(0, 64), "an integer from 0 (one per core) to 64"
             ),

@@ -7,6 +7,7 @@ user sees locally is what the search index gets.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 from shared.engine import Classification, Engine, preprocess, preprocess_bytes
 from shared.errors import ImageError
 from shared.images import DecodeBudget, ImageLimits, load_rgb, open_image
+from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +124,7 @@ def _load_and_prepare(
         return ImageError(deadline_message(budget_s))
     pre = engine.preprocessing
     try:
-        opened = open_image(
-            loader(), options.limits, draft_short_side=pre.resize if options.fast_decode else None
-        )
+        opened = open_image(loader(), options.limits, draft_short_side=pre.resize if options.fast_decode else None)
         info = PreparedImage(width=opened.width, height=opened.height, format=opened.format, draft=opened.draft)
         cost = opened.decoded_bytes + preprocess_bytes(opened.image.width, opened.image.height, pre)
         with budget.hold(cost, deadline, budget_s=budget_s) if budget is not None else nullcontext():
@@ -151,6 +151,71 @@ def deadline_message(budget_s: float) -> str:
     )
 
 
+def _classify_part(
+    engine: Engine,
+    loaders: Sequence[ImageLoader],
+    *,
+    options: ClassifyOptions,
+    budget: DecodeBudget | None,
+    deadline: float | None,
+    budget_s: float,
+    clock: Callable[[], float],
+) -> tuple[list[ImageOutcome], BatchStats]:
+    """Decode and preprocess some images one after another on this thread, then classify them in one ONNX
+    Runtime run."""
+    stats = BatchStats()
+    began = time.perf_counter()
+    crop = engine.preprocessing.crop
+    tensors = np.empty((len(loaders), 3, crop, crop), dtype=np.float32)
+    prepared = [
+        _load_and_prepare(
+            loader, engine, options, tensors[i], budget=budget, deadline=deadline, budget_s=budget_s, clock=clock
+        )
+        for i, loader in enumerate(loaders)
+    ]
+    good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
+    inferred = time.perf_counter()
+    stats.decode_ms = 1000 * (inferred - began)
+    results: list[Classification] | None = []
+    failure = ""
+    if good:
+        try:
+            batch = tensors if len(good) == len(loaders) else tensors[good]
+            results = engine.interpret(engine.scores(batch), options.top_k, options.threshold)
+        except Exception:  # a model that fails on a valid image is our problem: answer, log, keep serving
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("inference failed for %d images (incident %s)", len(good), incident)
+            results = None
+            failure = f"internal error while classifying this image (incident {incident}); the batch may be retried"
+    stats.infer_ms = 1000 * (time.perf_counter() - inferred)
+    stats.images = len(good)
+    by_index = dict(zip(good, results, strict=True)) if results is not None else {}
+    outcomes: list[ImageOutcome] = []
+    for i, item in enumerate(prepared):
+        if isinstance(item, ImageError):
+            outcomes.append(ImageOutcome(data=None, errors=(str(item),)))
+        elif i in by_index:
+            result = by_index[i]
+            outcomes.append(
+                ImageOutcome(
+                    data=record_data(result, engine.version),
+                    warnings=tuple(_warnings(item, result, engine, options.threshold)),
+                )
+            )
+        else:
+            outcomes.append(ImageOutcome(data=None, errors=(failure,)))
+    return outcomes, stats
+
+
+def engine_threads(settings: Settings) -> int | None:
+    """ONNX Runtime intra-op threads for an engine that `classify_batch` drives: ENGINE_THREADS when set;
+    else 1 when a pool of DECODE_THREADS workers classifies the parts of a batch in parallel (one part per
+    core already keeps every core busy); else None, all cores."""
+    if settings.engine_threads:
+        return settings.engine_threads
+    return 1 if (settings.decode_threads or os.cpu_count() or 1) > 1 else None
+
+
 def classify_batch(
     engine: Engine,
     loaders: Sequence[ImageLoader],
@@ -162,73 +227,54 @@ def classify_batch(
     budget_s: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     stats: BatchStats | None = None,
+    parts: int | None = None,
 ) -> list[ImageOutcome]:
     """Answer every loader, in order. One image's failure never affects the others.
 
-    Images are decoded in `pool` when given (in parallel; every image, so decoding never runs in the
-    caller's thread), each holding its decoded bytes under `budget`, and classified in runs of at most
-    MAX_INFERENCE_BATCH. Once `clock()` passes `deadline`, no new image starts: the rest are answered with
-    an error telling the caller to lower the batch size, so a call ends within the budget plus one image.
+    Images are classified in runs of at most MAX_INFERENCE_BATCH. With a `pool` (every image then runs
+    there, never in the caller's thread, one-record requests included), each run is split into `parts`
+    parts (default one per core), and each part is decoded, preprocessed and classified on its own pool
+    thread: images are independent, so the cores stay busy without the per-operator synchronization (and
+    spinning) of ONNX Runtime's intra-op threads, which the engine should then not use (`engine_threads`).
+    Each image holds its decoded bytes under `budget` while it is prepared. Once `clock()` passes
+    `deadline`, no new image starts: the rest are answered with an error telling the caller to lower the
+    batch size, so a call ends within the budget plus one image per part. `stats` receives the phases'
+    times summed over the parts.
     """
     if engine.task == "object-detection":
         from shared.detector import DetectionEngine, detect_batch
 
         assert isinstance(engine, DetectionEngine)
         return detect_batch(
-            engine, loaders, options, pool=pool, deadline=deadline, budget_s=budget_s, clock=clock, stats=stats
+            engine,
+            loaders,
+            options,
+            pool=pool,
+            budget=budget,
+            deadline=deadline,
+            budget_s=budget_s,
+            clock=clock,
+            stats=stats,
         )
     outcomes: list[ImageOutcome] = []
-    crop = engine.preprocessing.crop
     stats = stats if stats is not None else BatchStats()
+    part = partial(
+        _classify_part, engine, options=options, budget=budget, deadline=deadline, budget_s=budget_s, clock=clock
+    )
     for start in range(0, len(loaders), MAX_INFERENCE_BATCH):
         chunk = loaders[start : start + MAX_INFERENCE_BATCH]
         if deadline is not None and clock() > deadline:
             outcomes.extend(ImageOutcome(data=None, errors=(deadline_message(budget_s),)) for _ in chunk)
             continue
-        began = time.perf_counter()
-        tensors = np.empty((len(chunk), 3, crop, crop), dtype=np.float32)
-        prepare = partial(
-            _load_and_prepare,
-            engine=engine,
-            options=options,
-            budget=budget,
-            deadline=deadline,
-            budget_s=budget_s,
-            clock=clock,
-        )
         if pool is not None:
-            futures = [pool.submit(prepare, loader, out=tensors[i]) for i, loader in enumerate(chunk)]
-            prepared = [f.result() for f in futures]
+            n = min(parts or os.cpu_count() or 1, len(chunk))
+            pieces = [chunk[i * len(chunk) // n : (i + 1) * len(chunk) // n] for i in range(n)]
+            done = [f.result() for f in [pool.submit(part, piece) for piece in pieces]]
         else:
-            prepared = [prepare(loader, out=tensors[i]) for i, loader in enumerate(chunk)]
-        good = [i for i, p in enumerate(prepared) if isinstance(p, PreparedImage)]
-        inferred = time.perf_counter()
-        stats.decode_ms += 1000 * (inferred - began)
-        results: list[Classification] | None = []
-        failure = ""
-        if good:
-            try:
-                batch = tensors if len(good) == len(chunk) else tensors[good]
-                results = engine.interpret(engine.scores(batch), options.top_k, options.threshold)
-            except Exception:  # a model that fails on a valid image is our problem: answer, log, keep serving
-                incident = uuid.uuid4().hex[:12]
-                logger.exception("inference failed for %d images (incident %s)", len(good), incident)
-                results = None
-                failure = f"internal error while classifying this image (incident {incident}); the batch may be retried"
-        stats.infer_ms += 1000 * (time.perf_counter() - inferred)
-        stats.images += len(good)
-        by_index = dict(zip(good, results, strict=True)) if results is not None else {}
-        for i, item in enumerate(prepared):
-            if isinstance(item, ImageError):
-                outcomes.append(ImageOutcome(data=None, errors=(str(item),)))
-            elif i in by_index:
-                result = by_index[i]
-                outcomes.append(
-                    ImageOutcome(
-                        data=record_data(result, engine.version),
-                        warnings=tuple(_warnings(item, result, engine, options.threshold)),
-                    )
-                )
-            else:
-                outcomes.append(ImageOutcome(data=None, errors=(failure,)))
+            done = [part(chunk)]
+        for part_outcomes, part_stats in done:
+            outcomes.extend(part_outcomes)
+            stats.decode_ms += part_stats.decode_ms
+            stats.infer_ms += part_stats.infer_ms
+            stats.images += part_stats.images
     return outcomes

@@ -63,11 +63,11 @@ CONNECTION_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 
 
-def client_options() -> dict[str, Any]:
+def client_options(retries: int = RETRIES) -> dict[str, Any]:
     from azure.storage.blob import LinearRetry
 
     return {
-        "retry_policy": LinearRetry(backoff=RETRY_BACKOFF_S, random_jitter_range=0, retry_total=RETRIES),
+        "retry_policy": LinearRetry(backoff=RETRY_BACKOFF_S, random_jitter_range=0, retry_total=retries),
         "connection_timeout": CONNECTION_TIMEOUT_S,
         "read_timeout": READ_TIMEOUT_S,
     }
@@ -175,14 +175,15 @@ class BlobModelStore:
         self.description = container.url
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BlobModelStore | None:
-        """The configured store, or None when neither MODEL_BLOB_CONNECTION_STRING nor MODEL_BLOB_ACCOUNT_URL is set."""
+    def from_settings(cls, settings: Settings, *, retries: int = RETRIES) -> BlobModelStore | None:
+        """The configured store, or None when neither MODEL_BLOB_CONNECTION_STRING nor MODEL_BLOB_ACCOUNT_URL is set.
+        `retries`: retries of a failed request (the cold-start prefetch makes one attempt only)."""
         from azure.storage.blob import ContainerClient
 
         if settings.blob_connection_string:
             try:
                 client = ContainerClient.from_connection_string(
-                    settings.blob_connection_string, settings.blob_container, **client_options()
+                    settings.blob_connection_string, settings.blob_container, **client_options(retries)
                 )
             except ValueError:
                 raise StoreError("MODEL_BLOB_CONNECTION_STRING is not a valid storage connection string") from None
@@ -193,7 +194,7 @@ class BlobModelStore:
             credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
             return cls(
                 ContainerClient(
-                    settings.blob_account_url, settings.blob_container, credential=credential, **client_options()
+                    settings.blob_account_url, settings.blob_container, credential=credential, **client_options(retries)
                 )
             )
         return None

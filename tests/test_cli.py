@@ -94,7 +94,7 @@ def test_bad_settings_name_the_key(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setenv("ENGINE_THREADS", "many")
     code, _, err = run(capsys, "classify", str(SAMPLES))
     assert code == 1
-    assert err == "error: setting ENGINE_THREADS='many' is invalid: expected an integer from 0 (all cores) to 256\n"
+    assert err == "error: setting ENGINE_THREADS='many' is invalid: expected an integer from 0 (automatic) to 256\n"
 
 
 @pytest.mark.parametrize(
