@@ -67,10 +67,9 @@ class SkillService:
         self.settings = settings
         self.holder = holder or build_holder(settings)
         workers = settings.decode_threads or os.cpu_count() or 1
-        # Every image is decoded and classified in this pool (a batch in one part per thread), one-record
-        # requests too, so concurrent requests cannot decode more images at once than it has threads; the
-        # budget bounds the decoded bytes in flight.
-        self.workers = workers
+        # Every image is decoded and classified in this pool (one task per image), one-record requests too,
+        # so concurrent requests cannot decode more images at once than it has threads; the budget bounds
+        # the decoded bytes in flight.
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         self.budget = DecodeBudget(settings.decode_budget_bytes(), clock=clock)
         self.clock = clock
@@ -114,7 +113,6 @@ class SkillService:
             budget_s=s.deadline_s,
             clock=self.clock,
             stats=stats,
-            parts=self.workers,
         )
         values = response_values(records, {r.record_id: o for r, o in zip(todo, outcomes, strict=True)})
         errors = sum(1 for v in values if v["errors"])

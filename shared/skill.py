@@ -233,13 +233,14 @@ def classify_batch(
 
     Images are classified in runs of at most MAX_INFERENCE_BATCH. With a `pool` (every image then runs
     there, never in the caller's thread, one-record requests included), each run is split into `parts`
-    parts (default one per core), and each part is decoded, preprocessed and classified on its own pool
-    thread: images are independent, so the cores stay busy without the per-operator synchronization (and
-    spinning) of ONNX Runtime's intra-op threads, which the engine should then not use (`engine_threads`).
-    Each image holds its decoded bytes under `budget` while it is prepared. Once `clock()` passes
-    `deadline`, no new image starts: the rest are answered with an error telling the caller to lower the
-    batch size, so a call ends within the budget plus one image per part. `stats` receives the phases'
-    times summed over the parts.
+    parts (default: one per image), each decoded, preprocessed and classified as one task of the pool.
+    Images are independent, so the cores stay busy without the per-operator synchronization (and spinning)
+    of ONNX Runtime's intra-op threads, which the engine should then not use (`engine_threads`); one-image
+    tasks balance the cores best (`make bench`: halves of a batch left a core idle while the slower half
+    finished). Each image holds its decoded bytes under `budget` while it is prepared. Once `clock()`
+    passes `deadline`, no new image starts: the rest are answered with an error telling the caller to lower
+    the batch size, so a call ends within the budget plus one image per thread. `stats` receives the
+    phases' times summed over the parts.
     """
     if engine.task == "object-detection":
         from shared.detector import DetectionEngine, detect_batch
@@ -267,7 +268,7 @@ def classify_batch(
             outcomes.extend(ImageOutcome(data=None, errors=(deadline_message(budget_s),)) for _ in chunk)
             continue
         if pool is not None:
-            n = min(parts or os.cpu_count() or 1, len(chunk))
+            n = min(parts or len(chunk), len(chunk))
             pieces = [chunk[i * len(chunk) // n : (i + 1) * len(chunk) // n] for i in range(n)]
             done = [f.result() for f in [pool.submit(part, piece) for piece in pieces]]
         else:
