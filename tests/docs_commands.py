@@ -14,6 +14,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -102,16 +103,20 @@ def _open_quote(text: str) -> bool:
     return False
 
 
+FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", flags=re.DOTALL | re.MULTILINE)
+
+
 def page_commands(path: Path) -> list[Command]:
     """Every command of the page, fenced ones first in page order, then inline ones not already fenced."""
     text = path.read_text(encoding="utf-8")
     fenced: list[Command] = []
-    for language, block in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+    for language, indented in re.findall(FENCE, text):
+        block = textwrap.dedent(indented)  # a fence may be indented inside a list item
         if language in SHELL_LANGUAGES:
             fenced.extend(Command(line, inline=False) for line in _shell_lines(block))
         elif language == "python":
             fenced.append(Command(block.strip(), inline=False, language="python"))
-    prose = re.sub(r"^```\w*\n.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+    prose = FENCE.sub("", text)
     seen = {command.key for command in fenced}
     inline: list[Command] = []
     for span in re.findall(r"`([^`]+)`", prose):

