@@ -263,6 +263,8 @@ def test_the_search_page_runs_as_written(search_service: SearchStub, tmp_path: P
         "indexer automl-images-indexer",
     ]
     assert all(line.endswith(": created") for line in written.splitlines())
+    again = applied.run()[0].stdout  # "created or updated"
+    assert [line.rsplit(": ", 1)[1] for line in again.splitlines()] == ["updated"] * 4
     assert "test-function-key-not-a-secret" not in written
     stored = search_service.definitions
     assert set(stored["indexers"]) == {"automl-images-indexer"}
@@ -312,7 +314,11 @@ def test_the_reindex_page_runs_as_written(search_service: SearchStub, azurite: A
 
     publish("v1", seed=1)
     ran = run_page(
-        "reindex.md", env, before={".venv/bin/python -m shared reindex --now": lambda: publish("v2", seed=2)}
+        "reindex.md",
+        env,
+        before={
+            ".venv/bin/python -m shared reindex --now": lambda: publish("v2", seed=2),
+        },
     )
     outputs = [out for _, out in ran]
     assert outputs[0] == "took v1 as the baseline: the index is re-enriched from the next version on\n"
