@@ -291,34 +291,39 @@ class BlobModelStore:
         except (ValueError, KeyError, TypeError, StoreError):
             raise StoreError(f"{self.description}/{POINTER} is not a valid pointer") from None
 
-    def _write_pointer(self, version: str, manifest_sha: str, metric: Any, current: Pointer | None) -> Pointer:
-        """Conditional write: If-Match the ETag we read, or If-None-Match * when there was no pointer."""
+    def write_json_conditionally(self, name: str, data: dict[str, Any], expected_etag: str | None) -> str:
+        """Write the JSON blob `name` only if it is still the one read: If-Match `expected_etag`, or
+        If-None-Match * (create only) when it is None. Returns the new ETag. Raises StoreConflict when someone
+        else wrote it meanwhile, StoreError for any other failure. current.json and reindex.json use it."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.storage.blob import ContentSettings
 
-        promoted = _utc_now()
-        body = json.dumps(
-            {"version": version, "manifest_sha256": manifest_sha, "promoted": promoted, "metric": metric},
-            sort_keys=True,
-        ).encode()
-        blob = self.container.get_blob_client(POINTER)
+        body = json.dumps(data, sort_keys=True).encode()
+        blob = self.container.get_blob_client(name)
         settings = ContentSettings(content_type="application/json", cache_control="no-cache")
-        with self._errors("writing current.json"):
+        with self._errors(f"writing {name}"):
             try:
-                if current is None:
+                if expected_etag is None:
                     result = blob.upload_blob(body, overwrite=False, content_settings=settings)
                 else:
                     result = blob.upload_blob(
                         body,
                         overwrite=True,
-                        etag=current.etag,
+                        etag=expected_etag,
                         match_condition=MatchConditions.IfNotModified,
                         content_settings=settings,
                     )
             except (ResourceExistsError, ResourceModifiedError):
-                raise StoreConflict("current.json changed while it was being written") from None
-        return Pointer(version, manifest_sha, promoted, metric, result["etag"])
+                raise StoreConflict(f"{name} changed while it was being written") from None
+        return str(result["etag"])
+
+    def _write_pointer(self, version: str, manifest_sha: str, metric: Any, current: Pointer | None) -> Pointer:
+        """Conditional write: If-Match the ETag we read, or If-None-Match * when there was no pointer."""
+        promoted = _utc_now()
+        data = {"version": version, "manifest_sha256": manifest_sha, "promoted": promoted, "metric": metric}
+        etag = self.write_json_conditionally(POINTER, data, current.etag if current is not None else None)
+        return Pointer(version, manifest_sha, promoted, metric, etag)
 
     def _move_pointer(
         self, version: str, manifest: dict[str, Any], manifest_sha: str, policy: PromotePolicy
@@ -803,31 +808,11 @@ def write_reindex_record(
     Raises StoreConflict when the record changed since `expected` was read (another pass wrote it), StoreError
     for any other failure.
     """
-    from azure.core import MatchConditions
-    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-    from azure.storage.blob import ContentSettings
-
     check_version_name(version)
     recorded = recorded or _utc_now()
     data = {"version": version, "recorded": recorded, "mode": mode, "pending": pending, "claimed": claimed}
-    body = json.dumps(data, sort_keys=True).encode()
-    blob = store.container.get_blob_client(REINDEX_RECORD)
-    content = ContentSettings(content_type="application/json", cache_control="no-cache")
-    with store._errors(f"writing {REINDEX_RECORD}"):
-        try:
-            if expected is None:
-                result = blob.upload_blob(body, overwrite=False, content_settings=content)
-            else:
-                result = blob.upload_blob(
-                    body,
-                    overwrite=True,
-                    etag=expected.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                    content_settings=content,
-                )
-        except (ResourceExistsError, ResourceModifiedError):
-            raise StoreConflict(f"{REINDEX_RECORD} changed while it was being written") from None
-    return ReindexRecord(version, recorded, mode, pending, claimed, result["etag"])
+    etag = store.write_json_conditionally(REINDEX_RECORD, data, expected.etag if expected is not None else None)
+    return ReindexRecord(version, recorded, mode, pending, claimed, etag)
 
 
 def pointer_since(store: BlobModelStore, pointer: Pointer) -> float:
