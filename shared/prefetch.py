@@ -63,14 +63,14 @@ def start(settings: Settings | None = None) -> bool:
 
 def _run(job: _Prefetch) -> None:
     try:
-        # While shared.store imports shared.holder (for Fetched), and so the engine, this import waits for
-        # the caller's ONNX Runtime import; once the store depends on nothing above it, it will not.
-        from shared.store import BlobModelStore, Pointer
+        from shared.store import BlobModelStore, Pointer, store_cache_dir
 
         store = BlobModelStore.from_settings(job.settings, retries=0)
         pointer = store.read_pointer() if store is not None else None
         if store is not None and isinstance(pointer, Pointer):
-            store.download_version(pointer.version, job.settings.model_cache_dir(), pointer.manifest_sha256)
+            # Where the service's BlobSource looks for this store's versions.
+            cache = store_cache_dir(job.settings.model_cache_dir(), store.description)
+            store.download_version(pointer.version, cache, pointer.manifest_sha256)
     except Exception:  # the holder's first fetch meets the same failure and reports it
         logger.debug("model prefetch failed", exc_info=True)
     finally:

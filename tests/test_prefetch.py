@@ -14,7 +14,7 @@ import pytest
 from shared import prefetch
 from shared.app import SkillService
 from shared.settings import Settings
-from shared.store import BlobModelStore
+from shared.store import BlobModelStore, store_cache_dir
 from tests.modelfactory import tiny_bundle
 
 
@@ -40,7 +40,12 @@ def test_the_service_takes_the_prefetched_version(blob_settings: Settings, tmp_p
     assert prefetch.start(blob_settings) is False  # one per process, even once taken
     pending = prefetch._pending
     assert pending is not None and pending.done.wait(timeout=60)
-    assert (blob_settings.cache_dir / "v1" / "manifest.json").is_file()  # downloaded before any service exists
+    store = store_for(blob_settings)
+    cached = store_cache_dir(blob_settings.cache_dir, store.description) / "v1"
+    assert (cached / "manifest.json").is_file()  # downloaded before any service exists, where it looks
+    # The store loses v1's files: the service can only serve it from what the prefetch downloaded.
+    for blob in list(store.container.list_blobs(name_starts_with="v1/")):
+        store.container.delete_blob(blob.name)
     service = SkillService(blob_settings)
     assert prefetch._pending is None
     assert prefetch.start(blob_settings) is False
