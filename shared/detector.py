@@ -8,7 +8,6 @@ hands such an engine to `detect_batch`. AutoML exports detection models with bat
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from shared.bundle import ModelBundle
@@ -32,7 +30,7 @@ from shared.detection import (
     stretch_tensor,
     yolo_objects,
 )
-from shared.engine import Engine
+from shared.engine import Engine, open_session
 from shared.errors import BundleError, ImageError
 from shared.images import DecodeBudget, load_rgb, open_image
 
@@ -60,18 +58,7 @@ class DetectionEngine(Engine):
             raise BundleError(f"{bundle.model_path} is not an object detection bundle")
         self.bundle = bundle
         self.spec = spec
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(bundle.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own unrelated types for bad graphs
-            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
-            raise BundleError(f"ONNX Runtime cannot load {bundle.model_path}: {first_line}") from None
+        self.session = open_session(bundle.model_path, threads, mem_pattern=True)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
             raise BundleError(
