@@ -11,10 +11,11 @@ agent, never a second HTTP stack.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any
+
+from shared.settings import is_loopback
 
 if TYPE_CHECKING:
     from azure.core.rest import HttpResponse
@@ -67,16 +68,6 @@ def client_options(user_agent: str = USER_AGENT) -> dict[str, Any]:
         "read_timeout": READ_TIMEOUT_S,
         "user_agent": user_agent,
     }
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether `host` is this machine (`localhost` or a loopback address)."""
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def call_options(endpoint: str, credential: Any) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 from shared import searchclient
 from shared.errors import ClassifierError
+from shared.settings import is_loopback
 
 # What azure-search-documents 12.0.0's typed calls send (its only known version; the SDK does not let one
 # call choose another). tests/test_searchsetup.py checks that the SDK still sends it.
@@ -222,7 +223,7 @@ class TokenCredentialLike(Protocol):
 def _base_url(url: str, what: str) -> str:
     """The URL without a trailing slash; https only, except plain http to this machine (tests, emulators)."""
     parsed = urllib.parse.urlsplit(url.strip())
-    secure = parsed.scheme == "https" or (parsed.scheme == "http" and searchclient.is_loopback(parsed.hostname))
+    secure = parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.hostname))
     if not secure or not parsed.hostname:
         raise SearchSetupError(f"{what} {url!r} is invalid: expected an https:// URL")
     if parsed.query or parsed.fragment:

@@ -75,7 +75,8 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` is this machine (`localhost` or a loopback address)."""
     if host == "localhost":
         return True
     try:
@@ -88,7 +89,7 @@ def _search_endpoint(raw: str) -> str:
     # A search endpoint receives an admin key or a token: https only, except plain http to this machine (the
     # stand-in search service of the tests).
     parsed = urllib.parse.urlsplit(raw)
-    secure = parsed.scheme == "https" or (parsed.scheme == "http" and _is_loopback(parsed.hostname))
+    secure = parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.hostname))
     if not secure or not parsed.hostname or parsed.query or parsed.fragment or parsed.path.strip("/"):
         raise ValueError
     return f"{parsed.scheme}://{parsed.netloc}"
