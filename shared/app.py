@@ -38,13 +38,10 @@ def build_holder(settings: Settings) -> ModelHolder:
     source: ModelSource
     if settings.uses_blob_store:
         from shared import prefetch
-        from shared.store import BlobModelStore, BlobSource
+        from shared.store import BlobSource
 
-        # A prefetch started at process start (prefetch.start) has imported the SDK and cached the version.
-        prefetch.wait(settings)
-        store = BlobModelStore.from_settings(settings)
-        assert store is not None
-        source = BlobSource(store, settings.model_cache_dir())
+        # A prefetch started at process start (prefetch.start) has cached the current version.
+        source = BlobSource.from_settings(settings, prefetch.take(settings))
     else:
         source = FolderSource(model_path(settings))
 

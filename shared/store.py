@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.bundle import (
     LABELS_FILE,
@@ -44,6 +44,8 @@ from shared.source import Fetched, SourceUnreachable
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
+
+    from shared.prefetch import Prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +166,143 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
+def public_url(url: str) -> str:
+    """`url` without its query: a container URL as it may be shown, never with a SAS token."""
+    return url.split("?", 1)[0]
+
+
+class BlobReads(Protocol):
+    """What reading a version needs from a container: the SDK's BlobModelStore, or the prefetch's plain
+    HTTP reader (shared.blobhttp) that spares a cold start the SDK's import. Both raise StoreError only."""
+
+    description: str
+
+    def read_blob(self, name: str, action: str) -> tuple[bytes, str | None] | None:
+        """The blob's bytes and ETag, or None when it (or the container) does not exist."""
+
+    def blob_chunks(self, name: str, action: str) -> Iterator[bytes]:
+        """The blob's bytes as they arrive."""
+
+
+def parse_pointer(body: bytes, etag: str | None, description: str) -> Pointer:
+    try:
+        data = json.loads(body)
+        return Pointer(
+            version=check_version_name(str(data["version"])),
+            manifest_sha256=str(data["manifest_sha256"]),
+            promoted=str(data.get("promoted", "")),
+            metric=data.get("metric"),
+            etag=etag or "",
+        )
+    except (ValueError, KeyError, TypeError, StoreError):
+        raise StoreError(f"{description}/{POINTER} is not a valid pointer") from None
+
+
+def read_current(reads: BlobReads) -> Pointer | None:
+    """`current.json`, or None when nothing is published (or the container does not exist yet)."""
+    found = reads.read_blob(POINTER, "reading current.json")
+    return None if found is None else parse_pointer(found[0], found[1], reads.description)
+
+
+def read_manifest(reads: BlobReads, version: str) -> tuple[dict[str, Any], str] | None:
+    """A version's manifest and its sha256, or None when the version is absent or incomplete."""
+    found = reads.read_blob(f"{version}/{MANIFEST_FILE}", f"reading version {version}")
+    if found is None:
+        return None
+    body = found[0]
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise VersionCorrupt(f"version {version}: manifest.json is not valid JSON") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise VersionCorrupt(f"version {version}: manifest.json has no files list")
+    return manifest, _sha256(body)
+
+
+def download_version(
+    reads: BlobReads,
+    version: str,
+    cache_dir: Path,
+    expected_manifest_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The version's folder in the cache, downloading and verifying it first if it is not there.
+
+    A folder named after the version exists only once every file matched its sha256; the download
+    happens in a `.partial-*` folder that is removed on any failure.
+    """
+    check_version_name(version)
+    final = cache_dir / version
+    if (final / MANIFEST_FILE).is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    clean_partials(cache_dir)
+    found = read_manifest(reads, version)
+    if found is None:
+        raise StoreError(f"version {version} is not in {reads.description} (or its upload never finished)")
+    manifest, manifest_sha = found
+    if expected_manifest_sha256 and manifest_sha != expected_manifest_sha256:
+        raise VersionCorrupt(
+            f"version {version}: manifest.json has sha256 {manifest_sha[:12]}..., current.json expects "
+            f"{expected_manifest_sha256[:12]}...; refusing it"
+        )
+    partial = cache_dir / f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    total = sum(int(f.get("bytes", 0)) for f in manifest["files"].values() if isinstance(f, dict))
+    logger.info("downloading version %s from %s (%.1f MB)", version, reads.description, total / 1e6)
+    moved = (lambda n: progress(n, total)) if progress else None
+    try:
+        for name, entry in manifest["files"].items():
+            _download_file(reads, version, name, entry, partial, progress=moved)
+        write_manifest(partial, manifest)
+        try:
+            os.rename(partial, final)
+        except OSError:
+            if (final / MANIFEST_FILE).is_file():  # another worker finished the same version first
+                shutil.rmtree(partial, ignore_errors=True)
+                return final
+            raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    logger.info("version %s downloaded into the cache (%d files)", version, len(manifest["files"]))
+    return final
+
+
+def _download_file(
+    reads: BlobReads,
+    version: str,
+    name: str,
+    entry: Any,
+    folder: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    if (
+        not isinstance(name, str)
+        or "/" in name
+        or "\\" in name
+        or name in ("", ".", "..")
+        or not isinstance(entry, dict)
+        or not isinstance(entry.get("sha256"), str)
+    ):
+        raise VersionCorrupt(f"version {version}: manifest.json lists an invalid file entry {name!r}")
+    digest = hashlib.sha256()
+    size = 0
+    with (folder / name).open("wb") as handle:
+        for chunk in reads.blob_chunks(f"{version}/{name}", f"downloading {version}/{name}"):
+            digest.update(chunk)
+            size += len(chunk)
+            handle.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    if digest.hexdigest() != entry["sha256"] or size != entry.get("bytes", size):
+        raise VersionCorrupt(
+            f"version {version}: {name} does not match its manifest (sha256 {digest.hexdigest()[:12]}..., "
+            f"expected {entry['sha256'][:12]}...); refusing the version"
+        )
+
+
 class BlobModelStore:
     """One Blob container holding model versions. Every method raises StoreError subclasses only."""
 
@@ -171,8 +310,9 @@ class BlobModelStore:
         # The SDK logs every request and response header at INFO; a poll every minute would flood the log.
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         self.container = container
-        # The container URL names the account and container and never holds a key.
-        self.description = container.url
+        # The container URL names the account and container. With a SAS connection string the SDK's URL
+        # also carries the SAS token, a secret: the description (health, logs, errors) leaves it out.
+        self.description = public_url(container.url)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, retries: int = RETRIES) -> BlobModelStore | None:
@@ -278,18 +418,7 @@ class BlobModelStore:
             except ResourceNotFoundError:
                 # No pointer, or no container yet (a fresh store: the first publish creates it).
                 return None
-        etag = downloader.properties.etag
-        try:
-            data = json.loads(body)
-            return Pointer(
-                version=check_version_name(str(data["version"])),
-                manifest_sha256=str(data["manifest_sha256"]),
-                promoted=str(data.get("promoted", "")),
-                metric=data.get("metric"),
-                etag=etag,
-            )
-        except (ValueError, KeyError, TypeError, StoreError):
-            raise StoreError(f"{self.description}/{POINTER} is not a valid pointer") from None
+        return parse_pointer(body, downloader.properties.etag, self.description)
 
     def write_json_conditionally(self, name: str, data: dict[str, Any], expected_etag: str | None) -> str:
         """Write the JSON blob `name` only if it is still the one read: If-Match `expected_etag`, or
@@ -347,20 +476,23 @@ class BlobModelStore:
 
     def read_manifest(self, version: str) -> tuple[dict[str, Any], str] | None:
         """A version's manifest and its sha256, or None when the version is absent or incomplete."""
+        return read_manifest(self, version)
+
+    def read_blob(self, name: str, action: str) -> tuple[bytes, str | None] | None:
+        """BlobReads: the blob's bytes and ETag, or None when it (or the container) does not exist."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        with self._errors(f"reading version {version}"):
+        with self._errors(action):
             try:
-                body = self.container.get_blob_client(f"{version}/{MANIFEST_FILE}").download_blob().readall()
+                downloader = self.container.get_blob_client(name).download_blob()
+                return downloader.readall(), downloader.properties.etag
             except ResourceNotFoundError:
                 return None
-        try:
-            manifest = json.loads(body)
-        except ValueError:
-            raise VersionCorrupt(f"version {version}: manifest.json is not valid JSON") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            raise VersionCorrupt(f"version {version}: manifest.json has no files list")
-        return manifest, _sha256(body)
+
+    def blob_chunks(self, name: str, action: str) -> Iterator[bytes]:
+        """BlobReads: the blob's bytes as they arrive."""
+        with self._errors(action):
+            yield from self.container.get_blob_client(name).download_blob().chunks()
 
     def _version_folders(self) -> list[str]:
         """The names of the top-level folders; none when the container does not exist yet."""
@@ -524,73 +656,8 @@ class BlobModelStore:
         expected_manifest_sha256: str | None = None,
         progress: Progress | None = None,
     ) -> Path:
-        """The version's folder in the cache, downloading and verifying it first if it is not there.
-
-        A folder named after the version exists only once every file matched its sha256; the download
-        happens in a `.partial-*` folder that is removed on any failure.
-        """
-        check_version_name(version)
-        final = cache_dir / version
-        if (final / MANIFEST_FILE).is_file():
-            return final
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        clean_partials(cache_dir)
-        found = self.read_manifest(version)
-        if found is None:
-            raise StoreError(f"version {version} is not in {self.description} (or its upload never finished)")
-        manifest, manifest_sha = found
-        if expected_manifest_sha256 and manifest_sha != expected_manifest_sha256:
-            raise VersionCorrupt(
-                f"version {version}: manifest.json has sha256 {manifest_sha[:12]}..., current.json expects "
-                f"{expected_manifest_sha256[:12]}...; refusing it"
-            )
-        partial = cache_dir / f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
-        partial.mkdir()
-        total = sum(int(f.get("bytes", 0)) for f in manifest["files"].values() if isinstance(f, dict))
-        logger.info("downloading version %s from %s (%.1f MB)", version, self.description, total / 1e6)
-        try:
-            for name, entry in manifest["files"].items():
-                self._download_file(version, name, entry, partial, (lambda n: progress(n, total)) if progress else None)
-            write_manifest(partial, manifest)
-            try:
-                os.rename(partial, final)
-            except OSError:
-                if (final / MANIFEST_FILE).is_file():  # another worker finished the same version first
-                    shutil.rmtree(partial, ignore_errors=True)
-                    return final
-                raise
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        logger.info("version %s downloaded into the cache (%d files)", version, len(manifest["files"]))
-        return final
-
-    def _download_file(
-        self, version: str, name: str, entry: Any, folder: Path, progress: Callable[[int], None] | None = None
-    ) -> None:
-        if (
-            not isinstance(name, str)
-            or "/" in name
-            or "\\" in name
-            or name in ("", ".", "..")
-            or not isinstance(entry, dict)
-            or not isinstance(entry.get("sha256"), str)
-        ):
-            raise VersionCorrupt(f"version {version}: manifest.json lists an invalid file entry {name!r}")
-        digest = hashlib.sha256()
-        size = 0
-        with self._errors(f"downloading {version}/{name}"), (folder / name).open("wb") as handle:
-            for chunk in self.container.get_blob_client(f"{version}/{name}").download_blob().chunks():
-                digest.update(chunk)
-                size += len(chunk)
-                handle.write(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-        if digest.hexdigest() != entry["sha256"] or size != entry.get("bytes", size):
-            raise VersionCorrupt(
-                f"version {version}: {name} does not match its manifest (sha256 {digest.hexdigest()[:12]}..., "
-                f"expected {entry['sha256'][:12]}...); refusing the version"
-            )
+        """The version's folder in the cache, downloading and verifying it first (see download_version)."""
+        return download_version(self, version, cache_dir, expected_manifest_sha256, progress)
 
 
 def _delta_hook(progress: Progress, total: int) -> Callable[[int, int | None], None]:
@@ -657,14 +724,51 @@ class BlobSource:
 
     polls = True
 
-    def __init__(self, store: BlobModelStore, cache_dir: Path) -> None:
-        self.store = store
-        self.cache_dir = store_cache_dir(cache_dir, store.description)
-        self.description = store.description
+    def __init__(
+        self,
+        store: BlobModelStore | Callable[[], BlobModelStore],
+        cache_dir: Path,
+        *,
+        prefetched: Prefetched | None = None,
+    ) -> None:
+        """`store`, or a function that builds it on first use when the cold start's prefetch found the
+        version to serve (`prefetched`; its description names the same container)."""
+        if isinstance(store, BlobModelStore):
+            self._store: BlobModelStore | None = store
+            self.description = store.description
+        else:
+            assert prefetched is not None, "a store built on first use needs the prefetch's description"
+            self._store, self._make_store = None, store
+            self.description = prefetched.description
+        self.cache_dir = store_cache_dir(cache_dir, self.description)
+        self._prefetched = prefetched
         self._rejected: tuple[str, str, str] | None = None  # (version, manifest sha256, pointer etag)
         self._rejected_message = ""
 
+    @classmethod
+    def from_settings(cls, settings: Settings, prefetched: Prefetched | None = None) -> BlobSource:
+        """The configured store's source. With what the cold start's prefetch found (shared/prefetch.py),
+        the first fetch serves that version without asking the store again, and the SDK's client is built
+        (and the SDK imported) only for the first poll."""
+
+        def make_store() -> BlobModelStore:
+            store = BlobModelStore.from_settings(settings)
+            assert store is not None, "a Blob source needs MODEL_BLOB_CONNECTION_STRING or MODEL_BLOB_ACCOUNT_URL"
+            return store
+
+        return cls(make_store if prefetched else make_store(), settings.model_cache_dir(), prefetched=prefetched)
+
+    @property
+    def store(self) -> BlobModelStore:
+        if self._store is None:
+            assert self._make_store is not None
+            self._store = self._make_store()
+        return self._store
+
     def fetch(self, token: str | None) -> Fetched | None:
+        prefetched, self._prefetched = self._prefetched, None
+        if token is None and prefetched is not None:
+            return self._fetched(prefetched.pointer, prefetched.path)
         rejected = self._rejected
         try:
             pointer = self.store.read_pointer(rejected[2] if rejected else token)
@@ -698,6 +802,9 @@ class BlobSource:
         except VersionCorrupt as exc:
             self._reject(pointer.version, pointer.manifest_sha256, pointer.etag, str(exc))
             raise
+        return self._fetched(pointer, path)
+
+    def _fetched(self, pointer: Pointer, path: Path) -> Fetched:
         return Fetched(
             path=path,
             version=pointer.version,

@@ -57,7 +57,7 @@ def test_a_prefetch_for_other_settings_is_not_waited_for(blob_settings: Settings
     assert prefetch.start(blob_settings) is True
     pending = prefetch._pending
     assert pending is not None
-    prefetch.wait(dataclasses.replace(blob_settings, blob_container="other"))
+    assert prefetch.take(dataclasses.replace(blob_settings, blob_container="other")) is None
     assert prefetch._pending is None
     pending.done.wait(timeout=30)
 

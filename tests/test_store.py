@@ -230,23 +230,22 @@ def test_an_interrupted_download_leaves_nothing_loadable(
 ) -> None:
     store.publish(bundles[0], version="v1")
     cache = tmp_path / "cache"
-    real = BlobModelStore._download_file
+    real = BlobModelStore.blob_chunks
     calls = []
 
-    def dies_on_the_second_file(
-        self: BlobModelStore, version: str, name: str, entry: Any, folder: Path, *rest: Any
-    ) -> None:
+    def dies_on_the_second_file(self: BlobModelStore, name: str, action: str) -> Iterator[bytes]:
         calls.append(name)
-        if len(calls) == 2:
-            (folder / name).write_bytes(b"half")
+        chunks = real(self, name, action)
+        if len(calls) == 2:  # the second file dies after its first bytes
+            yield next(chunks)
             raise ConnectionResetError("connection lost mid-download")
-        real(self, version, name, entry, folder, *rest)
+        yield from chunks
 
-    monkeypatch.setattr(BlobModelStore, "_download_file", dies_on_the_second_file)
+    monkeypatch.setattr(BlobModelStore, "blob_chunks", dies_on_the_second_file)
     with pytest.raises(ConnectionResetError):
         store.download_version("v1", cache)
     assert list(cache.iterdir()) == []
-    monkeypatch.setattr(BlobModelStore, "_download_file", real)
+    monkeypatch.setattr(BlobModelStore, "blob_chunks", real)
     # A partial folder left by a process that died is never loaded, and is cleaned once stale.
     crashed = cache / f"{PARTIAL_PREFIX}v1-deadbeef"
     crashed.mkdir()
@@ -545,13 +544,13 @@ def test_a_broken_version_is_downloaded_once_and_skipped_until_the_pointer_moves
     service = SkillService(blob_settings)
     assert served_version(service) == "v1"
     downloads: list[str] = []
-    real = BlobModelStore._download_file
+    real = BlobModelStore.blob_chunks
 
-    def counted(self: BlobModelStore, version: str, name: str, entry: Any, folder: Path, *rest: Any) -> None:
-        downloads.append(f"{version}/{name}")
-        real(self, version, name, entry, folder, *rest)
+    def counted(self: BlobModelStore, name: str, action: str) -> Iterator[bytes]:
+        downloads.append(name)
+        yield from real(self, name, action)
 
-    monkeypatch.setattr(BlobModelStore, "_download_file", counted)
+    monkeypatch.setattr(BlobModelStore, "blob_chunks", counted)
     store.publish(unloadable(tmp_path / "broken"), version="v2")
     cache = cached(blob_settings, store)
     with caplog.at_level("ERROR", logger="shared.holder"):
@@ -581,16 +580,16 @@ def test_a_corrupt_version_is_also_skipped_until_the_pointer_moves(
     store.container.upload_blob("v2/model.onnx", (bundles[2] / "model.onnx").read_bytes(), overwrite=True)
     store.promote("v2")
     reads: list[str] = []
-    real = BlobModelStore.read_manifest
+    real = BlobModelStore.read_blob
 
-    def counted(self: BlobModelStore, version: str) -> Any:
-        reads.append(version)
-        return real(self, version)
+    def counted(self: BlobModelStore, name: str, action: str) -> Any:
+        reads.append(name)
+        return real(self, name, action)
 
-    monkeypatch.setattr(BlobModelStore, "read_manifest", counted)
+    monkeypatch.setattr(BlobModelStore, "read_blob", counted)
     for _ in range(3):
         service.holder.poll_now()
-    assert reads == ["v2"]
+    assert [name for name in reads if name != "current.json"] == ["v2/manifest.json"]
     assert service.holder.status()["lastError"].startswith("version v2: model.onnx does not match its manifest")
 
 
