@@ -94,8 +94,8 @@ def _run(job: _Prefetch, reader: HttpBlobReader | None) -> None:
             cache = store_cache_dir(job.settings.model_cache_dir(), reads.description)
             path = download_version(reads, pointer.version, cache, pointer.manifest_sha256)
             job.found = Prefetched(reads.description, pointer, path)
-    except Exception:  # the holder's first fetch meets the same failure and reports it
-        logger.debug("model prefetch failed", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - the holder's first fetch meets the same failure and reports it
+        logger.debug("model prefetch failed (%s)", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
     finally:
         if reader is not None:
             reader.close()
