@@ -18,16 +18,18 @@ from typing import Any, Literal
 
 from shared.detection import DETECTION_TASK, MLMODEL_FILE, DetectionSpec, read_mlmodel_metadata, recognise_detection
 from shared.errors import BundleError
+from shared.layout import (
+    CHECKPOINT_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SCORING_FILE,
+    SETTINGS_FILE,
+)
 from shared.onnxinfo import OnnxFormatError, read_onnx_info
 
 Task = Literal["multiclass", "multilabel", "object-detection"]
 
-MODEL_FILE = "model.onnx"
-LABELS_FILE = "labels.json"
-SETTINGS_FILE = "settings.json"
-SCORING_FILE = "scoring_file_v_1_0_0.py"
-MANIFEST_FILE = "manifest.json"
-CHECKPOINT_FILE = "model.pt"
 
 # Where AutoML puts each file in a run's artifacts, relative to the run folder; a bundle has them at its root.
 _SEARCH_DIRS = ("", "train_artifacts", "outputs", "outputs/mlflow-model/artifacts", "mlflow-model/artifacts")
@@ -436,10 +438,3 @@ def build_manifest(
         "files": files,
         "created": created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    """Write `manifest.json` into the folder (sorted keys, trailing newline) and return its path."""
-    path = folder / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path

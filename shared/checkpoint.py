@@ -23,20 +23,16 @@ from typing import Any
 import numpy as np
 
 from shared.bundle import (
-    CHECKPOINT_FILE,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LABELS_FILE,
-    MANIFEST_FILE,
-    MODEL_FILE,
     Preprocessing,
     Task,
     build_manifest,
     content_version,
     find_file,
-    write_manifest,
 )
 from shared.errors import BundleError
+from shared.layout import CHECKPOINT_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE, write_manifest
 
 logger = logging.getLogger(__name__)
 

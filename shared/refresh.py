@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.bundle import CHECKPOINT_FILE, find_file, load_bundle
+from shared.bundle import find_file, load_bundle
 from shared.engine import Engine
 from shared.errors import ClassifierError
+from shared.layout import CHECKPOINT_FILE
 from shared.settings import Settings
 from shared.store import BlobModelStore, Pointer, StoreError, _Unchanged, default_version, version_from_run_id
 

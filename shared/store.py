@@ -28,23 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.bundle import (
-    LABELS_FILE,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    ModelBundle,
-    build_manifest,
-    bundle_content_version,
-    load_bundle,
-    write_manifest,
-)
 from shared.errors import ClassifierError
+from shared.layout import LABELS_FILE, MANIFEST_FILE, MODEL_FILE, write_manifest
 from shared.settings import Settings
 from shared.source import Fetched, SourceUnreachable
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
+    from shared.bundle import ModelBundle
     from shared.prefetch import Prefetched
 
 logger = logging.getLogger(__name__)
@@ -574,6 +566,8 @@ class BlobModelStore:
         same content under the same version again uploads nothing; different content under an existing
         version is refused (versions are immutable). `policy=never_promote` uploads without moving the pointer.
         """
+        from shared.bundle import build_manifest, load_bundle  # numpy: not on the prefetch's path
+
         bundle = load_bundle(path)
         if validate is not None:
             validate(bundle)
@@ -686,6 +680,8 @@ def default_version(bundle: ModelBundle, source: dict[str, Any]) -> str:
     run_id = source.get("run_id") if isinstance(source, dict) else None
     if isinstance(run_id, str) and run_id and (named := version_from_run_id(run_id)):
         return named
+    from shared.bundle import bundle_content_version
+
     return bundle_content_version(bundle)
 
 
