@@ -206,15 +206,7 @@ class HttpBlobReader:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
-            connection: http.client.HTTPConnection
-            if self._https:
-                import ssl  # only for https: a local Azurite is plain http
-
-                connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=CONNECT_TIMEOUT_S, context=ssl.create_default_context()
-                )
-            else:
-                connection = http.client.HTTPConnection(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
+            connection = open_connection(self._https, self._host, self._port)
             connection.connect()
             if connection.sock is not None:
                 connection.sock.settimeout(READ_TIMEOUT_S)  # 5 s to connect, 60 s for each read, as the store
@@ -226,6 +218,15 @@ class HttpBlobReader:
             assert self._identity is not None
             self._token = app_service_token(*self._identity, action=action)
         return self._token
+
+
+def open_connection(https: bool, host: str, port: int | None) -> http.client.HTTPConnection:
+    """A connection with the connect timeout; https verifies the server against the system's CAs."""
+    if not https:
+        return http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT_S)
+    import ssl  # only for https: a local Azurite is plain http
+
+    return http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT_S, context=ssl.create_default_context())
 
 
 def shared_key(account: str, key: bytes, method: str, path: str, headers: Mapping[str, str]) -> str:
@@ -248,15 +249,7 @@ def app_service_token(endpoint: str, secret: str, client_id: str | None, *, acti
         query["client_id"] = client_id
     parts = urlsplit(endpoint)
     target = f"{parts.path or '/'}?{'&'.join(filter(None, [parts.query, urlencode(query)]))}"
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        import ssl
-
-        connection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=CONNECT_TIMEOUT_S, context=ssl.create_default_context()
-        )
-    else:
-        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=CONNECT_TIMEOUT_S)
+    connection = open_connection(parts.scheme == "https", parts.hostname or "", parts.port)
     try:
         connection.request("GET", target, headers={"X-IDENTITY-HEADER": secret})
         response = connection.getresponse()
