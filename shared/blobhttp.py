@@ -92,8 +92,6 @@ def parse_connection_string(text: str) -> tuple[str, str | None, bytes | None, s
         url = f"https://{account}.blob.{values.get('ENDPOINTSUFFIX', 'core.windows.net')}"
     else:
         return None
-    if urlsplit(url).scheme not in ("http", "https"):
-        return None
     if account and values.get("ACCOUNTKEY"):
         try:
             return url, account, base64.b64decode(values["ACCOUNTKEY"], validate=True), None
@@ -102,6 +100,12 @@ def parse_connection_string(text: str) -> tuple[str, str | None, bytes | None, s
     if values.get("SHAREDACCESSSIGNATURE"):
         return url, None, None, values["SHAREDACCESSSIGNATURE"].lstrip("?")
     return None
+
+
+def _plain(account_url: str) -> bool:
+    """An http(s) account URL without a query or fragment (a SAS in the URL is the SDK's to take apart)."""
+    parts = urlsplit(account_url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
 
 
 class HttpBlobReader:
@@ -136,12 +140,12 @@ class HttpBlobReader:
             return None
         if settings.blob_connection_string:
             parsed = parse_connection_string(settings.blob_connection_string)
-            if parsed is None:
+            if parsed is None or not _plain(parsed[0]):
                 return None
             url, account, key, sas = parsed
             return cls(url, settings.blob_container, account=account, key=key, sas=sas)
         endpoint, secret = env.get("IDENTITY_ENDPOINT"), env.get("IDENTITY_HEADER")
-        if not (settings.blob_account_url and endpoint and secret):
+        if not (settings.blob_account_url and _plain(settings.blob_account_url) and endpoint and secret):
             return None
         if any(env.get(name) for name in CREDENTIAL_VARIABLES):
             return None

@@ -73,6 +73,9 @@ def test_the_reader_names_the_container_as_the_sdk_does(settings: Settings, envi
         (Settings(blob_account_url=AZURE), {}),
         (Settings(blob_account_url=AZURE), {**IDENTITY, "AZURE_CLIENT_SECRET": "x"}),
         (Settings(blob_account_url=AZURE), {**IDENTITY, "AZURE_FEDERATED_TOKEN_FILE": "/t"}),
+        (Settings(blob_account_url=f"{AZURE}/?sv=2025-11-05&sig=abc"), IDENTITY),
+        (keyed(f"BlobEndpoint={AZURE}/?sv=1;AccountName=acct;AccountKey={DEV_KEY}"), {}),
+        (keyed(f"BlobEndpoint=ftp://acct;AccountName=acct;AccountKey={DEV_KEY}"), {}),
     ],
 )
 def test_what_the_reader_does_not_do_is_left_to_the_sdk(settings: Settings, environ: dict[str, str]) -> None:
