@@ -64,9 +64,10 @@ class SkillService:
         self.settings = settings
         self.holder = holder or build_holder(settings)
         workers = settings.decode_threads or os.cpu_count() or 1
-        # Every image is decoded and classified in this pool (one task per image), one-record requests too,
-        # so concurrent requests cannot decode more images at once than it has threads; the budget bounds
-        # the decoded bytes in flight.
+        # Every image is decoded in this pool (one task per image) and classified there, one-record requests
+        # too, so concurrent requests cannot decode more images at once than it has threads; the budget
+        # bounds the decoded bytes in flight.
+        self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         self.budget = DecodeBudget(settings.decode_budget_bytes(), clock=clock)
         self.clock = clock
@@ -105,6 +106,7 @@ class SkillService:
             [r.loader for r in todo if r.loader is not None],
             options,
             pool=self.pool,
+            workers=self.workers,
             budget=self.budget,
             deadline=started + s.deadline_s,
             budget_s=s.deadline_s,

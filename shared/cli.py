@@ -192,7 +192,9 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         for start in range(0, len(files), BATCH):
             chunk = files[start : start + BATCH]
-            outcomes = classify_batch(engine, [file_loader(path) for _, path in chunk], options, pool=pool)
+            outcomes = classify_batch(
+                engine, [file_loader(path) for _, path in chunk], options, pool=pool, workers=workers
+            )
             for (name, path), outcome in zip(chunk, outcomes, strict=True):
                 if outcome.errors:
                     failed += 1

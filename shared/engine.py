@@ -166,6 +166,8 @@ class Engine:
             )
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        # A graph exported with a fixed batch of 1 (AutoML's has a dynamic batch axis) runs image by image.
+        self.one_at_a_time = shape[0] == 1
         self.labels = bundle.labels
         self.task = bundle.task
         self.preprocessing = bundle.preprocessing
@@ -180,6 +182,8 @@ class Engine:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model outputs for a preprocessed float32 batch `[n, 3, crop, crop]`."""
+        if self.one_at_a_time and len(batch) > 1:
+            return np.concatenate([self.logits(batch[i : i + 1]) for i in range(len(batch))])
         result = self.session.run([self.output_name], {self.input_name: batch})[0]
         return np.asarray(result)
 

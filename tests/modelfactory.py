@@ -20,8 +20,11 @@ def tiny_classifier(
     in_graph: bool = False,
     opset: int = 13,
     seed: int = 0,
+    batch: int | str = "batch",
 ) -> Path:
     """A small image classifier: [N, channels, crop, crop] -> global average pool -> linear -> logits.
+
+    `batch` is the input's first dimension: a name (dynamic, as AutoML exports) or a fixed size.
 
     `in_graph` puts AutoML's normalization (x/255, then (x-mean)/std) in front, so a Div reads input1.
     `rank=2` makes an input that is not an image ([N, 16]).
@@ -31,11 +34,11 @@ def tiny_classifier(
     inits = []
     if rank == 2:
         features = 16
-        image = helper.make_tensor_value_info("input1", TensorProto.FLOAT, ["batch", features])
+        image = helper.make_tensor_value_info("input1", TensorProto.FLOAT, [batch, features])
         pooled = "input1"
     else:
         features = channels
-        image = helper.make_tensor_value_info("input1", TensorProto.FLOAT, ["batch", channels, crop, crop])
+        image = helper.make_tensor_value_info("input1", TensorProto.FLOAT, [batch, channels, crop, crop])
         source = "input1"
         if in_graph:
             inits += [
@@ -58,7 +61,7 @@ def tiny_classifier(
     bias = rng.normal(0, 1, size=(classes,)).astype(np.float32)
     inits += [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
     nodes.append(helper.make_node("Gemm", [pooled, "W", "B"], ["output1"], transB=1))
-    output = helper.make_tensor_value_info("output1", TensorProto.FLOAT, ["batch", classes])
+    output = helper.make_tensor_value_info("output1", TensorProto.FLOAT, [batch, classes])
     graph = helper.make_graph(nodes, "tiny", [image], [output], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8

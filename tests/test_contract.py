@@ -311,14 +311,35 @@ def test_no_model_is_503_with_retry_after(install_service: Any, tmp_path: Path) 
     assert json.loads(health.get_body())["model"]["lastError"] == f"no model.onnx in {tmp_path}"
 
 
-def test_deadline_is_checked_before_each_image_not_each_chunk(install_service: Any) -> None:
+LATE = [
+    {
+        "message": "not classified: the batch ran past its 200 s budget (SKILL_DEADLINE_SECONDS) before "
+        "reaching this record; lower the skillset's batchSize"
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("readings_in_time", "classified"),
+    [
+        # The request's start, the chunk's check, then one check before each of the 8 images: the clock
+        # passes the deadline after the third image started, so no run starts either.
+        (5, []),
+        # All 8 images prepared; the first run of 4 starts in time, the second does not.
+        (11, ["0", "1", "2", "3"]),
+        (12, [str(i) for i in range(8)]),
+    ],
+)
+def test_deadline_is_checked_before_each_image_and_each_run(
+    install_service: Any, readings_in_time: int, classified: list[str]
+) -> None:
     # One decode thread makes the order of clock readings fixed: the request's start, the chunk's check,
-    # then one check before each image. The clock passes the deadline after the third image started.
+    # one check before each image, then one before each inference run (8 images: two runs of 4).
     readings = [0]
 
     def clock() -> float:
         readings[0] += 1
-        return 0.0 if readings[0] <= 5 else 250.0
+        return 0.0 if readings[0] <= readings_in_time else 250.0
 
     install_service(deadline_s=200.0, decode_threads=1, clock=clock)
     n = 8
@@ -326,19 +347,9 @@ def test_deadline_is_checked_before_each_image_not_each_chunk(install_service: A
     assert status == 200
     answers = payload["values"]
     assert [a["recordId"] for a in answers] == [str(i) for i in range(n)]
-    assert [a["data"].get("label") for a in answers[:3]] == ["espresso"] * 3
-    late = answers[3:]
-    assert all(a["data"] == {} for a in late)
-    assert {json.dumps(a["errors"]) for a in late} == {
-        json.dumps(
-            [
-                {
-                    "message": "not classified: the batch ran past its 200 s budget (SKILL_DEADLINE_SECONDS) before "
-                    "reaching this record; lower the skillset's batchSize"
-                }
-            ]
-        )
-    }
+    assert [a["recordId"] for a in answers if a["data"].get("label") == "espresso"] == classified
+    late = [a for a in answers if a["recordId"] not in classified]
+    assert all(a["data"] == {} and a["errors"] == LATE for a in late)
 
 
 def test_deadline_budget_answers_later_chunks_with_an_error(install_service: Any) -> None:

@@ -1,11 +1,13 @@
-"""classify_batch with a pool: each part of a batch is decoded, preprocessed and classified on its own
-thread, answers stay in request order, and the engine then runs one intra-op thread (issue 13)."""
+"""classify_batch with a pool: each image of a batch is decoded and preprocessed as a task of its own, the
+batch is then classified in even runs on the pool's threads, answers stay in request order, and the engine
+runs one intra-op thread (issue 13)."""
 
 from __future__ import annotations
 
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +15,9 @@ from PIL import Image
 
 from shared.errors import ImageError
 from shared.settings import Settings
-from shared.skill import ClassifyOptions, ImageLoader, classify_batch, engine_threads
+from shared.skill import INFERENCE_RUN, ClassifyOptions, ImageLoader, classify_batch, engine_threads, inference_runs
 from tests.conftest import jpeg_bytes
+from tests.modelfactory import tiny_bundle
 
 
 def test_engine_threads_follow_the_pool() -> None:
@@ -56,3 +59,72 @@ def test_parts_run_on_pool_threads_and_answers_keep_their_order(sample_engine: A
             continue
         assert p.data is not None and p.data["label"] == a.data["label"]
         assert p.data["confidence"] == pytest.approx(a.data["confidence"], abs=1e-4)
+
+
+def returning(data: bytes) -> ImageLoader:
+    return lambda: data
+
+
+@pytest.mark.parametrize(
+    ("good", "workers", "sizes"),
+    [
+        (16, 2, [4, 4, 4, 4]),  # a skillset's usual batchSize: two runs of 4 per core
+        (10, 2, [2, 3, 2, 3]),  # never 3 runs on 2 threads: each thread gets 5 images
+        (5, 2, [2, 3]),
+        (1, 2, [1]),
+        (0, 2, []),
+        (3, 4, [1, 1, 1]),
+        (32, 1, [4] * 8),
+        (6, 3, [2, 2, 2]),
+    ],
+)
+def test_inference_runs_are_even_and_a_multiple_of_the_threads(good: int, workers: int, sizes: list[int]) -> None:
+    runs = inference_runs(list(range(good)), workers)
+    assert [len(r) for r in runs] == sizes
+    assert [i for r in runs for i in r] == list(range(good))
+    assert all(len(r) <= INFERENCE_RUN for r in runs)
+
+
+def test_inference_runs_keep_the_indices_of_the_prepared_images() -> None:
+    assert inference_runs([0, 2, 3, 5, 6], 2) == [[0, 2], [3, 5, 6]]
+
+
+def test_a_pooled_batch_is_decoded_per_image_then_classified_in_even_runs(
+    sample_engine: Any, photos: list[Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[tuple[int, str]] = []
+    scores = sample_engine.scores
+
+    def recording(batch: Any) -> Any:
+        runs.append((len(batch), threading.current_thread().name))
+        return scores(batch)
+
+    data = [jpeg_bytes(photo.resize((320, 240))) for photo in photos]
+    loaders = [returning(data[i % len(data)]) for i in range(16)]
+    alone = classify_batch(sample_engine, loaders, ClassifyOptions())
+    monkeypatch.setattr(sample_engine, "scores", recording)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
+        pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
+    assert sorted(size for size, _ in runs) == [4, 4, 4, 4]
+    assert all(name.startswith("part") for _, name in runs)
+    for a, p in zip(alone, pooled, strict=True):
+        assert a.data is not None and p.data is not None
+        assert p.data["predictions"][0]["label"] == a.data["predictions"][0]["label"]
+        assert p.data["confidence"] == pytest.approx(a.data["confidence"], abs=1e-4)
+
+
+def test_a_model_with_a_fixed_batch_of_one_is_run_image_by_image(tmp_path: Path, photos: list[Image.Image]) -> None:
+    from shared.bundle import load_bundle
+    from shared.engine import Engine
+
+    fixed = Engine(load_bundle(tiny_bundle(tmp_path / "fixed", batch=1)))
+    dynamic = Engine(load_bundle(tiny_bundle(tmp_path / "dynamic")))
+    loaders = [returning(jpeg_bytes(photo.resize((64, 48)))) for photo in photos] * 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for kwargs in ({}, {"pool": pool, "workers": 2}):
+            got = classify_batch(fixed, loaders, ClassifyOptions(), **kwargs)  # type: ignore[arg-type]
+            expected = classify_batch(dynamic, loaders, ClassifyOptions(), **kwargs)  # type: ignore[arg-type]
+            assert all(o.errors == () for o in got)
+            assert [o.data and o.data["predictions"] for o in got] == [
+                o.data and o.data["predictions"] for o in expected
+            ]
