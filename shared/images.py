@@ -187,27 +187,49 @@ def release_memory() -> bool:
     return True
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux `/proc/self/statm`); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class DecodeBudget:
     """The process-wide budget of decoded pixel bytes in flight; decoders wait for their share.
 
     `hold(n, deadline)` blocks until `n` bytes fit (a request larger than the whole budget waits until it
     can run alone), or raises ImageError once `clock()` passes `deadline`. After the budget falls idle
-    having released at least `trim_after_bytes` since the last trim, freed memory goes back to the OS.
-    Thread-safe.
+    having released at least `trim_after_bytes` since the last check, freed memory goes back to the OS if
+    the process's `resident()` memory is `trim_after_bytes` or more above what it was after the last trim
+    (always, the first time or where it cannot be read). So a burst of large images is given back, and
+    steady traffic keeps the memory it reuses at once instead of faulting it in again (measured: trimming
+    every third 16-image request cost 1-2% of the skill's throughput). Thread-safe.
     """
 
     def __init__(
-        self, capacity_bytes: int, *, trim_after_bytes: int = 64 << 20, clock: Callable[[], float] = time.monotonic
+        self,
+        capacity_bytes: int,
+        *,
+        trim_after_bytes: int = 64 << 20,
+        clock: Callable[[], float] = time.monotonic,
+        resident: Callable[[], int | None] = resident_bytes,
     ) -> None:
         if capacity_bytes < 1:
             raise ValueError("capacity_bytes must be positive")
         self.capacity_bytes = capacity_bytes
         self.trim_after_bytes = trim_after_bytes
         self.clock = clock
+        self.resident = resident
         self.in_flight = 0
         self.peak_bytes = 0
         self.trims = 0
         self._released_since_trim = 0
+        self._resident_after_trim: int | None = None
         self._changed = threading.Condition()
 
     @contextmanager
@@ -236,6 +258,15 @@ class DecodeBudget:
                     self._released_since_trim = 0
                     trim = True
                 self._changed.notify_all()
-            if trim and release_memory():
-                with self._changed:
-                    self.trims += 1
+            if trim:
+                self._trim_if_grown()
+
+    def _trim_if_grown(self) -> None:
+        now, after_last = self.resident(), self._resident_after_trim
+        if now is not None and after_last is not None and now - after_last < self.trim_after_bytes:
+            return
+        if release_memory():
+            after = self.resident()
+            with self._changed:
+                self.trims += 1
+                self._resident_after_trim = after

@@ -17,6 +17,7 @@ from shared.images import (
     instance_memory_bytes,
     open_image,
     release_memory,
+    resident_bytes,
 )
 from tests.conftest import encode, jpeg_bytes
 
@@ -206,6 +207,50 @@ def test_budget_gives_memory_back_after_large_decodes_once_idle() -> None:
     with budget.hold(30), budget.hold(30):
         pass
     assert budget.trims == 1  # once, when the last holder left and 90 >= 50 bytes were released
+
+
+@pytest.mark.skipif(not release_memory(), reason="malloc_trim is glibc's")
+def test_budget_gives_memory_back_only_when_the_process_has_grown_since_the_last_time() -> None:
+    resident = [1000]
+    budget = DecodeBudget(1 << 30, trim_after_bytes=50, resident=lambda: resident[0])
+    with budget.hold(60):
+        pass
+    assert budget.trims == 1  # the first time there is nothing to compare with
+    with budget.hold(60):
+        pass
+    assert budget.trims == 1  # 60 bytes released again, but the process holds what it held after the trim
+    resident[0] = 1049
+    with budget.hold(60):
+        pass
+    assert budget.trims == 1  # 49 bytes more than after the trim
+    resident[0] = 1050
+    with budget.hold(60):
+        pass
+    assert budget.trims == 2
+    resident[0] = 1060
+    with budget.hold(60):
+        pass
+    assert budget.trims == 2  # measured from what it held after the second trim: 10 bytes more
+
+
+@pytest.mark.skipif(not release_memory(), reason="malloc_trim is glibc's")
+def test_budget_trims_each_time_where_resident_memory_cannot_be_read() -> None:
+    budget = DecodeBudget(1 << 30, trim_after_bytes=50, resident=lambda: None)
+    for _ in range(3):
+        with budget.hold(60):
+            pass
+    assert budget.trims == 3
+
+
+@pytest.mark.skipif(resident_bytes() is None, reason="/proc/self/statm is Linux's")
+def test_resident_bytes_follows_memory_the_process_touches() -> None:
+    before = resident_bytes()
+    block = bytearray(64 << 20)  # zeroed by the kernel on first touch: write every page
+    block[::4096] = b"\x01" * len(block[::4096])
+    after = resident_bytes()
+    assert before is not None and after is not None
+    assert after - before >= 60 << 20
+    del block
 
 
 def test_default_budget_is_a_quarter_of_memory_at_most_512_mib() -> None:
