@@ -17,9 +17,10 @@ All figures come from one run on this machine, side by side, as medians:
 
 (g) the floor: the single-core CPU cost per image of each phase of the skill path (body parse, base64,
     JPEG decode, preprocess) and of inference (a one-thread session, so no thread pool spins, in the
-    skill's runs of INFERENCE_RUN images), each measured with the calling thread's CPU clock in the same
-    interleaved rounds as (a) and (b). N cores
-    with no waste would classify N / (sum of the costs) images/s; `skill_over_floor` is (b) over that.
+    skill's runs of INFERENCE_RUN images), each measured on every core in turn (the thread pinned to it)
+    with the thread's CPU clock, in the same interleaved rounds as (a) and (b). Each core with no waste
+    would classify 1 / (the sum of its costs) images/s, and the floor is the sum over the cores: N / (the
+    sum) when the cores run at one speed. `skill_over_floor` is (b) over that.
 
 (h) object detection: a Faster R-CNN ResNet-18 FPN run at AutoML's 800x600 input (seeded random weights,
     built like the tests' AutoML-layout runs), through `classify_batch` on the same 2000x1500 JPEGs: images/s
@@ -165,9 +166,38 @@ def interleaved(samplers: dict[str, tuple[Sampler, int]], rounds: int) -> dict[s
 PHASES = ("parse", "base64", "decode", "preprocess", "inference")
 
 
+def floor_cores() -> list[int | None]:
+    """The cores the floor is measured on: each core this process may run on (Linux), else [None]."""
+    cores: list[int | None] = [None]
+    if hasattr(os, "sched_setaffinity"):
+        cores = [*sorted(os.sched_getaffinity(0))]
+    return cores
+
+
+def pinned(sampler: Sampler, core: int | None) -> Sampler:
+    """`sampler` run with the calling thread pinned to `core` (None: wherever the scheduler puts it)."""
+    if core is None:
+        return sampler
+
+    def sample() -> float:
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {core})  # pid 0: the calling thread only
+        try:
+            return sampler()
+        finally:
+            os.sched_setaffinity(0, allowed)
+
+    return sample
+
+
+def floor_key(core: int | None, phase: str) -> str:
+    return f"cpu{'' if core is None else core}:{phase}"
+
+
 def floor_samplers(body: bytes) -> dict[str, tuple[Sampler, int]]:
-    """(g): one sampler per phase of the skill path, each doing one request's worth of that phase on this
-    thread with the skill's own functions and settings, timed by this thread's CPU clock."""
+    """(g): one sampler per phase of the skill path and per core (`floor_cores`), each doing one request's
+    worth of that phase on this thread pinned to that core, with the skill's own functions and settings,
+    timed by this thread's CPU clock."""
     from shared.app import service
     from shared.contract import parse_request
     from shared.engine import Engine, preprocess
@@ -205,7 +235,11 @@ def floor_samplers(body: bytes) -> dict[str, tuple[Sampler, int]]:
             single.logits(tensors[i : i + INFERENCE_RUN]) for i in range(0, len(tensors), INFERENCE_RUN)
         ],
     }
-    return {f"cpu:{name}": (per_image(call, len(loaders), time.thread_time), 1) for name, call in calls.items()}
+    return {
+        floor_key(core, name): (pinned(per_image(call, len(loaders), time.thread_time), core), 1)
+        for core in floor_cores()
+        for name, call in calls.items()
+    }
 
 
 def cores() -> int:
@@ -449,8 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         callers.shutdown()
         inference, skill_rate, old = 1 / seconds["inference"], 1 / seconds["skill"], 1 / seconds["old"]
-        costs = {name: seconds[f"cpu:{name}"] for name in PHASES}
-        floor_rate = n_cores / sum(costs.values())
+        # Each core's own cost per image (the cores of a VM do not always run at the same speed), and the
+        # floor is what they classify together: the sum of their rates.
+        by_core = {core: sum(seconds[floor_key(core, name)] for name in PHASES) for core in floor_cores()}
+        costs = {name: statistics.mean(seconds[floor_key(core, name)] for core in by_core) for name in PHASES}
+        floor_rate = sum(1 / cost for cost in by_core.values()) * (n_cores / len(by_core))
         # skill_over_floor = (floor's share of the skill's CPU) x (cores the skill got / cores): the first
         # is the code's waste, the second the machine's (other processes) or serial parts of the path.
         cpu = statistics.median(skill_cpu)
@@ -461,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             ("(g) floor: one core's CPU per image, by phase", ""),
             *((f"    {name}", f"{costs[name] * 1000:.2f} ms") for name in PHASES),
             ("    sum", f"{sum(costs.values()) * 1000:.2f} ms"),
+            ("    sum by core", ", ".join(f"{floor_key(c, '')[:-1]} {v * 1000:.2f} ms" for c, v in by_core.items())),
             (f"    floor: {n_cores} cores, no waste", f"{floor_rate:.1f} images/s"),
             ("    skill's own CPU per image (all threads)", f"{cpu * 1000:.2f} ms"),
             ("    floor's share of it (1 = no CPU wasted)", f"{sum(costs.values()) / cpu:.2f}"),
@@ -479,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             "skill_over_inference": round(skill_rate / inference, 3),
             "speedup_vs_old_style": round(skill_rate / old, 2),
             "floor_cpu_ms_per_image": {name: round(costs[name] * 1000, 2) for name in PHASES},
+            "floor_cpu_ms_per_image_by_core": {floor_key(c, "")[:-1]: round(v * 1000, 2) for c, v in by_core.items()},
             "skill_cpu_ms_per_image": round(cpu * 1000, 2),
             "floor_share_of_skill_cpu": round(sum(costs.values()) / cpu, 3),
             "skill_cores_used": round(cpu / seconds["skill"], 2),

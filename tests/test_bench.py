@@ -49,3 +49,45 @@ def test_an_unknown_section_is_one_error_line(capsys: pytest.CaptureFixture[str]
 )
 def test_verdicts(name: str, value: float, verdict: str) -> None:
     assert load_bench().verdict(name, value) == verdict
+
+
+def test_the_floor_pins_each_sample_to_its_core_and_gives_the_thread_back() -> None:
+    import os
+    import threading
+
+    bench = load_bench()
+    cores = bench.floor_cores()
+    if cores == [None]:
+        pytest.skip("no thread affinity on this platform")
+    assert cores == sorted(os.sched_getaffinity(0))
+    seen: list[set[int]] = []
+    allowed = os.sched_getaffinity(0)
+
+    def sampler() -> float:
+        seen.append(os.sched_getaffinity(0))
+        return 0.0
+
+    for core in cores:
+        bench.pinned(sampler, core)()
+        assert os.sched_getaffinity(0) == allowed
+    assert seen == [{core} for core in cores]
+    # Only the calling thread is pinned: a thread already running keeps every core meanwhile.
+    other: list[set[int]] = []
+    asked, answered = threading.Event(), threading.Event()
+
+    def report() -> None:
+        asked.wait(10)
+        other.append(os.sched_getaffinity(0))
+        answered.set()
+
+    thread = threading.Thread(target=report)
+    thread.start()
+
+    def look() -> float:
+        asked.set()
+        answered.wait(10)
+        return 0.0
+
+    bench.pinned(look, cores[0])()
+    thread.join()
+    assert other == [allowed]
