@@ -128,3 +128,32 @@ def test_a_model_with_a_fixed_batch_of_one_is_run_image_by_image(tmp_path: Path,
             assert [o.data and o.data["predictions"] for o in got] == [
                 o.data and o.data["predictions"] for o in expected
             ]
+
+
+def test_batches_from_concurrent_requests_share_the_pool_and_each_gets_its_own_answers(
+    sample_engine: Any, photos: list[Image.Image]
+) -> None:
+    # Each request's runs queue behind the other requests' decodes in the shared pool: every request must
+    # still get exactly its own answers, in its own order.
+    data = [jpeg_bytes(photo.resize((320, 240))) for photo in photos]
+
+    def bad() -> bytes:
+        raise ImageError("image data is not valid base64")
+
+    requests = [
+        [returning(data[(i + r) % len(data)]) if (i + r) % 5 else bad for i in range(3 + 2 * r)] for r in range(6)
+    ]
+    expected = [classify_batch(sample_engine, loaders, ClassifyOptions(top_k=2)) for loaders in requests]
+    with (
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool,
+        ThreadPoolExecutor(max_workers=len(requests)) as callers,
+    ):
+        answers = list(
+            callers.map(
+                lambda loaders: classify_batch(sample_engine, loaders, ClassifyOptions(top_k=2), pool=pool, workers=2),
+                requests,
+            )
+        )
+    for got, want in zip(answers, expected, strict=True):
+        assert [o.errors for o in got] == [o.errors for o in want]
+        assert [o.data and o.data["label"] for o in got] == [o.data and o.data["label"] for o in want]
