@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 MAX_INFERENCE_BATCH = 32
 
 # Images per ONNX Runtime run when a pool classifies a batch. Sample model, one-thread session, this
-# machine: 9.25 ms of CPU per image in runs of 4, against 9.47 in runs of 1 and 9.75 in runs of 16 (the
-# activations of 16 images no longer fit the core's cache); and 16 images make 4 runs, 2 per core.
+# machine: 9.25 ms of CPU per image in runs of 4, against 9.47 in runs of 1 and 9.75 in runs of 16 (likely
+# the activations of 16 images outgrowing the core's cache); and 16 images make 4 runs, 2 per core.
 INFERENCE_RUN = 4
 
 # Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
