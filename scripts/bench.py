@@ -190,8 +190,12 @@ def pinned(sampler: Sampler, core: int | None) -> Sampler:
     return sample
 
 
+def core_label(core: int | None) -> str:
+    return f"cpu{'' if core is None else core}"
+
+
 def floor_key(core: int | None, phase: str) -> str:
-    return f"cpu{'' if core is None else core}:{phase}"
+    return f"{core_label(core)}:{phase}"
 
 
 def floor_samplers(body: bytes) -> dict[str, tuple[Sampler, int]]:
@@ -498,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             ("(g) floor: one core's CPU per image, by phase", ""),
             *((f"    {name}", f"{costs[name] * 1000:.2f} ms") for name in PHASES),
             ("    sum", f"{sum(costs.values()) * 1000:.2f} ms"),
-            ("    sum by core", ", ".join(f"{floor_key(c, '')[:-1]} {v * 1000:.2f} ms" for c, v in by_core.items())),
+            ("    sum by core", ", ".join(f"{core_label(c)} {v * 1000:.2f} ms" for c, v in by_core.items())),
             (f"    floor: {n_cores} cores, no waste", f"{floor_rate:.1f} images/s"),
             ("    skill's own CPU per image (all threads)", f"{cpu * 1000:.2f} ms"),
             ("    floor's share of it (1 = no CPU wasted)", f"{sum(costs.values()) / cpu:.2f}"),
@@ -517,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             "skill_over_inference": round(skill_rate / inference, 3),
             "speedup_vs_old_style": round(skill_rate / old, 2),
             "floor_cpu_ms_per_image": {name: round(costs[name] * 1000, 2) for name in PHASES},
-            "floor_cpu_ms_per_image_by_core": {floor_key(c, "")[:-1]: round(v * 1000, 2) for c, v in by_core.items()},
+            "floor_cpu_ms_per_image_by_core": {core_label(c): round(v * 1000, 2) for c, v in by_core.items()},
             "skill_cpu_ms_per_image": round(cpu * 1000, 2),
             "floor_share_of_skill_cpu": round(sum(costs.values()) / cpu, 3),
             "skill_cores_used": round(cpu / seconds["skill"], 2),

@@ -255,7 +255,7 @@ def _classify_pooled(
     prepared: list[PreparedImage | ImageError | None] = [None] * len(loaders)
     results: dict[int, Classification | str] = {}
     lock = threading.Lock()
-    left = [len(loaders)]
+    left = len(loaders)
 
     def run(indices: list[int]) -> None:
         began = time.perf_counter()
@@ -272,14 +272,15 @@ def _classify_pooled(
             stats.infer_ms += 1000 * (time.perf_counter() - began)
 
     def prepare(i: int) -> list[Future[None]]:
+        nonlocal left
         began = time.perf_counter()
         prepared[i] = _load_and_prepare(
             loaders[i], engine, options, tensors[i], budget=budget, deadline=deadline, budget_s=budget_s, clock=clock
         )
         with lock:
             stats.decode_ms += 1000 * (time.perf_counter() - began)
-            left[0] -= 1
-            if left[0]:
+            left -= 1
+            if left:
                 return []
         runs = inference_runs([j for j, p in enumerate(prepared) if isinstance(p, PreparedImage)], workers)
         stats.images += sum(len(indices) for indices in runs)
