@@ -18,6 +18,7 @@ from typing import Any
 
 import pybase64
 
+from shared import bodyjson
 from shared.errors import ImageError, InvalidEnvelope, PayloadTooLarge
 from shared.skill import ImageLoader, ImageOutcome
 
@@ -144,7 +145,7 @@ def parse_request(body: bytes, *, max_request_bytes: int, max_records: int, max_
     if not body.strip():
         raise InvalidEnvelope('request body is empty; send a JSON object with a "values" list of records')
     try:
-        envelope = json.loads(body)
+        envelope = bodyjson.loads(body)
     except RecursionError:
         # json.loads recurses once per level and fails near 1,000 levels; a skill request nests 5.
         raise InvalidEnvelope(
