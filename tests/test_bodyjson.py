@@ -134,3 +134,22 @@ def test_a_string_that_only_looks_like_a_cut_out_one_is_left_as_it_is() -> None:
     tree["values"][0]["recordId"] = "long-string-00000000000000000000000000000000-0"
     body = json.dumps(tree).encode()
     assert bodyjson.loads(body) == tree
+
+
+def test_the_skill_contract_parses_a_request_without_reading_its_images_with_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.contract import parse_request
+
+    body, images = _skill_body(16)
+    read: list[int] = []
+    loads = json.loads
+
+    def counting(text: Any, **kwargs: Any) -> Any:
+        read.append(len(text))
+        return loads(text, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    records = parse_request(body, max_request_bytes=len(body), max_records=16, max_image_bytes=400_000)
+    assert [base64.b64encode(r.loader()).decode() for r in records if r.loader] == images
+    assert read and max(read) < 5_000, read
