@@ -38,10 +38,10 @@ def loads(body: bytes) -> Any:
         return json.loads(body)
     text, marker, strings = cut
     try:
-        tree = json.loads(text)
+        return _put_back(json.loads(text), marker, strings)
     except Exception:  # noqa: BLE001 - json.loads(body) raises the error, with the body's own line and column
+        # (also where putting the strings back recursed deeper than Python allows, which json did not)
         return json.loads(body)
-    return _put_back(tree, marker, strings)
 
 
 def _cut_long_strings(body: bytes) -> tuple[bytes, str, list[str]] | None:

@@ -153,3 +153,23 @@ def test_the_skill_contract_parses_a_request_without_reading_its_images_with_jso
     records = parse_request(body, max_request_bytes=len(body), max_records=16, max_image_bytes=400_000)
     assert [base64.b64encode(r.loader()).decode() for r in records if r.loader] == images
     assert read and max(read) < 5_000, read
+
+
+def _deepest_json_parses() -> int:
+    depth = 2_000
+    while True:
+        try:
+            json.loads("[" * depth + "]" * depth)
+            return depth
+        except RecursionError:
+            depth -= 10
+
+
+def test_a_body_nested_as_deep_as_json_allows_still_parses() -> None:
+    depth = _deepest_json_parses() - 10
+    body = ("[" * depth + json.dumps("A" * bodyjson.LONG) + "]" * depth).encode()
+    assert bodyjson._cut_long_strings(body) is not None
+    value = bodyjson.loads(body)
+    for _ in range(depth):
+        value = value[0]
+    assert value == "A" * bodyjson.LONG
