@@ -32,10 +32,11 @@ logger = logging.getLogger(__name__)
 # batch; larger ones are split so the float32 input tensor stays small (32 x 3 x 224 x 224 x 4 B = 19 MB).
 MAX_INFERENCE_BATCH = 32
 
-# Images per ONNX Runtime run when a pool classifies a batch. Sample model, one-thread session, this
-# machine: 9.25 ms of CPU per image in runs of 4, against 9.47 in runs of 1 and 9.75 in runs of 16 (likely
-# the activations of 16 images outgrowing the core's cache); and 16 images make 4 runs, 2 per core.
-INFERENCE_RUN = 4
+# Images per ONNX Runtime run when a pool classifies a batch. Sample model, this machine: alone on one
+# thread, runs of 2 or 4 cost about the same CPU per image and less than runs of 1 or 16; with both threads
+# running, runs of 2 cost 0.3-3.2% less than runs of 4 (both threads' activations share the cache) and
+# hold half the activations per thread. 16 images make 8 runs, 4 per thread.
+INFERENCE_RUN = 2
 
 # Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
 ImageLoader = Callable[[], bytes]

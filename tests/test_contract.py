@@ -18,6 +18,7 @@ import ClassifySkill
 import Health
 from shared.errors import ModelNotReady
 from shared.holder import FolderSource, ModelHolder
+from shared.skill import INFERENCE_RUN
 from tests.conftest import SAMPLES, encode, jpeg_bytes
 
 COFFEE = (SAMPLES / "coffee.png").read_bytes()
@@ -325,16 +326,17 @@ LATE = [
         # The request's start, the chunk's check, then one check before each of the 8 images: the clock
         # passes the deadline after the third image started, so no run starts either.
         (5, []),
-        # All 8 images prepared; the first run of 4 starts in time, the second does not.
-        (11, ["0", "1", "2", "3"]),
-        (12, [str(i) for i in range(8)]),
+        # All 8 images prepared; the first run starts in time, the second does not.
+        (11, [str(i) for i in range(INFERENCE_RUN)]),
+        (12, [str(i) for i in range(2 * INFERENCE_RUN)]),
+        (10 + 8 // INFERENCE_RUN, [str(i) for i in range(8)]),
     ],
 )
 def test_deadline_is_checked_before_each_image_and_each_run(
     install_service: Any, readings_in_time: int, classified: list[str]
 ) -> None:
     # One decode thread makes the order of clock readings fixed: the request's start, the chunk's check,
-    # one check before each image, then one before each inference run (8 images: two runs of 4).
+    # one check before each image, then one before each inference run of INFERENCE_RUN images.
     readings = [0]
 
     def clock() -> float:

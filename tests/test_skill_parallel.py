@@ -68,14 +68,15 @@ def returning(data: bytes) -> ImageLoader:
 @pytest.mark.parametrize(
     ("good", "workers", "sizes"),
     [
-        (16, 2, [4, 4, 4, 4]),  # a skillset's usual batchSize: two runs of 4 per core
-        (10, 2, [2, 3, 2, 3]),  # never 3 runs on 2 threads: each thread gets 5 images
-        (5, 2, [2, 3]),
+        (16, 2, [2] * 8),  # a skillset's usual batchSize: four runs of 2 per thread
+        (10, 2, [1, 2, 2, 1, 2, 2]),  # never 5 runs on 2 threads: six, 3 per thread
+        (5, 2, [1, 1, 1, 2]),
         (1, 2, [1]),
         (0, 2, []),
         (3, 4, [1, 1, 1]),
-        (32, 1, [4] * 8),
+        (32, 1, [2] * 16),
         (6, 3, [2, 2, 2]),
+        (7, 2, [1, 2, 2, 2]),
     ],
 )
 def test_inference_runs_are_even_and_a_multiple_of_the_threads(good: int, workers: int, sizes: list[int]) -> None:
@@ -86,7 +87,7 @@ def test_inference_runs_are_even_and_a_multiple_of_the_threads(good: int, worker
 
 
 def test_inference_runs_keep_the_indices_of_the_prepared_images() -> None:
-    assert inference_runs([0, 2, 3, 5, 6], 2) == [[0, 2], [3, 5, 6]]
+    assert inference_runs([0, 2, 3, 5, 6], 2) == [[0], [2], [3], [5, 6]]
 
 
 def test_a_pooled_batch_is_decoded_per_image_then_classified_in_even_runs(
@@ -105,7 +106,7 @@ def test_a_pooled_batch_is_decoded_per_image_then_classified_in_even_runs(
     monkeypatch.setattr(sample_engine, "scores", recording)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
         pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
-    assert sorted(size for size, _ in runs) == [4, 4, 4, 4]
+    assert sorted(size for size, _ in runs) == [INFERENCE_RUN] * (16 // INFERENCE_RUN)
     assert all(name.startswith("part") for _, name in runs)
     for a, p in zip(alone, pooled, strict=True):
         assert a.data is not None and p.data is not None
