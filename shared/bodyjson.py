@@ -1,15 +1,16 @@
-"""`loads(body)`: exactly `json.loads(body)`, in a fifth of the time for a skill request's body.
+"""`loads(body)`: exactly `json.loads(body)`, in a third of the time or less for a skill request's body.
 
 A skill request is a few kilobytes of JSON around one long base64 string per record: 7.5 MB for 16
 normalized images of 2000x1500. `json.loads` walks every character of those strings in one C call that
 holds the GIL for about 6 ms, while the decode pool's threads wait for their first image and cannot take
 the GIL back from a run or a decode of another request. Here the long strings are found with
 `bytes.find` (memchr), cut out of the text, the few kilobytes left are parsed by `json.loads`, and the
-strings are put back: about 1 ms for the same body, in steps of well under a millisecond each.
+strings are put back: 1.0 ms for the same body alone, 2.1 ms inside the serving process (where the body is
+not in the cache), in steps of well under a millisecond each.
 
 The result is always what `json.loads(body)` returns, and every error is the one it raises: only strings
-that json would give back unchanged are cut out (at least LONG bytes of printable ASCII with no
-backslash), and any body this path does not handle, or that does not parse, goes to `json.loads` itself.
+that json would give back unchanged are cut out (at least LONG bytes of ASCII with no control character
+and no backslash), and any body this path does not handle, or that does not parse, goes to `json.loads` itself.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ LONG = 4096
 MAX_STRINGS = 20_000
 
 _QUOTE, _BACKSLASH = b'"', b"\\"
-_PRINTABLE_ASCII = (0x20, 0x7F)  # JSON forbids raw control characters in a string; json.loads keeps the rest
+# The bytes json gives back unchanged inside a string: ASCII from space to DEL (it refuses control characters).
+_PLAIN = (0x20, 0x7F)
 
 
 def loads(body: bytes) -> Any:
@@ -63,7 +65,7 @@ def _cut_long_strings(body: bytes) -> tuple[bytes, str, list[str]] | None:
             return None
         if end - start - 1 >= LONG and body.find(_BACKSLASH, start + 1, end) < 0:
             span = view[start + 1 : end]
-            if span.min() < _PRINTABLE_ASCII[0] or span.max() > _PRINTABLE_ASCII[1]:
+            if span.min() < _PLAIN[0] or span.max() > _PLAIN[1]:
                 return None
             parts += (body[copied:start], b'"%s%d"' % (marker.encode(), len(strings)))
             strings.append(str(memoryview(body)[start + 1 : end], "ascii"))
