@@ -5,8 +5,8 @@ normalized images of 2000x1500. `json.loads` walks every character of those stri
 holds the GIL for about 6 ms, while the decode pool's threads wait for their first image and cannot take
 the GIL back from a run or a decode of another request. Here the long strings are found with
 `bytes.find` (memchr), cut out of the text, the few kilobytes left are parsed by `json.loads`, and the
-strings are put back: 1.0 ms for the same body alone, 2.1 ms inside the serving process (where the body is
-not in the cache), in steps of well under a millisecond each.
+strings are put back: 1.0 ms for the same body alone, 2.1 ms inside the serving process (likely because the
+body is no longer in the cache there), in steps of well under a millisecond each.
 
 The result is always what `json.loads(body)` returns, and every error is the one it raises: only strings
 that json would give back unchanged are cut out (at least LONG bytes of ASCII with no control character
