@@ -16,7 +16,7 @@ and no backslash), and any body this path does not handle, or that does not pars
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ def _cut_long_strings(body: bytes) -> tuple[bytes, str, list[str]] | None:
     """The body with each long plain string replaced by `"<marker><n>"`, the marker, and the strings, or
     None when there are none or the body is one this path leaves to json.loads."""
     view = np.frombuffer(body, dtype=np.uint8)
-    marker = f"long-string-{secrets.token_hex(16)}-"
+    marker = f"long-string-{os.urandom(16).hex()}-"
     parts: list[bytes] = []
     strings: list[str] = []
     copied = pos = 0
