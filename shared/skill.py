@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 MAX_INFERENCE_BATCH = 32
 
 # Images per ONNX Runtime run when a pool classifies a batch. Sample model, this machine: alone on one
-# thread, runs of 2 or 4 cost about the same CPU per image and less than runs of 1 or 16; with both threads
-# running, runs of 2 cost 0.3-3.2% less than runs of 4 (likely the two threads' activations sharing the
-# cache; not profiled) and hold half the activations per thread. 16 images make 8 runs, 4 per thread.
+# thread, runs of 2 or 4 cost about the same CPU per image and less than runs of 1 or 16; in the skill,
+# runs of 2 classify about as many images per second as runs of 4 (1.005x over 14 interleaved A/Bs) with
+# 0.3-3.2% less CPU, and each thread holds half the activations (peak RSS 184 instead of 228 MB).
+# 16 images make 8 runs, 4 per thread.
 INFERENCE_RUN = 2
 
 # Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
