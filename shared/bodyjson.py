@@ -11,6 +11,10 @@ body is no longer in the cache there), in steps of well under a millisecond each
 The result is always what `json.loads(body)` returns, and every error is the one it raises: only strings
 that json would give back unchanged are cut out (at least LONG bytes of ASCII with no control character
 and no backslash), and any body this path does not handle, or that does not parse, goes to `json.loads` itself.
+Base64 written with escapes (.NET's System.Text.Json writes `+` as `\\u002B` by default) is therefore read
+by json at its usual speed: reading each such string with json's own string scanner instead measured no
+faster (0.996x one request at a time, 0.963x four at once). Which serializer Azure AI Search uses is not
+documented.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from typing import Any
 
 import pytest
@@ -45,12 +46,23 @@ _DUMPS = st.sampled_from(
         {"separators": (",", ":")},
         {"indent": 2},
         {"ensure_ascii": False, "indent": "\t"},
+        {"escape_plus": "\\u002B"},
+        {"escape_plus": "\\u002b", "separators": (",", ":")},
     ]
 )
 
 
+def _escaped(text: str, plus: str = "\\u002B") -> str:
+    """`text` as serializers that escape `/` and `+` write it (.NET's System.Text.Json escapes `+` by
+    default). `/` appears only inside strings; a `+` after an e is left alone, since it may be an exponent."""
+    return re.sub(r"(?<![eE])\+", lambda _: plus, text.replace("/", "\\/"))
+
+
 def _body(value: Any, options: dict[str, Any]) -> bytes:
-    return json.dumps(value, **options).encode("utf-8", "surrogatepass")
+    options = dict(options)
+    plus = options.pop("escape_plus", None)
+    text = json.dumps(value, **options)
+    return (_escaped(text, plus) if plus else text).encode("utf-8", "surrogatepass")
 
 
 def _outcome(parse: Any, body: bytes) -> tuple[str, Any]:
@@ -120,6 +132,18 @@ def test_a_skill_body_is_parsed_from_its_few_kilobytes_around_the_images() -> No
 def test_bodies_this_path_does_not_cut_are_left_to_json(body: bytes, why: str) -> None:
     assert bodyjson._cut_long_strings(body) is None, why
     assert _outcome(bodyjson.loads, body) == _outcome(json.loads, body)
+
+
+@pytest.mark.parametrize("plus", ["\\u002B", "\\u002b"])
+def test_base64_with_escapes_is_left_to_json(plus: str) -> None:
+    # .NET's System.Text.Json writes + as \u002B by default. json's own scanner reading each such string
+    # measured no faster than json.loads reading the body (0.996x one request at a time, 0.963x four at once).
+    body, images = _skill_body(4)
+    body = _escaped(body.decode(), plus).encode()
+    assert body.count(plus.encode()) > 100 and body.count(b"\\/") > 100
+    assert bodyjson._cut_long_strings(body) is None
+    assert bodyjson.loads(body) == json.loads(body)
+    assert [v["data"]["image"]["data"] for v in bodyjson.loads(body)["values"]] == images
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32-le"])
