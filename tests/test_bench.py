@@ -91,3 +91,42 @@ def test_the_floor_pins_each_sample_to_its_core_and_gives_the_thread_back() -> N
     bench.pinned(look, cores[0])()
     thread.join()
     assert other == [allowed]
+
+
+def test_interleaved_warms_up_then_keeps_every_sample_in_round_order() -> None:
+    bench = load_bench()
+    calls: list[str] = []
+
+    def sampler(name: str, values: list[float]) -> object:
+        def sample() -> float:
+            calls.append(name)
+            return values.pop(0)
+
+        return sample
+
+    samples = bench.interleaved(
+        {"a": (sampler("a", [9.0, 9.0, 3.0, 1.0, 2.0, 5.0]), 2), "b": (sampler("b", [9.0, 9.0, 4.0, 6.0]), 1)},
+        rounds=2,
+    )
+    assert bench.WARMUP == 2
+    assert calls == ["a", "a", "b", "b", "a", "a", "b", "a", "a", "b"]
+    assert samples == {"a": [3.0, 1.0, 2.0, 5.0], "b": [4.0, 6.0]}
+    assert bench.best(samples) == {"a": 1.0, "b": 4.0}
+    assert bench.medians(samples) == {"a": 2.5, "b": 5.0}
+
+
+def test_the_floor_adds_the_cores_rates(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_bench()
+    # Two cores, one 25% slower: 0.010 s and 0.0125 s per image over the phases.
+    per_phase = {"cpu0": [0.001, 0.0005, 0.004, 0.0015, 0.003], "cpu1": [0.00125, 0.000625, 0.005, 0.001875, 0.00375]}
+    cores = [0, 1]
+    seconds = {
+        bench.floor_key(core, phase): per_phase[f"cpu{core}"][i]
+        for core in cores
+        for i, phase in enumerate(bench.PHASES)
+    }
+    monkeypatch.setattr(bench, "floor_cores", lambda: cores)
+    by_core, costs, rate = bench.floor_of(seconds, 2)
+    assert by_core == pytest.approx({0: 0.010, 1: 0.0125})
+    assert costs["decode"] == pytest.approx(0.0045)
+    assert rate == pytest.approx(1 / 0.010 + 1 / 0.0125)  # 180 images/s, not 2 / 0.01125 = 177.8
