@@ -1,10 +1,6 @@
 """`make bench`: the request path against bare inference, an old-style baseline, cold start and memory.
 
-All figures come from one run on this machine, side by side. The throughput figures come from samples
-taken in interleaved rounds and compare each contender's fastest sample (`best`, as timeit does): other
-processes on a shared machine only ever slow a sample down, and they slow the two-core skill more than the
-one-core floor, so medians would measure the machine's load as much as the code. Each ratio is also printed
-from medians. Cold starts are medians of fresh processes.
+All figures come from one run on this machine, side by side, as medians:
 
 (a) inference: ONNX Runtime alone on already preprocessed tensors, batch 16, all cores in one run;
 (b) skill: `ClassifySkill.main` on requests of 16 normalized-image records holding 2000x1500 JPEGs (real
@@ -21,10 +17,14 @@ from medians. Cold starts are medians of fresh processes.
 
 (g) the floor: the single-core CPU cost per image of each phase of the skill path (body parse, base64,
     JPEG decode, preprocess) and of inference (a one-thread session, so no thread pool spins, in the
-    skill's runs of INFERENCE_RUN images), each measured on every core in turn (the thread pinned to it)
-    with the thread's CPU clock, in the same interleaved rounds as (a) and (b). Each core with no waste
-    would classify 1 / (the sum of its costs) images/s, and the floor is the sum over the cores: N / (the
-    sum) when the cores run at one speed. `skill_over_floor` is (b) over that.
+    skill's runs of INFERENCE_RUN images), measured with the thread's CPU clock on every core at once: one
+    process per core, pinned to it, all running the phases together in each of the interleaved rounds of
+    (a) and (b), as the skill's threads run on every core together. Each core with no waste would
+    classify 1 / (the sum of its costs) images/s, and the floor is the sum over the cores: N / (the sum)
+    when the cores run at one speed. `skill_over_floor` is (b) over that. The same phases measured on one
+    core at a time, the others idle, are printed beside it: on a quiet host the two floors agree; when
+    other machines load the host, cores that all work at once get less done than one alone, for the
+    skill and for its floor alike.
 
 (h) object detection: a Faster R-CNN ResNet-18 FPN run at AutoML's 800x600 input (seeded random weights,
     built like the tests' AutoML-layout runs), through `classify_batch` on the same 2000x1500 JPEGs: images/s
@@ -43,6 +43,7 @@ import compileall
 import importlib.util
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -52,6 +53,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +173,6 @@ def interleaved(samplers: dict[str, tuple[Sampler, int]], rounds: int) -> dict[s
     return samples
 
 
-def best(samples: dict[str, list[float]]) -> dict[str, float]:
-    """Each contender's fastest sample. The work of every sample is the same, and load from other processes
-    only ever adds time, so the fastest is the one the machine disturbed least (Python's timeit
-    documentation says the same of `repeat`). The skill uses two cores and the floor one, so a busy host
-    slows the skill's samples more; comparing medians measured the host's load along with the code."""
-    return {name: min(values) for name, values in samples.items()}
-
-
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -217,10 +212,9 @@ def floor_key(core: int | None, phase: str) -> str:
     return f"{core_label(core)}:{phase}"
 
 
-def floor_samplers(body: bytes) -> dict[str, tuple[Sampler, int]]:
-    """(g): one sampler per phase of the skill path and per core (`floor_cores`), each doing one request's
-    worth of that phase on this thread pinned to that core, with the skill's own functions and settings,
-    timed by this thread's CPU clock."""
+def phase_calls(body: bytes) -> tuple[dict[str, Callable[[], object]], int]:
+    """(g): one call per phase of the skill path (PHASES), each doing one request's worth of that phase with
+    the skill's own functions and settings, and the request's image count."""
     from shared.app import service
     from shared.contract import parse_request
     from shared.engine import Engine, preprocess
@@ -258,11 +252,77 @@ def floor_samplers(body: bytes) -> dict[str, tuple[Sampler, int]]:
             single.logits(tensors[i : i + INFERENCE_RUN]) for i in range(0, len(tensors), INFERENCE_RUN)
         ],
     }
+    assert tuple(calls) == PHASES
+    return calls, len(loaders)
+
+
+def floor_samplers(body: bytes) -> dict[str, tuple[Sampler, int]]:
+    """(g) one core at a time: a sampler per phase and per core (`floor_cores`), each running the phase on
+    this thread pinned to that core while the other cores have nothing to do, timed by the thread's CPU
+    clock."""
+    calls, images = phase_calls(body)
     return {
-        floor_key(core, name): (pinned(per_image(call, len(loaders), time.thread_time), core), 1)
+        floor_key(core, name): (pinned(per_image(call, images, time.thread_time), core), 1)
         for core in floor_cores()
         for name, call in calls.items()
     }
+
+
+PhaseCalls = Callable[[bytes], tuple[dict[str, Callable[[], object]], int]]
+
+
+def _floor_worker(conn: Connection, core: int | None, body: bytes, calls_of: PhaseCalls) -> None:
+    """One core's process of `AllCoresFloor`: pinned to `core`, it answers each true message with one
+    sample (seconds per image, CPU clock) of every phase, and stops at a false one."""
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    calls, images = calls_of(body)
+    samplers = {name: per_image(call, images, time.thread_time) for name, call in calls.items()}
+    for sampler in samplers.values():
+        sampler()
+    conn.send(os.getpid())
+    while conn.recv():
+        conn.send({name: sampler() for name, sampler in samplers.items()})
+
+
+class AllCoresFloor:
+    """(g) with every core busy: one process per core (`floor_cores`), pinned to it, each with its own
+    copy of the phases (`calls_of(body)`, `phase_calls` unless a test passes another). `sample` starts one
+    sample of every phase on all of them at once and waits for all; `samples` keeps them by
+    `floor_key(core, phase)`. Processes, not threads, so that nothing in one process (the GIL, an
+    allocator) slows another: what the cores lose together, they lose to the machine."""
+
+    def __init__(self, body: bytes, calls_of: PhaseCalls = phase_calls) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads and sessions
+        self.cores = floor_cores()
+        self.samples: dict[str, list[float]] = {floor_key(c, name): [] for c in self.cores for name in PHASES}
+        self.conns: list[Connection] = []
+        self.procs: list[BaseProcess] = []
+        for core in self.cores:
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=_floor_worker, args=(theirs, core, body, calls_of), daemon=True)
+            proc.start()
+            self.conns.append(ours)
+            self.procs.append(proc)
+        self.pids = [conn.recv() for conn in self.conns]
+
+    def sample(self) -> float:
+        """One sample on every core at once; returns the slowest core's seconds per image over the phases."""
+        for conn in self.conns:
+            conn.send(True)
+        sums = []
+        for core, conn in zip(self.cores, self.conns, strict=True):
+            answer: dict[str, float] = conn.recv()
+            for name, value in answer.items():
+                self.samples[floor_key(core, name)].append(value)
+            sums.append(sum(answer.values()))
+        return max(sums)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(False)
+        for proc in self.procs:
+            proc.join(timeout=30)
 
 
 def floor_of(seconds: dict[str, float], n_cores: int) -> tuple[dict[int | None, float], dict[str, float], float]:
@@ -505,54 +565,52 @@ def main(argv: list[str] | None = None) -> int:
         # The skill comes last in each round, after the one-thread floor samplers: the threads of (a)'s
         # session and of PyTorch spin for a while after each run, and would take CPU from the skill and
         # add to its CPU time (measured: 19.1 instead of 16.9 ms per image right after an (a) run).
-        samples = interleaved(
-            {
-                "inference": (per_image(inference_call(), BATCH), 4),
-                "old": (per_image(old_style_call(jpegs), 1), 6),
-                **floor_samplers(body),
-                "skill": (skill_sample, 2),
-                "parallel": (parallel_sample, 1),
-            },
-            rounds=rounds,
-        )
+        # The floor on every core at once; the same phases one core at a time are sampled too, for comparison.
+        floor_all = AllCoresFloor(body)
+        try:
+            samples = interleaved(
+                {
+                    "inference": (per_image(inference_call(), BATCH), 4),
+                    "old": (per_image(old_style_call(jpegs), 1), 6),
+                    **floor_samplers(body),
+                    "floor": (floor_all.sample, 1),
+                    "skill": (skill_sample, 2),
+                    "parallel": (parallel_sample, 1),
+                },
+                rounds=rounds,
+            )
+        finally:
+            floor_all.close()
         callers.shutdown()
-        seconds, typical = best(samples), medians(samples)
+        seconds = medians(samples)
         inference, skill_rate, old = 1 / seconds["inference"], 1 / seconds["skill"], 1 / seconds["old"]
-        by_core, costs, floor_rate = floor_of(seconds, n_cores)
-        typical_floor = floor_of(typical, n_cores)[2]
-        from_medians = {
-            "skill_images_per_s": round(1 / typical["skill"], 1),
-            "floor_images_per_s": round(typical_floor, 1),
-            "skill_over_floor": round(1 / typical["skill"] / typical_floor, 3),
-            "parallel_skill_over_floor": round(1 / typical["parallel"] / typical_floor, 3),
-            "skill_over_inference": round(typical["inference"] / typical["skill"], 3),
-            "speedup_vs_old_style": round(typical["old"] / typical["skill"], 2),
-        }
+        # Without interleaved's warm-up calls, which the floor's processes answered like any other.
+        by_core, costs, floor_rate = floor_of(
+            medians({key: values[WARMUP:] for key, values in floor_all.samples.items()}), n_cores
+        )
+        alone_rate = floor_of(seconds, n_cores)[2]
         # skill_over_floor = (floor's share of the skill's CPU) x (cores the skill got / cores): the first
-        # is the code's waste, the second the machine's (other processes) or serial parts of the path. Both
-        # from the skill's fastest sample, so that their product is skill_over_floor.
-        cpu = skill_cpu[WARMUP:][samples["skill"].index(seconds["skill"])]
+        # is the code's waste, the second the machine's (other processes) or serial parts of the path.
+        cpu = statistics.median(skill_cpu)
         rows += [
-            (f"throughput: each contender's fastest sample of {rounds} rounds", ""),
             ("(a) ONNX Runtime alone, batch 16", f"{inference:.1f} images/s"),
             ("(b) skill: ClassifySkill.main, 16 x 2000x1500 JPEG", f"{skill_rate:.1f} images/s"),
             ("(c) old style: 1 image/request, full decode, torch eager", f"{old:.1f} images/s"),
-            ("(g) floor: one core's CPU per image, by phase", ""),
+            ("(g) floor: one core's CPU per image, every core at once", ""),
             *((f"    {name}", f"{costs[name] * 1000:.2f} ms") for name in PHASES),
             ("    sum", f"{sum(costs.values()) * 1000:.2f} ms"),
             ("    sum by core", ", ".join(f"{core_label(c)} {v * 1000:.2f} ms" for c, v in by_core.items())),
             (f"    floor: {n_cores} cores, no waste", f"{floor_rate:.1f} images/s"),
+            (
+                "    the same, one core at a time, others idle",
+                f"{alone_rate:.1f} images/s, (b) {skill_rate / alone_rate:.3f} of it",
+            ),
             ("    skill's own CPU per image (all threads)", f"{cpu * 1000:.2f} ms"),
             ("    floor's share of it (1 = no CPU wasted)", f"{sum(costs.values()) / cpu:.2f}"),
             ("    cores the skill got (CPU / wall)", f"{cpu / seconds['skill']:.2f} of {n_cores}"),
             (
                 f"(b') skill, {PARALLEL} such requests at once",
                 f"{1 / seconds['parallel']:.1f} images/s, {1 / seconds['parallel'] / floor_rate:.3f} of the floor",
-            ),
-            (
-                "from medians, the host's load included",
-                f"(b) {from_medians['skill_over_floor']:.3f} and (b') {from_medians['parallel_skill_over_floor']:.3f} "
-                f"of the floor, {from_medians['speedup_vs_old_style']:.2f}x old style",
             ),
         ]
         result |= {
@@ -570,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             "skill_cores_used": round(cpu / seconds["skill"], 2),
             "parallel_skill_images_per_s": round(1 / seconds["parallel"], 1),
             "parallel_skill_over_floor": round(1 / seconds["parallel"] / floor_rate, 3),
-            "from_medians": from_medians,
+            "floor_alone_images_per_s": round(alone_rate, 1),
+            "skill_over_floor_alone": round(skill_rate / alone_rate, 3),
         }
     if "cold" in args.sections:
         with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -111,7 +112,6 @@ def test_interleaved_warms_up_then_keeps_every_sample_in_round_order() -> None:
     assert bench.WARMUP == 2
     assert calls == ["a", "a", "b", "b", "a", "a", "b", "a", "a", "b"]
     assert samples == {"a": [3.0, 1.0, 2.0, 5.0], "b": [4.0, 6.0]}
-    assert bench.best(samples) == {"a": 1.0, "b": 4.0}
     assert bench.medians(samples) == {"a": 2.5, "b": 5.0}
 
 
@@ -130,3 +130,35 @@ def test_the_floor_adds_the_cores_rates(monkeypatch: pytest.MonkeyPatch) -> None
     assert by_core == pytest.approx({0: 0.010, 1: 0.0125})
     assert costs["decode"] == pytest.approx(0.0045)
     assert rate == pytest.approx(1 / 0.010 + 1 / 0.0125)  # 180 images/s, not 2 / 0.01125 = 177.8
+
+
+PHASE_NAMES = ("parse", "base64", "decode", "preprocess", "inference")
+
+
+def counting_phases(body: bytes) -> tuple[dict[str, Callable[[], object]], int]:
+    """A stand-in for bench.phase_calls (no model, no images): each phase sums the body's bytes."""
+    return {name: (lambda: sum(body)) for name in PHASE_NAMES}, 4
+
+
+def test_the_all_cores_floor_runs_one_pinned_process_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    bench = load_bench()
+    assert bench.PHASES == PHASE_NAMES
+    cores = bench.floor_cores()
+    if cores == [None]:
+        pytest.skip("no thread affinity on this platform")
+    # The spawned processes import bench by name, as the bench's own run imports it as its main module.
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    floor = bench.AllCoresFloor(bytes(range(200)), calls_of=counting_phases)
+    try:
+        assert len(floor.pids) == len(cores) and os.getpid() not in floor.pids
+        assert [os.sched_getaffinity(pid) for pid in floor.pids] == [{core} for core in cores]
+        for _ in range(3):
+            slowest = floor.sample()
+            assert slowest >= 0.0
+        assert set(floor.samples) == {bench.floor_key(core, name) for core in cores for name in PHASE_NAMES}
+        assert all(len(values) == 3 and min(values) >= 0.0 for values in floor.samples.values())
+    finally:
+        floor.close()
+    assert [proc.exitcode for proc in floor.procs] == [0] * len(cores)
