@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import compileall
+import contextlib
 import importlib.util
 import io
 import json
@@ -302,9 +303,17 @@ class AllCoresFloor:
             ours, theirs = context.Pipe()
             proc = context.Process(target=_floor_worker, args=(theirs, core, body, calls_of), daemon=True)
             proc.start()
+            theirs.close()  # so that a process that dies is an EOFError here, not a wait forever
             self.conns.append(ours)
             self.procs.append(proc)
-        self.pids = [conn.recv() for conn in self.conns]
+        self.pids = [self._answer(core, conn) for core, conn in zip(self.cores, self.conns, strict=True)]
+
+    def _answer(self, core: int | None, conn: Connection) -> Any:
+        try:
+            return conn.recv()
+        except EOFError:
+            self.close()
+            raise RuntimeError(f"the floor's process for {core_label(core)} exited; its error is above") from None
 
     def sample(self) -> float:
         """One sample on every core at once; returns the slowest core's seconds per image over the phases."""
@@ -312,7 +321,7 @@ class AllCoresFloor:
             conn.send(True)
         sums = []
         for core, conn in zip(self.cores, self.conns, strict=True):
-            answer: dict[str, float] = conn.recv()
+            answer: dict[str, float] = self._answer(core, conn)
             for name, value in answer.items():
                 self.samples[floor_key(core, name)].append(value)
             sums.append(sum(answer.values()))
@@ -320,7 +329,8 @@ class AllCoresFloor:
 
     def close(self) -> None:
         for conn in self.conns:
-            conn.send(False)
+            with contextlib.suppress(OSError):  # BrokenPipeError: that process is gone already
+                conn.send(False)
         for proc in self.procs:
             proc.join(timeout=30)
 

@@ -162,3 +162,37 @@ def test_the_all_cores_floor_runs_one_pinned_process_per_core(monkeypatch: pytes
     finally:
         floor.close()
     assert [proc.exitcode for proc in floor.procs] == [0] * len(cores)
+
+
+def phases_failing_past_the_first_core(body: bytes) -> tuple[dict[str, Callable[[], object]], int]:
+    import os
+
+    if min(os.sched_getaffinity(0)) != 0:
+        raise ValueError("no model here")
+    return counting_phases(body)
+
+
+def test_a_floor_process_that_dies_is_an_error_not_a_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    bench = load_bench()
+    cores = bench.floor_cores()
+    if cores == [None] or len(cores) < 2 or cores[0] != 0:
+        pytest.skip("needs thread affinity and cores 0 and another")
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            # The first core's process answers; the last one's dies while the others wait for it.
+            bench.AllCoresFloor(b"{}", calls_of=phases_failing_past_the_first_core)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            raised.append(exc)
+
+    # A daemon thread, joined with a generous bound, so that a regression fails here instead of hanging.
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "AllCoresFloor waited for a process that had exited"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError)
+    assert str(raised[0]) == f"the floor's process for {bench.core_label(cores[1])} exited; its error is above"
