@@ -460,8 +460,8 @@ def bench_blob(
             },
             rounds=rounds,
         )
-        # A poll is an occasional cost (one check a second, in a few of the samples), which the fastest or
-        # the median sample would leave out: the mean counts it.
+        # A poll is an occasional cost (one check a second, in a few of the samples), which a median would
+        # leave out: the mean counts it.
         rates = {name: 1 / statistics.fmean(values) for name, values in samples.items()}
         checks = polled.holder.status()["lastCheck"]
         assert checks is not None
