@@ -7,13 +7,12 @@ user sees locally is what the search index gets.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,7 +35,7 @@ MAX_INFERENCE_BATCH = 32
 # thread, runs of 2 or 4 cost about the same CPU per image and less than runs of 1 or 16; in the skill,
 # runs of 2 classify about as many images per second as runs of 4 (1.005x over 14 interleaved A/Bs) with
 # 0.3-3.2% less CPU, and each thread holds half the activations (peak RSS 184 instead of 228 MB).
-# 16 images make 8 runs, 4 per thread.
+# A batch's last images run one at a time (`run_size`): 16 images on 2 threads make 7 runs of 2 and 2 of 1.
 INFERENCE_RUN = 2
 
 # Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
@@ -220,15 +219,13 @@ def _classify_part(
     return [_outcome(item, results.get(i), engine, options) for i, item in enumerate(prepared)], stats
 
 
-def inference_runs(good: Sequence[int], workers: int) -> list[list[int]]:
-    """Split the indices of prepared images into contiguous runs of at most INFERENCE_RUN images, as equal
-    as possible, in a multiple of `workers` runs (fewer only when there are fewer images), so the pool's
-    threads finish their runs together."""
-    if not good:
-        return []
-    runs = math.ceil(len(good) / INFERENCE_RUN)
-    count = min(len(good), math.ceil(runs / workers) * workers)
-    return [list(good[i * len(good) // count : (i + 1) * len(good) // count]) for i in range(count)]
+def run_size(unassigned: int, workers: int) -> int:
+    """Images in the next inference run of a pooled batch, when `unassigned` of its images (prepared, or
+    still being prepared) are in no run yet: INFERENCE_RUN, but the last `workers` images one at a time.
+    The threads take runs as they come free, so a thread on a faster core takes more of them; ending on
+    single images lets the threads end the batch within one image of each other, even when one core runs
+    slower than the other (as on a busy host)."""
+    return 1 if unassigned <= workers else INFERENCE_RUN
 
 
 def _classify_pooled(
@@ -244,20 +241,23 @@ def _classify_pooled(
     clock: Callable[[], float],
     stats: BatchStats,
 ) -> list[ImageOutcome]:
-    """Classify at most MAX_INFERENCE_BATCH images on the pool's threads, in two phases.
+    """Classify at most MAX_INFERENCE_BATCH images on the pool's threads.
 
-    Each image is decoded and preprocessed as one task. The task that prepares the last image splits the
-    prepared images into `inference_runs`, submits all but one and runs that one itself. An image's
-    decode cost varies with its file; an inference run's does not, so the threads end the batch together
-    instead of one idling while the other finishes the last image. A run checks the deadline before it
-    starts, like an image: past it, its images answer with the deadline error.
+    Each image is decoded and preprocessed as one task. Once every image's task has started, a thread that
+    ends one does not wait for the others: it classifies prepared images, in runs of `run_size`, until
+    none is left to take, and the thread that prepares the last image takes what remains. Decoding comes
+    first because its cost varies with the file and an inference run's does not: the batch ends on runs,
+    which threads share evenly. A run checks the deadline before it starts, like an image: past it, its
+    images answer with the deadline error.
     """
     crop = engine.preprocessing.crop
     tensors = np.empty((len(loaders), 3, crop, crop), dtype=np.float32)
     prepared: list[PreparedImage | ImageError | None] = [None] * len(loaders)
     results: dict[int, Classification | str] = {}
     lock = threading.Lock()
-    left = len(loaders)
+    started = 0
+    ready: list[int] = []  # prepared images in no run yet, in the order they were prepared
+    unassigned = len(loaders)  # images in no run yet that did not fail to prepare
 
     def run(indices: list[int]) -> None:
         began = time.perf_counter()
@@ -273,29 +273,37 @@ def _classify_pooled(
             )
             stats.infer_ms += 1000 * (time.perf_counter() - began)
 
-    def prepare(i: int) -> list[Future[None]]:
-        nonlocal left
+    def prepare(i: int) -> None:
+        nonlocal started, unassigned
+        with lock:
+            started += 1
         began = time.perf_counter()
-        prepared[i] = _load_and_prepare(
+        item = prepared[i] = _load_and_prepare(
             loaders[i], engine, options, tensors[i], budget=budget, deadline=deadline, budget_s=budget_s, clock=clock
         )
         with lock:
             stats.decode_ms += 1000 * (time.perf_counter() - began)
-            left -= 1
-            if left:
-                return []
-        runs = inference_runs([j for j, p in enumerate(prepared) if isinstance(p, PreparedImage)], workers)
-        stats.images += sum(len(indices) for indices in runs)
-        if not runs:
-            return []
-        submitted = [pool.submit(run, indices) for indices in runs[1:]]
-        run(runs[0])
-        return submitted
+            if isinstance(item, PreparedImage):
+                ready.append(i)
+            else:
+                unassigned -= 1
+            if started < len(loaders):
+                return  # the pool hands this thread the next image; a later one classifies this one
+        while True:
+            with lock:
+                if not ready:
+                    return
+                take = min(run_size(unassigned, workers), len(ready))
+                indices = sorted(ready[:take])
+                del ready[:take]
+                unassigned -= take
+                stats.images += take
+            run(indices)
 
     tasks = [pool.submit(prepare, i) for i in range(len(loaders))]
     wait(tasks)
-    for follow_up in [f for task in tasks for f in task.result()]:
-        follow_up.result()
+    for task in tasks:
+        task.result()
     answers = []
     for i, item in enumerate(prepared):
         assert item is not None, "every image was prepared"
@@ -329,8 +337,8 @@ def classify_batch(
 
     Images are taken in batches of at most MAX_INFERENCE_BATCH. With a `pool` of `workers` threads
     (default: one per core), every image is decoded and preprocessed as one task of the pool, never in the
-    caller's thread (one-record requests included), and the batch is then classified in runs of at most
-    INFERENCE_RUN images spread evenly over the threads (`_classify_pooled`). Images are independent, so
+    caller's thread (one-record requests included), and the prepared images are classified in runs of at
+    most INFERENCE_RUN images that the threads take as they come free (`_classify_pooled`). Images are independent, so
     the cores stay busy without the per-operator synchronization (and spinning) of ONNX Runtime's intra-op
     threads, which the engine should then not use (`engine_threads`). Without a pool, the batch is decoded
     on this thread and classified in one run. Each image holds its decoded bytes under `budget` while it

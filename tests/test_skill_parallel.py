@@ -1,6 +1,6 @@
 """classify_batch with a pool: each image of a batch is decoded and preprocessed as a task of its own, the
-batch is then classified in even runs on the pool's threads, answers stay in request order, and the engine
-runs one intra-op thread (issue 13)."""
+prepared images are classified in runs that the pool's threads take as they come free, ending on single
+images, answers stay in request order, and the engine runs one intra-op thread (issue 13)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 from shared.errors import ImageError
 from shared.settings import Settings
-from shared.skill import INFERENCE_RUN, ClassifyOptions, ImageLoader, classify_batch, engine_threads, inference_runs
+from shared.skill import INFERENCE_RUN, ClassifyOptions, ImageLoader, classify_batch, engine_threads, run_size
 from tests.conftest import jpeg_bytes
 from tests.modelfactory import tiny_bundle
 
@@ -65,32 +65,60 @@ def returning(data: bytes) -> ImageLoader:
     return lambda: data
 
 
+def run_sizes(images: int, workers: int) -> list[int]:
+    sizes = []
+    while images:
+        sizes.append(run_size(images, workers))
+        images -= sizes[-1]
+    return sizes
+
+
 @pytest.mark.parametrize(
-    ("good", "workers", "sizes"),
+    ("images", "workers", "sizes"),
     [
-        (16, 2, [2] * 8),  # a skillset's usual batchSize: four runs of 2 per thread
-        (10, 2, [1, 2, 2, 1, 2, 2]),  # never 5 runs on 2 threads: six, 3 per thread
-        (5, 2, [1, 1, 1, 2]),
+        (16, 2, [2] * 7 + [1, 1]),  # a skillset's usual batchSize on two cores
+        (5, 2, [2, 2, 1]),
+        (2, 2, [1, 1]),
         (1, 2, [1]),
         (0, 2, []),
-        (3, 4, [1, 1, 1]),
-        (32, 1, [2] * 16),
-        (6, 3, [2, 2, 2]),
-        (7, 2, [1, 2, 2, 2]),
+        (8, 1, [2, 2, 2, 2]),  # one thread: nothing to balance, and the last run of 2 is cheaper than two of 1
+        (9, 1, [2, 2, 2, 2, 1]),
+        (6, 4, [2, 1, 1, 1, 1]),
     ],
 )
-def test_inference_runs_are_even_and_a_multiple_of_the_threads(good: int, workers: int, sizes: list[int]) -> None:
-    runs = inference_runs(list(range(good)), workers)
-    assert [len(r) for r in runs] == sizes
-    assert [i for r in runs for i in r] == list(range(good))
-    assert all(len(r) <= INFERENCE_RUN for r in runs)
+def test_runs_are_of_inference_run_images_and_the_last_ones_single(images: int, workers: int, sizes: list[int]) -> None:
+    assert run_sizes(images, workers) == sizes
+    assert all(size <= INFERENCE_RUN for size in sizes)
 
 
-def test_inference_runs_keep_the_indices_of_the_prepared_images() -> None:
-    assert inference_runs([0, 2, 3, 5, 6], 2) == [[0], [2], [3], [5, 6]]
+def test_a_thread_classifies_prepared_images_while_another_still_prepares_the_last(
+    sample_engine: Any, photos: list[Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last image cannot load until an inference run has happened: a thread that ends its last image
+    # must classify the prepared ones rather than wait for the others (no barrier between the phases).
+    ran = threading.Event()
+    scores = sample_engine.scores
+
+    def recording(batch: Any) -> Any:
+        ran.set()
+        return scores(batch)
+
+    data = jpeg_bytes(photos[0].resize((320, 240)))
+    waited: list[bool] = []
+
+    def last() -> bytes:
+        waited.append(ran.wait(timeout=30))  # a guard against hanging: False is the failure
+        return data
+
+    loaders = [returning(data)] * 15 + [last]
+    monkeypatch.setattr(sample_engine, "scores", recording)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
+        pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
+    assert waited == [True]
+    assert all(o.errors == () and o.data is not None for o in pooled)
 
 
-def test_a_pooled_batch_is_decoded_per_image_then_classified_in_even_runs(
+def test_a_pooled_batch_is_decoded_per_image_then_classified_in_runs_ending_on_single_images(
     sample_engine: Any, photos: list[Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runs: list[tuple[int, str]] = []
@@ -106,7 +134,7 @@ def test_a_pooled_batch_is_decoded_per_image_then_classified_in_even_runs(
     monkeypatch.setattr(sample_engine, "scores", recording)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
         pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
-    assert sorted(size for size, _ in runs) == [INFERENCE_RUN] * (16 // INFERENCE_RUN)
+    assert sorted(size for size, _ in runs) == [1, 1] + [INFERENCE_RUN] * 7
     assert all(name.startswith("part") for _, name in runs)
     for a, p in zip(alone, pooled, strict=True):
         assert a.data is not None and p.data is not None
