@@ -338,13 +338,13 @@ def classify_batch(
     Images are taken in batches of at most MAX_INFERENCE_BATCH. With a `pool` of `workers` threads
     (default: one per core), every image is decoded and preprocessed as one task of the pool, never in the
     caller's thread (one-record requests included), and the prepared images are classified in runs of at
-    most INFERENCE_RUN images that the threads take as they come free (`_classify_pooled`). Images are independent, so
-    the cores stay busy without the per-operator synchronization (and spinning) of ONNX Runtime's intra-op
-    threads, which the engine should then not use (`engine_threads`). Without a pool, the batch is decoded
-    on this thread and classified in one run. Each image holds its decoded bytes under `budget` while it
-    is prepared. Once `clock()` passes `deadline`, no new image or run starts: the rest are answered with
-    an error telling the caller to lower the batch size, so a call ends within the budget plus one task
-    per thread. `stats` receives the phases' times summed over the threads.
+    most INFERENCE_RUN images that the threads take as they come free (`_classify_pooled`). Images are
+    independent, so the cores stay busy without the per-operator synchronization (and spinning) of ONNX
+    Runtime's intra-op threads, which the engine should then not use (`engine_threads`). Without a pool,
+    the batch is decoded on this thread and classified in one run. Each image holds its decoded bytes under
+    `budget` while it is prepared. Once `clock()` passes `deadline`, no new image or run starts: the rest
+    are answered with an error telling the caller to lower the batch size, so a call ends within the budget
+    plus one task per thread. `stats` receives the phases' times summed over the threads.
     """
     if engine.task == "object-detection":
         from shared.detector import DetectionEngine, detect_batch
