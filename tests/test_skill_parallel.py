@@ -159,11 +159,30 @@ def test_a_model_with_a_fixed_batch_of_one_is_run_image_by_image(tmp_path: Path,
             ]
 
 
+@pytest.mark.parametrize("pattern", ["x", "b", "bbbb", "xxxb", "bxxxxx", "xbxbxbx"])
+def test_images_that_fail_to_prepare_anywhere_in_a_batch_leave_the_others_answered(
+    sample_engine: Any, photos: list[Image.Image], pattern: str
+) -> None:
+    # x: a good image, b: one whose data is bad. Failures take no part in any run, wherever they fall, the
+    # last image and all of them included.
+    data = jpeg_bytes(photos[0].resize((320, 240)))
+
+    def bad() -> bytes:
+        raise ImageError("image data is not valid base64")
+
+    loaders = [returning(data) if c == "x" else bad for c in pattern]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
+        pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
+    assert [o.errors for o in pooled] == [() if c == "x" else ("image data is not valid base64",) for c in pattern]
+    assert [o.data is not None for o in pooled] == [c == "x" for c in pattern]
+
+
 def test_batches_from_concurrent_requests_share_the_pool_and_each_gets_its_own_answers(
     sample_engine: Any, photos: list[Image.Image]
 ) -> None:
-    # Each request's runs queue behind the other requests' decodes in the shared pool: every request must
-    # still get exactly its own answers, in its own order.
+    # The requests share the pool's threads: a thread that ends an image of one request may classify that
+    # request's images while the others' decodes wait in the queue. Every request must still get exactly its
+    # own answers, in its own order.
     data = [jpeg_bytes(photo.resize((320, 240))) for photo in photos]
 
     def bad() -> bytes:
