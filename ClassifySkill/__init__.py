@@ -1,16 +1,16 @@
-"""POST /api/classify: the Azure AI Search custom Web API skill. A thin adapter over shared.app."""
+"""POST /api/classify: the Azure AI Search custom Web API skill. A thin adapter over shared.skill.service."""
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from shared import prefetch
+from shared.modelstore import prefetch
 
 # The worker imports this module when it loads the function, before any request: with the Blob model
-# store, the model's download starts here and runs while shared.app imports ONNX Runtime (shared/prefetch.py).
+# store, the model's download starts here and runs while shared.skill.service imports ONNX Runtime (shared/prefetch.py).
 prefetch.start()
 
-from shared import app  # noqa: E402
+from shared.skill import service as app  # noqa: E402
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:

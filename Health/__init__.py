@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared import app
+from shared.skill import service as app
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:

@@ -1,5 +1,5 @@
 """Timer: keep the best model of the AML labeling project published, then re-enrich the search index when the
-current version changed (thin adapters over shared.refresh and shared.reindex). Each step is guarded: a
+current version changed (thin adapters over shared.refresh.policy and shared.search.reindex). Each step is guarded: a
 failure of one never stops the other."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import logging
 
 import azure.functions as func
 
-from shared import refresh, reindex
+from shared.refresh import policy as refresh
+from shared.search import reindex
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ All figures come from one run on this machine, side by side, as medians:
     skill and for its floor alike.
 
 (h) object detection: a Faster R-CNN ResNet-18 FPN run at AutoML's 800x600 input (seeded random weights,
-    built like the tests' AutoML-layout runs), through `classify_batch` on the same 2000x1500 JPEGs: images/s
+    built like the tests' AutoML-layout runs), through `run_batch` on the same 2000x1500 JPEGs: images/s
     and ms per image (decode + resize + one ONNX Runtime run per image), next to the bare ONNX run.
 
 Targets live here, in TARGETS, and each figure is printed next to its target. The last line printed is
@@ -96,10 +96,10 @@ def skill_body(jpegs: list[bytes], records: int) -> bytes:
 def inference_call() -> Callable[[], object]:
     """(a): one ONNX Runtime run on a preprocessed batch of 16, the skill's model in a session using every
     core (intra-op threads), the way ONNX Runtime alone is fastest on one batch."""
-    from shared.app import service
-    from shared.engine import Engine
+    from shared.inference.factory import open_model
+    from shared.skill.service import service
 
-    engine = Engine(service().holder.current().bundle)
+    engine = open_model(service().holder.current().bundle)
     batch = np.random.default_rng(0).uniform(0, 255, (BATCH, 3, 224, 224)).astype(np.float32)
     return lambda: engine.logits(batch)
 
@@ -216,16 +216,17 @@ def floor_key(core: int | None, phase: str) -> str:
 def phase_calls(body: bytes) -> tuple[dict[str, Callable[[], object]], int]:
     """(g): one call per phase of the skill path (PHASES), each doing one request's worth of that phase with
     the skill's own functions and settings, and the request's image count."""
-    from shared.app import service
-    from shared.contract import parse_request
-    from shared.engine import Engine, preprocess
-    from shared.images import decode_image
-    from shared.skill import INFERENCE_RUN
+    from shared.inference.classification import preprocess
+    from shared.inference.factory import open_model
+    from shared.inference.images import decode_image
+    from shared.inference.scheduler import INFERENCE_RUN
+    from shared.skill.contract import parse_request
+    from shared.skill.service import service
 
     svc = service()
     s = svc.settings
     engine = svc.holder.current()
-    single = Engine(engine.bundle, threads=1)
+    single = open_model(engine.bundle, threads=1)
 
     def parse() -> list[Any]:
         return parse_request(
@@ -429,9 +430,9 @@ def bench_blob(
     body: bytes, one_record: bytes, photo: Path, work: Path, *, runs: int = 5, rounds: int = 8
 ) -> dict[str, float]:
     """(f): the same cold start and skill path with models coming from Blob storage (Azurite)."""
-    from shared.app import SkillService
-    from shared.settings import Settings
-    from shared.store import BlobModelStore
+    from shared.core.settings import Settings
+    from shared.modelstore.blobstore import BlobModelStore
+    from shared.skill.service import SkillService
     from tests.azurite import Azurite
 
     azurite = Azurite().start()
@@ -473,23 +474,24 @@ def bench_blob(
 def bench_detection(jpegs: list[bytes], rounds: int = 3) -> dict[str, float]:
     """(g): median ms per image through the skill's batch path and for the bare ONNX run, Faster R-CNN
     ResNet-18 FPN at 800x600 (needs torch to build the model; it is not on the measured path)."""
-    from shared.bundle import load_bundle
-    from shared.detector import DetectionEngine
-    from shared.engine import Engine
-    from shared.skill import ClassifyOptions, classify_batch
+    from shared.bundle.loader import load_bundle
+    from shared.inference.detection import DetectionModel
+    from shared.inference.factory import open_model
+    from shared.inference.model import InferenceOptions
+    from shared.inference.scheduler import run_batch
     from tests.detection_models import build_rcnn
 
     with tempfile.TemporaryDirectory() as tmp:
         build_rcnn(Path(tmp) / "frcnn", "faster_rcnn", ["can", "carton", "milk_bottle", "water_bottle"])
-        engine = Engine(load_bundle(Path(tmp) / "frcnn"))
-        assert isinstance(engine, DetectionEngine)
+        engine = open_model(load_bundle(Path(tmp) / "frcnn"))
+        assert isinstance(engine, DetectionModel)
         loaders = [lambda data=data: data for data in jpegs]
         tensor = np.random.default_rng(0).standard_normal((1, 3, 600, 800)).astype(np.float32)
-        classify_batch(engine, loaders[:1], ClassifyOptions())  # warm-up
+        run_batch(engine, loaders[:1], InferenceOptions())  # warm-up
         skill, bare = [], []
         for _ in range(rounds):
             began = time.perf_counter()
-            outcomes = classify_batch(engine, loaders, ClassifyOptions())
+            outcomes = run_batch(engine, loaders, InferenceOptions())
             skill.append((time.perf_counter() - began) / len(loaders))
             assert all(o.data is not None for o in outcomes)
             began = time.perf_counter()

@@ -37,9 +37,9 @@ from PIL import Image
 # Run as a file, the script sees scripts/ on sys.path, not the repo root that holds `shared`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.bundle import Preprocessing, build_manifest
-from shared.layout import LABELS_FILE, MODEL_FILE, write_manifest
-from shared.onnxinfo import read_onnx_info
+from shared.bundle.layout import LABELS_FILE, MODEL_FILE, write_manifest
+from shared.bundle.loader import Preprocessing, build_manifest
+from shared.bundle.onnxinfo import read_onnx_info
 
 if TYPE_CHECKING:
     import torch

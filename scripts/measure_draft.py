@@ -21,10 +21,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.bundle import SAMPLE_BUNDLE, load_bundle
+from shared.bundle.layout import SAMPLE_BUNDLE
+from shared.bundle.loader import load_bundle
 from shared.cli import _image_files
-from shared.engine import Engine
-from shared.images import ImageLimits, decode_image
+from shared.core.limits import ImageLimits
+from shared.inference.factory import open_model
+from shared.inference.images import decode_image
 
 
 def main() -> int:
@@ -34,7 +36,7 @@ def main() -> int:
     parser.add_argument("--size", default="2000x1500")
     args = parser.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
-    engine = Engine(load_bundle(args.model))
+    engine = open_model(load_bundle(args.model))
     limits = ImageLimits()
     agree = 0
     diffs: list[float] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoint import build_network
+from shared.refresh.checkpoint import build_network
 
 
 def automl_checkpoint(

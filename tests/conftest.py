@@ -44,14 +44,16 @@ def tiny_model(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_engine():  # type: ignore[no-untyped-def]
-    from shared.bundle import SAMPLE_BUNDLE, load_bundle
-    from shared.engine import Engine
+    from shared.bundle.layout import SAMPLE_BUNDLE
+    from shared.bundle.loader import load_bundle
+    from shared.inference.factory import open_model
 
-    return Engine(load_bundle(SAMPLE_BUNDLE))
+    return open_model(load_bundle(SAMPLE_BUNDLE))
 
 
 def preloaded_holder(engine):  # type: ignore[no-untyped-def]
-    from shared.holder import FolderSource, ModelHolder
+    from shared.modelstore.holder import ModelHolder
+    from shared.modelstore.source import FolderSource
 
     return ModelHolder(FolderSource(Path("sample (test)")), lambda path: engine)
 
@@ -59,8 +61,8 @@ def preloaded_holder(engine):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def install_service(sample_engine):  # type: ignore[no-untyped-def]
     """Install a SkillService with given settings (and the sample engine) as the process's service."""
-    from shared import app
-    from shared.settings import Settings
+    from shared.core.settings import Settings
+    from shared.skill import service as app
 
     def install(holder=None, clock=None, **settings):  # type: ignore[no-untyped-def]
         kwargs = {"clock": clock} if clock is not None else {}
@@ -87,7 +89,7 @@ def blob_settings(azurite, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Settings for a fresh container on the session's Azurite and an empty cache."""
     import uuid
 
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     return Settings(
         blob_connection_string=azurite.connection_string,
@@ -102,8 +104,8 @@ def dev_server(blob_settings):  # type: ignore[no-untyped-def]
     """The dev server on a free loopback port over a service reading the test's Blob container."""
     import threading
 
-    from shared import app
-    from shared.devserver import make_server
+    from shared.cli.devserver import make_server
+    from shared.skill import service as app
 
     service = app.SkillService(blob_settings)
     app.reset_service(service)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import app
-from shared.images import DecodeBudget
+from shared.inference.images import DecodeBudget
+from shared.skill import service as app
 from tests.conftest import ROOT, SAMPLES, encode
 
 B64_COFFEE = base64.b64encode((SAMPLES / "coffee.png").read_bytes()).decode()
@@ -121,7 +121,7 @@ def test_hostile_images_next_to_good_photos_get_their_own_answers(install_servic
 def test_memory_error_while_preparing_one_image_is_that_records_error(
     install_service: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from shared import skill
+    from shared.inference import scheduler as skill
 
     install_service()
     real = skill.preprocess

@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from shared.contract import parse_request
-from shared.errors import ImageError
+from shared.core.errors import ImageError
+from shared.skill.contract import parse_request
 
 RAW = os.urandom(3 * 1000 + 2)  # not a multiple of 3: the encoding ends in one "="
 TEXT = base64.b64encode(RAW).decode()

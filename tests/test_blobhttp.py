@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.app import SkillService
-from shared.blobhttp import BlobReadError, HttpBlobReader
-from shared.settings import Settings
-from shared.store import BlobModelStore, download_version, read_current
+from shared.core.settings import Settings
+from shared.modelstore.blobhttp import BlobReadError, HttpBlobReader
+from shared.modelstore.blobstore import BlobModelStore
+from shared.modelstore.reads import download_version, read_current
+from shared.skill.service import SkillService
 from tests.azurite import ACCOUNT, DEV_KEY
 from tests.modelfactory import tiny_bundle
 
@@ -136,10 +137,10 @@ def test_a_sas_connection_string_reads_and_its_token_is_never_shown(blob_setting
 
 COLD_START = """
 import json, sys
-from shared import prefetch
+from shared.modelstore import prefetch
 assert prefetch.start()
-from shared.app import SkillService
-from shared.settings import Settings
+from shared.skill.service import SkillService
+from shared.core.settings import Settings
 service = SkillService(Settings.from_env())
 status, body, _ = service.classify(open(sys.argv[1], "rb").read(), {})
 first = {"status": status, "sdk": "azure.storage.blob" in sys.modules, "health": service.holder.status()}

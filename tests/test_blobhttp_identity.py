@@ -24,9 +24,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.blobhttp import BlobReadError, BlobUnreachable, HttpBlobReader
-from shared.settings import Settings
-from shared.store import BlobModelStore, client_options, download_version, read_current
+from shared.core.settings import Settings
+from shared.modelstore.blobhttp import BlobReadError, BlobUnreachable, HttpBlobReader
+from shared.modelstore.blobstore import BlobModelStore, client_options
+from shared.modelstore.reads import download_version, read_current
 from tests.azurite import Azurite
 from tests.modelfactory import tiny_bundle
 

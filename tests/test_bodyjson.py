@@ -1,4 +1,4 @@
-"""shared.bodyjson.loads is json.loads: the same value for every body, the same error for every bad one."""
+"""shared.skill.bodyjson.loads is json.loads: the same value for every body, the same error for every bad one."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import bodyjson
+from shared.skill import bodyjson
 
 # Long strings of the kinds a body holds: base64 (cut out), and ones json must handle itself because they
 # hold an escape, a control character or non-ASCII text.
@@ -163,7 +163,7 @@ def test_a_string_that_only_looks_like_a_cut_out_one_is_left_as_it_is() -> None:
 def test_the_skill_contract_parses_a_request_without_reading_its_images_with_json(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from shared.contract import parse_request
+    from shared.skill.contract import parse_request
 
     body, images = _skill_body(16)
     read: list[int] = []

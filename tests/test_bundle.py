@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.bundle import SAMPLE_BUNDLE, Preprocessing, build_manifest, file_entry, load_bundle
-from shared.errors import BundleError
-from shared.layout import write_manifest
+from shared.bundle.layout import SAMPLE_BUNDLE, write_manifest
+from shared.bundle.loader import Preprocessing, build_manifest, file_entry, load_bundle
+from shared.core.errors import BundleError
 from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
 
 

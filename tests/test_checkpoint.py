@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.bundle import load_bundle
-from shared.checkpoint import ARCHITECTURES, OPSET, CheckpointError, convert_checkpoint, read_checkpoint
+from shared.bundle.loader import load_bundle
 from shared.cli import main as cli_main
-from shared.engine import Engine
+from shared.inference.factory import open_model
+from shared.refresh.checkpoint import ARCHITECTURES, OPSET, CheckpointError, convert_checkpoint, read_checkpoint
 from tests.checkpoints import automl_checkpoint
 from tests.conftest import ROOT, SAMPLE_PHOTOS
 from tests.modelfactory import write_labels
@@ -27,7 +27,7 @@ LABELS = ["bird", "cat", "dog", "fish", "horse"]
 
 
 def torch_logits(model_pt: Path, batch: np.ndarray) -> np.ndarray:
-    from shared.checkpoint import load_network
+    from shared.refresh.checkpoint import load_network
 
     network = load_network(read_checkpoint(model_pt), model_pt)
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_every_architecture_converts_and_matches_torch(tmp_path: Path, model_nam
     )
     manifest = bundle.manifest or {}
     assert manifest["source"]["model_name"] == model_name and manifest["metric"] == {"name": "accuracy", "value": 0.875}
-    engine = Engine(bundle)
+    engine = open_model(bundle)
     batch = engine.preprocess_batch([Image.open(p).convert("RGB") for p in SAMPLE_PHOTOS])
     expected = torch_logits(model_pt, batch)
     got = engine.logits(batch)
@@ -64,7 +64,7 @@ def test_multilabel_specs_give_a_multilabel_bundle(tmp_path: Path) -> None:
     bundle = load_bundle(convert_checkpoint(model_pt, tmp_path / "bundle"))
     assert bundle.task == "multilabel"
     assert (bundle.manifest or {})["metric"] == {"name": "iou", "value": 0.61}
-    engine = Engine(bundle)
+    engine = open_model(bundle)
     (result,) = engine.classify([Image.open(SAMPLE_PHOTOS[0]).convert("RGB")], top_k=5)
     scores = dict(result.predictions)
     assert set(result.labels) == {label for label, score in scores.items() if score >= 0.5}
@@ -72,7 +72,7 @@ def test_multilabel_specs_give_a_multilabel_bundle(tmp_path: Path) -> None:
 
 def export_twin(model_pt: Path, run: Path) -> Path:
     """The same network as AutoML itself would export it: train_artifacts/model.onnx + labels.json."""
-    from shared.checkpoint import load_network
+    from shared.refresh.checkpoint import load_network
 
     network = load_network(read_checkpoint(model_pt), model_pt)
     (run / "train_artifacts").mkdir(parents=True)
@@ -116,8 +116,8 @@ def test_a_run_with_only_model_pt_serves_like_its_onnx_twin(
     assert list((tmp_path / "cache" / "converted").iterdir()) == cached
 
     # publish converts too, and the skill then serves it from the store with the same scores.
-    from shared.app import SkillService
-    from shared.settings import Settings
+    from shared.core.settings import Settings
+    from shared.skill.service import SkillService
 
     settings: Settings = blob_settings  # type: ignore[assignment]
     assert settings.blob_connection_string is not None

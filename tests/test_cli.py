@@ -247,8 +247,8 @@ def test_convert_accepts_a_run_folder_and_names_the_version_as_classify_and_publ
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("torch")
-    from shared.bundle import bundle_content_version, load_bundle
-    from shared.store import default_version
+    from shared.bundle.loader import bundle_content_version, load_bundle
+    from shared.modelstore.pointer import default_version
     from tests.checkpoints import automl_checkpoint
 
     run_dir = tmp_path / "run"

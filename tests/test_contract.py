@@ -16,9 +16,10 @@ from PIL import Image
 
 import ClassifySkill
 import Health
-from shared.errors import ModelNotReady
-from shared.holder import FolderSource, ModelHolder
-from shared.skill import INFERENCE_RUN
+from shared.core.errors import ModelNotReady
+from shared.inference.scheduler import INFERENCE_RUN
+from shared.modelstore.holder import ModelHolder
+from shared.modelstore.source import FolderSource
 from tests.conftest import SAMPLES, encode, jpeg_bytes
 
 COFFEE = (SAMPLES / "coffee.png").read_bytes()
@@ -294,7 +295,7 @@ def test_limits_on_request_size_and_record_count(install_service: Any) -> None:
 
 def test_no_model_is_503_with_retry_after(install_service: Any, tmp_path: Path) -> None:
     def broken(path: Path) -> Any:
-        from shared.errors import BundleError
+        from shared.core.errors import BundleError
 
         raise BundleError(f"no model.onnx in {path}")
 
@@ -355,7 +356,7 @@ def test_deadline_is_checked_before_each_image_and_each_run(
 
 
 def test_deadline_budget_answers_later_chunks_with_an_error(install_service: Any) -> None:
-    from shared.skill import MAX_INFERENCE_BATCH
+    from shared.inference.scheduler import MAX_INFERENCE_BATCH
 
     ticks = iter([0.0])
     install_service(deadline_s=200.0, clock=lambda: next(ticks, 250.0))
@@ -366,7 +367,7 @@ def test_deadline_budget_answers_later_chunks_with_an_error(install_service: Any
 
 
 def test_invalid_settings_are_503_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import app
+    from shared.skill import service as app
 
     app.reset_service(None)
     monkeypatch.setenv("SKILL_MAX_RECORDS", "lots")

@@ -14,11 +14,20 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from shared.bundle import load_bundle
-from shared.detection import DetectedObject, DetectionSpec, Letterbox, letterbox_tensor, rcnn_objects
-from shared.detector import DetectionEngine, object_count_tokens, objects_data
-from shared.engine import Engine
-from shared.errors import BundleError
+from shared.bundle.detection import DetectionSpec
+from shared.bundle.loader import load_bundle
+from shared.core.errors import BundleError
+from shared.inference.classification import ClassificationModel
+from shared.inference.detection import (
+    DetectedObject,
+    DetectionModel,
+    Letterbox,
+    letterbox_tensor,
+    object_count_tokens,
+    objects_data,
+    rcnn_objects,
+)
+from shared.inference.factory import open_model
 from tests.conftest import ROOT, SAMPLE_PHOTOS, encode, preloaded_holder
 from tests.detection_models import build_mask_rcnn_shaped, build_rcnn, build_yolo
 
@@ -40,11 +49,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def engines(runs: dict[str, Path]) -> dict[str, DetectionEngine]:
+def engines(runs: dict[str, Path]) -> dict[str, DetectionModel]:
     out = {}
     for name, path in runs.items():
-        engine = Engine(load_bundle(path), threads=2)
-        assert isinstance(engine, DetectionEngine)
+        engine = open_model(load_bundle(path), threads=2)
+        assert isinstance(engine, DetectionModel)
         out[name] = engine
     return out
 
@@ -272,7 +281,7 @@ def test_bad_detection_runs_are_refused_clearly(
     run = _copy_run(runs[family], tmp_path / "run")
     change(run)
     with pytest.raises(BundleError) as caught:
-        Engine(load_bundle(run))
+        open_model(load_bundle(run))
     assert str(caught.value) == message.format(run=run)
 
 
@@ -280,7 +289,7 @@ def test_the_onnx_export_matches_torch(runs: dict[str, Path], real_photos: list[
     """Parity guard for the exports the other tests rely on (the legacy exporter, opset 11/13)."""
     import torch
 
-    from shared.detection import letterbox_tensor as lb
+    from shared.inference.detection import letterbox_tensor as lb
 
     model = build_yolo(runs["yolov5"].parent / "yolo-parity", CLASSES, img_size=160)
     tensor, _ = lb(real_photos[0], 160)
@@ -295,14 +304,14 @@ def test_the_onnx_export_matches_torch(runs: dict[str, Path], real_photos: list[
 
 @pytest.mark.parametrize("family", ["faster_rcnn", "retinanet"])
 def test_rcnn_families_match_the_documented_recipe_on_real_photos(
-    family: str, runs: dict[str, Path], engines: dict[str, DetectionEngine], real_photos: list[Image.Image]
+    family: str, runs: dict[str, Path], engines: dict[str, DetectionModel], real_photos: list[Image.Image]
 ) -> None:
     for image in real_photos:
         assert_same_objects(engines[family].detect(image), reference_rcnn(runs[family], image, family))
 
 
 def test_yolo_matches_the_documented_recipe_on_real_photos(
-    runs: dict[str, Path], engines: dict[str, DetectionEngine], real_photos: list[Image.Image]
+    runs: dict[str, Path], engines: dict[str, DetectionModel], real_photos: list[Image.Image]
 ) -> None:
     for image in real_photos:
         assert_same_objects(engines["yolov5"].detect(image), reference_yolo(runs["yolov5"], image, 0.1, 0.5))
@@ -371,7 +380,7 @@ def test_bg_label_and_label_ids_index_labels_json_directly() -> None:
         )
 
 
-def test_threshold_and_top_k(engines: dict[str, DetectionEngine], real_photos: list[Image.Image]) -> None:
+def test_threshold_and_top_k(engines: dict[str, DetectionModel], real_photos: list[Image.Image]) -> None:
     engine = engines["yolov5"]
     everything = engine.detect(real_photos[0])
     assert len(everything) > 5 and all(o.score >= 0.1 for o in everything)
@@ -446,7 +455,7 @@ def _request(images: list[Any]) -> bytes:
     ).encode()
 
 
-def test_skill_answers_objects_for_every_record(install_service: Any, engines: dict[str, DetectionEngine]) -> None:
+def test_skill_answers_objects_for_every_record(install_service: Any, engines: dict[str, DetectionModel]) -> None:
     import azure.functions as func
 
     import ClassifySkill
@@ -483,9 +492,9 @@ def test_skill_answers_objects_for_every_record(install_service: Any, engines: d
 
 
 def test_skill_defaults_come_from_the_model_and_nothing_found_warns(
-    install_service: Any, engines: dict[str, DetectionEngine]
+    install_service: Any, engines: dict[str, DetectionModel]
 ) -> None:
-    from shared import app
+    from shared.skill import service as app
 
     engine = engines["yolov5"]
     install_service(holder=preloaded_holder(engine))
@@ -501,11 +510,12 @@ def test_skill_defaults_come_from_the_model_and_nothing_found_warns(
     assert value["warnings"] == [{"message": "low confidence: no object scored at or above the threshold 1"}]
 
 
-def test_classification_answers_are_unchanged(sample_engine: Engine) -> None:
-    from shared.skill import ClassifyOptions, classify_batch
+def test_classification_answers_are_unchanged(sample_engine: ClassificationModel) -> None:
+    from shared.inference.model import InferenceOptions
+    from shared.inference.scheduler import run_batch
 
     photo = encode(Image.open(SAMPLE_PHOTOS[0]).convert("RGB"), "PNG")
-    (outcome,) = classify_batch(sample_engine, [lambda: photo], ClassifyOptions())
+    (outcome,) = run_batch(sample_engine, [lambda: photo], InferenceOptions())
     assert outcome.data is not None and "objects" not in outcome.data
     assert set(outcome.data) == {"label", "confidence", "labels", "predictions", "modelVersion", "amllabel"}
 
@@ -514,15 +524,15 @@ def test_classification_answers_are_unchanged(sample_engine: Engine) -> None:
 
 
 def test_publish_and_serve_a_detection_bundle_through_azurite(
-    runs: dict[str, Path], blob_settings: Any, engines: dict[str, DetectionEngine]
+    runs: dict[str, Path], blob_settings: Any, engines: dict[str, DetectionModel]
 ) -> None:
-    from shared.app import SkillService
-    from shared.store import BlobModelStore
+    from shared.modelstore.blobstore import BlobModelStore
+    from shared.skill.service import SkillService
 
     store = BlobModelStore.from_settings(blob_settings)
     assert store is not None
     store.ensure_container()
-    result = store.publish(runs["retinanet"], version="det1", validate=lambda b: Engine(b, threads=1) and None)
+    result = store.publish(runs["retinanet"], version="det1", validate=lambda b: open_model(b, threads=1) and None)
     assert result.promoted
     manifest, _ = store.read_manifest("det1") or ({}, "")
     assert manifest["task"] == "object-detection"
@@ -541,10 +551,10 @@ def test_publish_and_serve_a_detection_bundle_through_azurite(
 def test_refresh_picks_the_detection_run_by_mean_average_precision(
     runs: dict[str, Path], blob_settings: Any, tmp_path: Path
 ) -> None:
-    from shared import aml
-    from shared.refresh import refresh_model
-    from shared.settings import Settings
-    from shared.store import BlobModelStore
+    from shared.core.settings import Settings
+    from shared.modelstore.blobstore import BlobModelStore
+    from shared.refresh import aml
+    from shared.refresh.policy import refresh_model
     from tests.fakeaml import FakeExperiment, automl_child, training_run
 
     settings = Settings(
@@ -583,7 +593,7 @@ def test_docs_have_a_detection_page() -> None:
 
 
 def test_cli_classify_json_table_and_boxes(
-    runs: dict[str, Path], engines: dict[str, DetectionEngine], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    runs: dict[str, Path], engines: dict[str, DetectionModel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from shared.cli import main as cli_main
 
@@ -609,7 +619,7 @@ def test_cli_classify_json_table_and_boxes(
 
 
 def test_cli_boxes_with_a_classifier_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from shared.bundle import SAMPLE_BUNDLE
+    from shared.bundle.layout import SAMPLE_BUNDLE
     from shared.cli import main as cli_main
 
     assert cli_main(["classify", "--boxes", str(tmp_path), str(SAMPLE_PHOTOS[0])]) == 1
@@ -622,9 +632,9 @@ def test_dev_server_serves_a_detection_run_folder(runs: dict[str, Path]) -> None
     import threading
     import urllib.request
 
-    from shared import app
-    from shared.devserver import make_server
-    from shared.settings import Settings
+    from shared.cli.devserver import make_server
+    from shared.core.settings import Settings
+    from shared.skill import service as app
 
     settings = Settings(model_dir=runs["faster_rcnn"])
     app.reset_service(app.SkillService(settings))
@@ -653,7 +663,7 @@ def test_serving_a_detection_model_never_imports_torch(runs: dict[str, Path]) ->
 
     script = (
         "import base64, json, sys\n"
-        "from shared import app\n"
+        "from shared.skill import service as app\n"
         f"photo = base64.b64encode(open({str(SAMPLE_PHOTOS[0])!r}, 'rb').read()).decode()\n"
         "body = json.dumps({'values': [{'recordId': 'a', 'data': {'image': photo}}]}).encode()\n"
         "status, body, _ = app.classify(body, {})\n"
@@ -671,8 +681,8 @@ def test_serving_a_detection_model_never_imports_torch(runs: dict[str, Path]) ->
 def test_hot_swap_from_a_classifier_to_a_detection_model(
     runs: dict[str, Path], blob_settings: Any, tmp_path: Path
 ) -> None:
-    from shared.app import SkillService
-    from shared.store import BlobModelStore
+    from shared.modelstore.blobstore import BlobModelStore
+    from shared.skill.service import SkillService
     from tests.modelfactory import tiny_bundle
 
     store = BlobModelStore.from_settings(blob_settings)
@@ -707,18 +717,19 @@ def test_a_classifier_whose_output_is_named_output_stays_a_classifier(tmp_path: 
     (tmp_path / "labels.json").write_text(json.dumps(["a", "b", "c", "d"]))
     bundle = load_bundle(tmp_path)
     assert bundle.task == "multiclass" and bundle.preprocessing.detection is None
-    assert not isinstance(Engine(bundle), DetectionEngine)
+    assert not isinstance(open_model(bundle), DetectionModel)
 
 
-def test_past_the_deadline_no_new_detection_starts(engines: dict[str, DetectionEngine]) -> None:
-    from shared.skill import ClassifyOptions, classify_batch, deadline_message
+def test_past_the_deadline_no_new_detection_starts(engines: dict[str, DetectionModel]) -> None:
+    from shared.inference.model import InferenceOptions
+    from shared.inference.scheduler import deadline_message, run_batch
 
     photo = encode(Image.open(SAMPLE_PHOTOS[0]).convert("RGB"), "PNG")
     ticks = iter([0.0, 5.0, 5.0])  # checked before each image: the first starts, the others are past 1.0
-    outcomes = classify_batch(
+    outcomes = run_batch(
         engines["yolov5"],
         [lambda: photo, lambda: photo, lambda: b"not an image"],
-        ClassifyOptions(),
+        InferenceOptions(),
         deadline=1.0,
         budget_s=1.0,
         clock=lambda: next(ticks),

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 import ClassifySkill
-from shared.bundle import load_bundle
-from shared.detector import DetectionEngine
-from shared.engine import Engine
-from shared.searchsetup import (
+from shared.bundle.loader import load_bundle
+from shared.inference.detection import DetectionModel
+from shared.inference.factory import open_model
+from shared.search.templates import (
     DETECTION_TEMPLATE_DIR,
     MAX_COMPLEX_ELEMENTS_PER_DOCUMENT,
     MAX_IMAGES_PER_DOCUMENT,
@@ -52,11 +52,11 @@ OBJECTS_SUBFIELDS = [
 
 
 @pytest.fixture(scope="module")
-def yolo_engine(tmp_path_factory: pytest.TempPathFactory) -> DetectionEngine:
+def yolo_engine(tmp_path_factory: pytest.TempPathFactory) -> DetectionModel:
     folder = tmp_path_factory.mktemp("yolo") / "run"
     build_yolo(folder, ["can", "carton", "milk_bottle"], img_size=160)
-    engine = Engine(load_bundle(folder), threads=2)
-    assert isinstance(engine, DetectionEngine)
+    engine = open_model(load_bundle(folder), threads=2)
+    assert isinstance(engine, DetectionModel)
     return engine
 
 
@@ -224,7 +224,7 @@ def _mapped(document: dict[str, Any], source: str) -> Any:
 
 
 def test_the_pipeline_through_the_real_skill_fills_one_element_per_image(
-    install_service: Any, yolo_engine: DetectionEngine
+    install_service: Any, yolo_engine: DetectionModel
 ) -> None:
     install_service(holder=preloaded_holder(yolo_engine))
     templates = rendered()

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from shared import app, cli
-from shared.devserver import SkillServer, make_server
-from shared.settings import Settings
+from shared import cli
+from shared.cli.devserver import SkillServer, make_server
+from shared.core.settings import Settings
+from shared.skill import service as app
 from tests.conftest import SAMPLES
 from tests.modelfactory import tiny_bundle
 
@@ -372,7 +373,7 @@ def test_keep_alive_answers_in_one_send_with_nodelay(server: str) -> None:
 def no_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Point `serve` at a local.settings.json in tmp_path (absent until a test writes it)."""
     path = tmp_path / "local.settings.json"
-    monkeypatch.setattr("shared.devserver.LOCAL_SETTINGS", path)
+    monkeypatch.setattr("shared.cli.devserver.LOCAL_SETTINGS", path)
     return path
 
 
@@ -440,7 +441,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeServer]]:
         FakeServer.given = settings
         return FakeServer()
 
-    monkeypatch.setattr("shared.devserver.make_server", make)
+    monkeypatch.setattr("shared.cli.devserver.make_server", make)
     yield FakeServer
     FakeServer.given = None
     app.reset_service(None)

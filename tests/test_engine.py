@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.bundle import Preprocessing, load_bundle
-from shared.engine import EXACT_RESIZE_MAX_PIXELS, Engine, preprocess, resized_size, sigmoid, softmax
-from shared.errors import BundleError
+from shared.bundle.loader import Preprocessing, load_bundle
+from shared.core.errors import BundleError
+from shared.inference.classification import (
+    EXACT_RESIZE_MAX_PIXELS,
+    preprocess,
+    resized_size,
+    sigmoid,
+    softmax,
+)
+from shared.inference.factory import open_model
 from tests.conftest import ROOT
 from tests.modelfactory import tiny_bundle, tiny_classifier, write_labels
 
@@ -65,7 +72,7 @@ def test_softmax_and_sigmoid_match_torch() -> None:
 
 
 def test_one_batched_run_equals_single_runs(tmp_path: Path, photos: list[Image.Image]) -> None:
-    engine = Engine(load_bundle(tiny_bundle(tmp_path / "m", crop=32)))
+    engine = open_model(load_bundle(tiny_bundle(tmp_path / "m", crop=32)))
     together = engine.classify(photos, top_k=4)
     alone = [engine.classify([p], top_k=4)[0] for p in photos]
     for a, b in zip(together, alone, strict=True):
@@ -74,7 +81,7 @@ def test_one_batched_run_equals_single_runs(tmp_path: Path, photos: list[Image.I
 
 
 def test_top_k_threshold_and_labels_multiclass(tmp_path: Path, photos: list[Image.Image]) -> None:
-    engine = Engine(load_bundle(tiny_bundle(tmp_path / "m", classes=6)))
+    engine = open_model(load_bundle(tiny_bundle(tmp_path / "m", classes=6)))
     (result,) = engine.classify(photos[:1], top_k=3)
     scores = [s for _, s in result.predictions]
     assert len(result.predictions) == 3 and scores == sorted(scores, reverse=True)
@@ -87,7 +94,7 @@ def test_top_k_threshold_and_labels_multiclass(tmp_path: Path, photos: list[Imag
 def test_multilabel_uses_sigmoid_and_every_label_over_threshold(tmp_path: Path, photos: list[Image.Image]) -> None:
     folder = tiny_bundle(tmp_path / "m", classes=5)
     (folder / "manifest.json").write_text('{"task": "multilabel"}')
-    engine = Engine(load_bundle(folder))
+    engine = open_model(load_bundle(folder))
     batch = engine.preprocess_batch(photos)
     expected = sigmoid(engine.logits(batch))
     results = engine.classify(photos, top_k=5)
@@ -98,7 +105,7 @@ def test_multilabel_uses_sigmoid_and_every_label_over_threshold(tmp_path: Path, 
 
 
 def test_threads_setting_is_applied(tmp_path: Path) -> None:
-    engine = Engine(load_bundle(tiny_bundle(tmp_path / "m")), threads=1)
+    engine = open_model(load_bundle(tiny_bundle(tmp_path / "m")), threads=1)
     assert engine.session.get_session_options().intra_op_num_threads == 1
 
 
@@ -113,7 +120,7 @@ def test_not_an_image_classifier(tmp_path: Path, kwargs: dict[str, int], message
     tiny_classifier(tmp_path / "model.onnx", **kwargs)  # type: ignore[arg-type]
     write_labels(tmp_path / "labels.json", ["a", "b", "c", "d"])
     with pytest.raises(BundleError) as caught:
-        Engine(load_bundle(tmp_path))
+        open_model(load_bundle(tmp_path))
     assert message in str(caught.value)
 
 
@@ -121,7 +128,7 @@ def test_label_count_must_equal_output_width(tmp_path: Path) -> None:
     tiny_classifier(tmp_path / "model.onnx", classes=4)
     write_labels(tmp_path / "labels.json", ["a", "b", "c"])
     with pytest.raises(BundleError) as caught:
-        Engine(load_bundle(tmp_path))
+        open_model(load_bundle(tmp_path))
     assert str(caught.value) == (
         f"{tmp_path / 'model.onnx'} outputs 4 classes but labels.json lists 3; "
         "the two files must come from the same run"
@@ -132,7 +139,7 @@ def test_garbage_onnx_is_refused(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(io.BytesIO(b"\x08\x07garbage that is not protobuf" * 3).getvalue())
     write_labels(tmp_path / "labels.json", ["a"])
     with pytest.raises(BundleError) as caught:
-        Engine(load_bundle(tmp_path))
+        open_model(load_bundle(tmp_path))
     assert "model.onnx" in str(caught.value)
     assert "Traceback" not in str(caught.value)
 
@@ -174,8 +181,8 @@ def test_a_thin_image_costs_the_crop_not_gigabytes() -> None:
         "import resource\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
         "from PIL import Image\n"
-        "from shared.bundle import Preprocessing\n"
-        "from shared.engine import preprocess\n"
+        "from shared.bundle.loader import Preprocessing\n"
+        "from shared.inference.classification import preprocess\n"
         "out = preprocess(Image.new('RGB', (16, 200_000), (200, 100, 50)), Preprocessing(resize=256, crop=224))\n"
         "print(out.shape, float(out[0, 0, 0]))\n"
     )

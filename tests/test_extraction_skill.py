@@ -18,8 +18,8 @@ import pytest
 
 import ClassifySkill
 import ExtractionSkill
-from shared.devserver import SkillServer, make_server
-from shared.settings import Settings
+from shared.cli.devserver import SkillServer, make_server
+from shared.core.settings import Settings
 from tests.conftest import ROOT, SAMPLES
 
 KEY = "test-key-not-a-secret"

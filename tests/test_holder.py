@@ -1,6 +1,6 @@
 """The model holder: first load, retries, polling, and what status() reports, with a real engine.
 
-The source is a stand-in shaped like shared.source.ModelSource (the Blob store's own behaviour is tested
+The source is a stand-in shaped like shared.modelstore.source.ModelSource (the Blob store's own behaviour is tested
 against Azurite in test_store.py); it lets a test hold a poll open the way a hung store does.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from shared.errors import ClassifierError, ModelNotReady
-from shared.holder import ModelHolder
-from shared.source import Fetched
+from shared.core.errors import AppError, ModelNotReady
+from shared.modelstore.holder import ModelHolder
+from shared.modelstore.source import Fetched
 
 
 class ScriptedSource:
@@ -23,7 +23,7 @@ class ScriptedSource:
     description = "scripted"
     polls = True
 
-    def __init__(self, results: list[Fetched | ClassifierError | None]) -> None:
+    def __init__(self, results: list[Fetched | AppError | None]) -> None:
         self.results = results
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
@@ -35,7 +35,7 @@ class ScriptedSource:
         if self.gate is not None:
             self.gate.wait(timeout=30)
         result = self.results.pop(0) if len(self.results) > 1 else self.results[0]
-        if isinstance(result, ClassifierError):
+        if isinstance(result, AppError):
             raise result
         return result
 
@@ -63,7 +63,7 @@ class Versioned:
 
 def test_a_first_model_is_retried_within_the_poll_interval_not_30_s(sample_engine: Any) -> None:
     now = [0.0]
-    source = ScriptedSource([ClassifierError("no model is published yet"), fetched("v1")])
+    source = ScriptedSource([AppError("no model is published yet"), fetched("v1")])
     holder = ModelHolder(source, lambda path: Versioned(sample_engine, path.name), poll_s=5, clock=lambda: now[0])
     with pytest.raises(ModelNotReady) as caught:
         holder.current()
@@ -76,10 +76,10 @@ def test_a_first_model_is_retried_within_the_poll_interval_not_30_s(sample_engin
 
 
 def test_a_folder_source_keeps_its_30_s_retry(sample_engine: Any) -> None:
-    from shared.source import FolderSource
+    from shared.modelstore.source import FolderSource
 
     def broken(path: Path) -> Any:
-        raise ClassifierError("labels.json is missing")
+        raise AppError("labels.json is missing")
 
     holder = ModelHolder(FolderSource(Path("x")), broken, poll_s=5, clock=lambda: 0.0)
     with pytest.raises(ModelNotReady) as caught:
@@ -126,7 +126,7 @@ def test_status_waits_for_a_running_poll_up_to_its_limit(sample_engine: Any) -> 
 def test_the_source_hears_which_versions_loaded_and_which_were_refused(sample_engine: Any) -> None:
     def load(path: Path) -> Any:
         if path.name == "bad":
-            raise ClassifierError("999 labels for 1000 outputs")
+            raise AppError("999 labels for 1000 outputs")
         return Versioned(sample_engine, path.name)
 
     source = ScriptedSource([fetched("v1"), fetched("bad")])

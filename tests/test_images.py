@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import ImageError
-from shared.images import (
+from shared.core.errors import ImageError
+from shared.core.limits import ImageLimits, default_decode_budget_bytes, instance_memory_bytes
+from shared.inference.images import (
     DecodeBudget,
-    ImageLimits,
     decode_image,
-    default_decode_budget_bytes,
     draft_request,
-    instance_memory_bytes,
     open_image,
     release_memory,
     resident_bytes,

@@ -15,7 +15,7 @@ import pytest
 import tree_sitter_bicep
 from tree_sitter import Language, Node, Parser
 
-from shared.settings import LEGACY_ALIASES, Settings, setting_names
+from shared.core.settings import LEGACY_ALIASES, Settings, setting_names
 from tests import bicepeval
 from tests.conftest import ROOT
 
@@ -934,7 +934,7 @@ def test_a_named_search_service_sets_search_endpoint_and_enables_refresh_model(
     params: dict[str, Any], endpoint: str, disabled: str, mode: str
 ) -> None:
     """SEARCH_ENDPOINT derives from the named service, and RefreshModel runs when AML or re-enrichment has work
-    (shared.refresh.timer_has_work), read back through Settings as the app reads them."""
+    (shared.refresh.policy.timer_has_work), read back through Settings as the app reads them."""
     settings = _app_settings(params)
     assert settings["SEARCH_ENDPOINT"] == endpoint
     assert settings["AzureWebJobs.RefreshModel.Disabled"] == disabled

@@ -19,8 +19,8 @@ import pytest
 from azure.search.documents.indexes import models as sm
 
 from shared import cli
-from shared.migrate import main_migrate_skillset, migrate_skillset
-from shared.searchsetup import API_VERSION, EntraAuth, FunctionKeyAuth, render
+from shared.search.migrate import main_migrate_skillset, migrate_skillset
+from shared.search.templates import API_VERSION, EntraAuth, FunctionKeyAuth, render
 from tests.conftest import ROOT, SAMPLES
 from tests.searchstub import ETAG, SearchStub
 from tests.test_searchsetup import _at_path, run_skillset, type_problems, unknown_keys

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from shared import prefetch
-from shared.app import SkillService
-from shared.settings import Settings
-from shared.store import BlobModelStore, store_cache_dir
+from shared.core.settings import Settings
+from shared.modelstore import prefetch
+from shared.modelstore.blobstore import BlobModelStore
+from shared.modelstore.reads import store_cache_dir
+from shared.skill.service import SkillService
 from tests.modelfactory import tiny_bundle
 
 

@@ -13,13 +13,14 @@ import azure.functions as func
 import pytest
 
 import RefreshModel
-from shared import aml
-from shared.app import SkillService
 from shared.cli import main as cli_main
-from shared.errors import ClassifierError
-from shared.refresh import refresh_from_run_dir, refresh_model
-from shared.settings import Settings
-from shared.store import BlobModelStore, Pointer
+from shared.core.errors import AppError
+from shared.core.settings import Settings
+from shared.modelstore.blobstore import BlobModelStore
+from shared.modelstore.pointer import Pointer
+from shared.refresh import aml
+from shared.refresh.policy import refresh_from_run_dir, refresh_model
+from shared.skill.service import SkillService
 from tests.fakeaml import FakeExperiment, FakeWorkspace, automl_child, training_run
 from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
 from tests.test_store import BODY, served_version
@@ -120,7 +121,7 @@ def test_failed_running_and_unusable_runs_are_skipped_with_a_reason(
         training_run("AutoML_2", [automl_child("AutoML_2_HD_0", run_artifacts(tmp_path / "p", 2, onnx=False), 0.9)]),
         training_run("AutoML_1", [automl_child("AutoML_1_HD_0", run_artifacts(tmp_path / "ok", 1), 0.7)]),
     ]
-    with caplog.at_level(logging.INFO, logger="shared.aml"):
+    with caplog.at_level(logging.INFO, logger="shared.refresh.aml"):
         (candidate,) = aml.find_candidates(experiment_with(*runs))
     assert candidate.run_id == "AutoML_1_HD_0"
     assert [r.getMessage() for r in caplog.records] == [
@@ -274,7 +275,7 @@ def test_timer_function_publishes_and_the_dev_server_switches(
     child = automl_child("AutoML_8_HD_0", run_artifacts(tmp_path / "run", 8), 0.91)
     workspace = FakeWorkspace([FakeExperiment(EXPERIMENT, [training_run("AutoML_8", [child])])])
     calls = patch_workspace(monkeypatch, workspace)
-    with caplog.at_level(logging.INFO, logger="shared.refresh"):
+    with caplog.at_level(logging.INFO, logger="shared.refresh.policy"):
         RefreshModel.main(func.timer.TimerRequest(past_due=False))
     assert calls == [
         {
@@ -284,7 +285,7 @@ def test_timer_function_publishes_and_the_dev_server_switches(
             "resource_group": "rg-labeling",
         }
     ]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "shared.refresh"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "shared.refresh.policy"]
     assert line.startswith(
         "refresh candidate=AutoML_8_HD_0 metric=accuracy=0.9100 current=current-v "
         "decision='published and promoted AutoML_8_HD_0: accuracy 0.9100 beats 0.6000' ms="
@@ -428,7 +429,7 @@ def test_run_dir_goes_through_the_same_validation_policy_and_publishing(
     broken = tmp_path / "broken-run"
     write_labels(broken / "train_artifacts" / "labels.json", ["a", "b"])
     tiny_classifier(broken / "train_artifacts" / "model.onnx", classes=4)
-    with pytest.raises(ClassifierError, match=r"outputs 4 classes but labels\.json lists 2"):
+    with pytest.raises(AppError, match=r"outputs 4 classes but labels\.json lists 2"):
         refresh_from_run_dir(Settings(**{**settings.__dict__, "promotion": "newest"}), broken, store=store)
     assert (pointer(store) or Pointer("", "", "", None, "")).version == published.version
 
@@ -490,9 +491,9 @@ def test_a_partial_aml_configuration_is_still_an_error_naming_what_is_missing(
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AML_WORKSPACE_NAME", "ws-labeling")
     monkeypatch.setenv("MODEL_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
-    with caplog.at_level(logging.INFO, logger="shared.refresh"):
+    with caplog.at_level(logging.INFO, logger="shared.refresh.policy"):
         RefreshModel.main(func.timer.TimerRequest(past_due=False))
-    ((level, message),) = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "shared.refresh"]
+    ((level, message),) = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "shared.refresh.policy"]
     assert level == "ERROR"
     assert message.endswith(": AML is not configured: set AML_SUBSCRIPTION_ID, AML_RESOURCE_GROUP, AML_EXPERIMENT_NAME")
 
@@ -509,6 +510,6 @@ def test_a_partial_aml_configuration_is_still_an_error_naming_what_is_missing(
     ],
 )
 def test_timer_has_work(env: dict[str, str], has_work: bool) -> None:
-    from shared.refresh import timer_has_work
+    from shared.refresh.policy import timer_has_work
 
     assert timer_has_work(Settings.from_env(env)) is has_work

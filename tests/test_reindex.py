@@ -14,8 +14,13 @@ import azure.functions as func
 import pytest
 
 import RefreshModel
-from shared import cli, refresh
-from shared.reindex import (
+from shared import cli
+from shared.core.settings import Settings
+from shared.modelstore.blobstore import BlobModelStore
+from shared.modelstore.pointer import Pointer
+from shared.refresh import policy as refresh
+from shared.search.record import pointer_since, read_reindex_record, write_reindex_record
+from shared.search.reindex import (
     CLAIM_EXPIRES_S,
     PREVIEW_API_VERSION,
     IndexerState,
@@ -23,9 +28,7 @@ from shared.reindex import (
     SearchService,
     run_pass,
 )
-from shared.searchsetup import main_search_setup
-from shared.settings import Settings
-from shared.store import BlobModelStore, Pointer, pointer_since, read_reindex_record, write_reindex_record
+from shared.search.templates import main_search_setup
 from tests.azurite import free_port
 from tests.modelfactory import tiny_bundle
 from tests.searchstub import SearchStub
@@ -465,7 +468,7 @@ def test_two_passes_in_threads_reset_the_indexer_once(
 def test_status_counts_documents_classified_by_another_version(
     settings: Settings, store: BlobModelStore, stub: SearchStub, tmp_path: Path
 ) -> None:
-    from shared.reindex import read_status
+    from shared.search.reindex import read_status
 
     clock = Clock()
     baseline(settings, store, tmp_path, clock, stub)
@@ -506,7 +509,7 @@ def timer_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def reindex_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "shared.reindex"]
+    return [r.getMessage() for r in caplog.records if r.name == "shared.search.reindex"]
 
 
 @pytest.mark.usefixtures("timer_env")
@@ -553,7 +556,7 @@ def test_a_failing_refresh_does_not_stop_the_pass_and_a_failing_pass_is_one_line
     caplog.clear()
     with caplog.at_level(logging.INFO):
         RefreshModel.main(func.timer.TimerRequest(past_due=False))
-    errors = [r for r in caplog.records if r.name == "shared.reindex"]
+    errors = [r for r in caplog.records if r.name == "shared.search.reindex"]
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR and errors[0].exc_info is None
     refused = f"search service {stub.endpoint} refused SEARCH_ADMIN_KEY"
     assert errors[0].getMessage().split(": ", 1)[1].startswith(refused)

@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from shared.bundle import load_bundle
+from shared.bundle.loader import load_bundle
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = REPO_ROOT / "model_cache" / "sample"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.searchsetup import (
+from shared.search.templates import (
     DETECTION_TEMPLATE_DIR,
     AIServicesIdentity,
     AIServicesKey,

@@ -1,4 +1,4 @@
-"""shared.searchclient: the one place that builds the search clients (credential, options, preview calls)."""
+"""shared.search.client: the one place that builds the search clients (credential, options, preview calls)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ServiceRequestError
 
-from shared import searchclient
+from shared.search import client as searchclient
 from tests.searchstub import SearchStub
 
 

@@ -24,9 +24,8 @@ from azure.search.documents.indexes import models as sm
 from PIL import Image
 
 import ClassifySkill
-from shared.contract import INPUT_NAMES
-from shared.engine import Classification
-from shared.searchsetup import (
+from shared.inference.classification import Classification, record_data
+from shared.search.templates import (
     API_VERSION,
     KEYLESS_BILLING_API_VERSION,
     KINDS,
@@ -47,7 +46,7 @@ from shared.searchsetup import (
     redacted,
     render,
 )
-from shared.skill import record_data
+from shared.skill.contract import INPUT_NAMES
 from tests.conftest import SAMPLES, jpeg_bytes
 from tests.searchstub import SearchStub
 
@@ -573,7 +572,7 @@ def test_the_credential_comes_from_the_one_place_that_builds_it(monkeypatch: pyt
     from azure.core.credentials import AzureKeyCredential
     from azure.identity import DefaultAzureCredential
 
-    from shared.searchsetup import _search_credential
+    from shared.search.templates import _search_credential
 
     key = _search_credential(None, {"SEARCH_ADMIN_KEY": ADMIN_KEY})
     assert isinstance(key, AzureKeyCredential) and key.key == ADMIN_KEY
@@ -764,7 +763,7 @@ def test_the_bound_refuses_nested_unbounded_and_too_many_complex_collections(tmp
         "allows 3,000: keep at most 3 per-image complex collections"
     )
     # render() runs the check on the templates, so an edit that breaks the bound fails at once.
-    from shared.searchsetup import TEMPLATE_DIR
+    from shared.search.templates import TEMPLATE_DIR
 
     for name in ("datasource", "skillset", "indexer"):
         (tmp_path / f"{name}.json").write_text((TEMPLATE_DIR / f"{name}.json").read_text())
@@ -894,7 +893,7 @@ def test_the_sdks_typed_call_cannot_write_the_cache(search_service: SearchStub) 
     from azure.core.credentials import AzureKeyCredential
     from azure.core.exceptions import HttpResponseError
 
-    from shared import searchclient
+    from shared.search import client as searchclient
     from tests import searchmodels
     from tests.searchstub import CACHE_ON_GA
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import SettingsError
-from shared.settings import Settings, setting_names
+from shared.core.errors import SettingsError
+from shared.core.settings import Settings, setting_names
 from tests.conftest import ROOT
 
 
@@ -28,7 +28,7 @@ def test_values_are_parsed() -> None:
             "SKILL_API_KEY": "key-value-xyz",
         }
     )
-    assert (s.model_dir, s.engine_threads, s.decode_threads, s.fast_jpeg_decode) == (Path("/models/x"), 2, 1, False)
+    assert (s.model_dir, s.model_threads, s.decode_threads, s.fast_jpeg_decode) == (Path("/models/x"), 2, 1, False)
     assert s.deadline_s == 120.5 and s.api_key == "key-value-xyz"
     assert "key-value-xyz" not in repr(s)
 
@@ -59,7 +59,7 @@ def test_every_setting_is_in_the_sample_and_the_readme() -> None:
     assert len(names) >= 12
     sample = json.loads((ROOT / "local.settings.json.sample").read_text())["Values"]
     readme = (ROOT / "docs" / "settings.md").read_text()
-    from shared.settings import LEGACY_ALIASES
+    from shared.core.settings import LEGACY_ALIASES
 
     assert names - set(sample) - set(LEGACY_ALIASES) == set()
     assert {n for n in names if f"| `{n}` |" not in readme} == set()

@@ -1,4 +1,4 @@
-"""classify_batch with a pool: each image of a batch is decoded and preprocessed as a task of its own, the
+"""run_batch with a pool: each image of a batch is decoded and preprocessed as a task of its own, the
 prepared images are classified in runs that the pool's threads take as they come free, ending on single
 images, answers stay in request order, and the engine runs one intra-op thread (issue 13)."""
 
@@ -13,20 +13,21 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.errors import ImageError
-from shared.settings import Settings
-from shared.skill import INFERENCE_RUN, ClassifyOptions, ImageLoader, classify_batch, engine_threads, run_size
+from shared.core.errors import ImageError
+from shared.core.settings import Settings
+from shared.inference.model import ImageLoader, InferenceOptions
+from shared.inference.scheduler import INFERENCE_RUN, model_threads, run_batch, run_size
 from tests.conftest import jpeg_bytes
 from tests.modelfactory import tiny_bundle
 
 
 def test_engine_threads_follow_the_pool() -> None:
     cores = os.cpu_count() or 1
-    assert engine_threads(Settings(engine_threads=3)) == 3
-    assert engine_threads(Settings(engine_threads=3, decode_threads=4)) == 3
-    assert engine_threads(Settings(decode_threads=1)) is None
-    assert engine_threads(Settings(decode_threads=2)) == 1
-    assert engine_threads(Settings()) == (1 if cores > 1 else None)
+    assert model_threads(Settings(model_threads=3)) == 3
+    assert model_threads(Settings(model_threads=3, decode_threads=4)) == 3
+    assert model_threads(Settings(decode_threads=1)) is None
+    assert model_threads(Settings(decode_threads=2)) == 1
+    assert model_threads(Settings()) == (1 if cores > 1 else None)
 
 
 def test_parts_run_on_pool_threads_and_answers_keep_their_order(sample_engine: Any, photos: list[Image.Image]) -> None:
@@ -45,11 +46,11 @@ def test_parts_run_on_pool_threads_and_answers_keep_their_order(sample_engine: A
         raise ImageError("image data is not valid base64")
 
     loaders = [good(photos[0]), bad, good(photos[1]), good(photos[2]), bad, good(photos[3]), good(photos[0])]
-    options = ClassifyOptions(top_k=3)
-    alone = classify_batch(sample_engine, loaders, options)
+    options = InferenceOptions(top_k=3)
+    alone = run_batch(sample_engine, loaders, options)
     threads.clear()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
-        parallel = classify_batch(sample_engine, loaders, options, pool=pool)
+        parallel = run_batch(sample_engine, loaders, options, pool=pool)
     assert threads and all(name.startswith("part") for name in threads)
     assert [o.errors for o in parallel] == [o.errors for o in alone]
     assert [o.errors for o in parallel][1] == ("image data is not valid base64",)
@@ -113,7 +114,7 @@ def test_a_thread_classifies_prepared_images_while_another_still_prepares_the_la
     loaders = [returning(data)] * 15 + [last]
     monkeypatch.setattr(sample_engine, "scores", recording)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
-        pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
+        pooled = run_batch(sample_engine, loaders, InferenceOptions(), pool=pool, workers=2)
     assert waited == [True]
     assert all(o.errors == () and o.data is not None for o in pooled)
 
@@ -130,10 +131,10 @@ def test_a_pooled_batch_is_decoded_per_image_then_classified_in_runs_ending_on_s
 
     data = [jpeg_bytes(photo.resize((320, 240))) for photo in photos]
     loaders = [returning(data[i % len(data)]) for i in range(16)]
-    alone = classify_batch(sample_engine, loaders, ClassifyOptions())
+    alone = run_batch(sample_engine, loaders, InferenceOptions())
     monkeypatch.setattr(sample_engine, "scores", recording)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
-        pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
+        pooled = run_batch(sample_engine, loaders, InferenceOptions(), pool=pool, workers=2)
     assert sorted(size for size, _ in runs) == [1, 1] + [INFERENCE_RUN] * 7
     assert all(name.startswith("part") for _, name in runs)
     for a, p in zip(alone, pooled, strict=True):
@@ -143,16 +144,16 @@ def test_a_pooled_batch_is_decoded_per_image_then_classified_in_runs_ending_on_s
 
 
 def test_a_model_with_a_fixed_batch_of_one_is_run_image_by_image(tmp_path: Path, photos: list[Image.Image]) -> None:
-    from shared.bundle import load_bundle
-    from shared.engine import Engine
+    from shared.bundle.loader import load_bundle
+    from shared.inference.factory import open_model
 
-    fixed = Engine(load_bundle(tiny_bundle(tmp_path / "fixed", batch=1)))
-    dynamic = Engine(load_bundle(tiny_bundle(tmp_path / "dynamic")))
+    fixed = open_model(load_bundle(tiny_bundle(tmp_path / "fixed", batch=1)))
+    dynamic = open_model(load_bundle(tiny_bundle(tmp_path / "dynamic")))
     loaders = [returning(jpeg_bytes(photo.resize((64, 48)))) for photo in photos] * 2
     with ThreadPoolExecutor(max_workers=2) as pool:
         for kwargs in ({}, {"pool": pool, "workers": 2}):
-            got = classify_batch(fixed, loaders, ClassifyOptions(), **kwargs)  # type: ignore[arg-type]
-            expected = classify_batch(dynamic, loaders, ClassifyOptions(), **kwargs)  # type: ignore[arg-type]
+            got = run_batch(fixed, loaders, InferenceOptions(), **kwargs)  # type: ignore[arg-type]
+            expected = run_batch(dynamic, loaders, InferenceOptions(), **kwargs)  # type: ignore[arg-type]
             assert all(o.errors == () for o in got)
             assert [o.data and o.data["predictions"] for o in got] == [
                 o.data and o.data["predictions"] for o in expected
@@ -172,7 +173,7 @@ def test_images_that_fail_to_prepare_anywhere_in_a_batch_leave_the_others_answer
 
     loaders = [returning(data) if c == "x" else bad for c in pattern]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool:
-        pooled = classify_batch(sample_engine, loaders, ClassifyOptions(), pool=pool, workers=2)
+        pooled = run_batch(sample_engine, loaders, InferenceOptions(), pool=pool, workers=2)
     assert [o.errors for o in pooled] == [() if c == "x" else ("image data is not valid base64",) for c in pattern]
     assert [o.data is not None for o in pooled] == [c == "x" for c in pattern]
 
@@ -191,14 +192,14 @@ def test_batches_from_concurrent_requests_share_the_pool_and_each_gets_its_own_a
     requests = [
         [returning(data[(i + r) % len(data)]) if (i + r) % 5 else bad for i in range(3 + 2 * r)] for r in range(6)
     ]
-    expected = [classify_batch(sample_engine, loaders, ClassifyOptions(top_k=2)) for loaders in requests]
+    expected = [run_batch(sample_engine, loaders, InferenceOptions(top_k=2)) for loaders in requests]
     with (
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="part") as pool,
         ThreadPoolExecutor(max_workers=len(requests)) as callers,
     ):
         answers = list(
             callers.map(
-                lambda loaders: classify_batch(sample_engine, loaders, ClassifyOptions(top_k=2), pool=pool, workers=2),
+                lambda loaders: run_batch(sample_engine, loaders, InferenceOptions(top_k=2), pool=pool, workers=2),
                 requests,
             )
         )

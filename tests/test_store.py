@@ -15,19 +15,12 @@ from typing import Any
 
 import pytest
 
-from shared.app import SkillService
-from shared.settings import Settings
-from shared.store import (
-    PARTIAL_PREFIX,
-    BlobModelStore,
-    Pointer,
-    StoreConflict,
-    StoreError,
-    VersionCorrupt,
-    clean_partials,
-    client_options,
-    store_cache_dir,
-)
+from shared.core.settings import Settings
+from shared.modelstore.blobstore import BlobModelStore, client_options
+from shared.modelstore.errors import StoreConflict, StoreError, VersionCorrupt
+from shared.modelstore.pointer import Pointer
+from shared.modelstore.reads import PARTIAL_PREFIX, clean_partials, store_cache_dir
+from shared.skill.service import SkillService
 from tests.azurite import Azurite
 from tests.conftest import ROOT, SAMPLES, encode
 from tests.modelfactory import tiny_bundle
@@ -553,7 +546,7 @@ def test_a_broken_version_is_downloaded_once_and_skipped_until_the_pointer_moves
     monkeypatch.setattr(BlobModelStore, "blob_chunks", counted)
     store.publish(unloadable(tmp_path / "broken"), version="v2")
     cache = cached(blob_settings, store)
-    with caplog.at_level("ERROR", logger="shared.holder"):
+    with caplog.at_level("ERROR", logger="shared.modelstore.holder"):
         for _ in range(5):
             service.holder.poll_now()
             # The cache may be emptied meanwhile (a new instance); the refusal is remembered all the same.
@@ -626,7 +619,7 @@ def test_the_cache_serves_only_versions_of_the_store_it_came_from(
 def test_the_first_health_check_after_a_promote_shows_the_new_version_when_a_poll_is_due(
     store: BlobModelStore, bundles: list[Path], blob_settings: Settings
 ) -> None:
-    from shared.app import build_holder
+    from shared.skill.service import build_holder
 
     now = [1000.0]
     holder = build_holder(blob_settings)

@@ -1,0 +1,55 @@
+"""`python -m shared COMMAND`: the command line over the same code the functions run.
+
+Each module of this package adds one group of subcommands (`register`) and holds their handlers; a handler
+takes the parsed arguments and the app's Settings and returns the exit status. An AppError is one `error:`
+line on stderr and status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shared.cli import classify, refresh, search, serve, store
+from shared.core.errors import AppError
+from shared.core.settings import Settings
+
+COMMAND_GROUPS = (classify, serve, store, refresh, search)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared", description="AutoML image classifier skill tools")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show the Azure SDK's own log (credential attempts, retries)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for group in COMMAND_GROUPS:
+        group.register(commands)
+    return parser
+
+
+def quiet_azure_sdk(verbose: bool) -> None:
+    """The Azure SDK's own log (azure-identity lists every credential it tried, some 40 lines, before our one
+    `error:` line says what to do) is shown only with --verbose."""
+    import logging
+
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("azure").setLevel(logging.DEBUG)
+    else:
+        logging.getLogger("azure").setLevel(logging.CRITICAL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_azure_sdk(args.verbose)
+    try:
+        settings = Settings.from_env()
+        return int(args.handler(args, settings))
+    except AppError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130

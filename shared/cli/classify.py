@@ -1,0 +1,275 @@
+"""`classify`: image files or folders through the same batch scheduler the skill uses; drawing boxes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+from PIL import Image
+
+from shared.bundle.detection import DETECTION_TASK
+from shared.bundle.layout import SAMPLE_BUNDLE
+from shared.cli.common import positive_int, probability, servable
+from shared.core.errors import AppError, ImageError
+from shared.core.settings import Settings
+from shared.inference.factory import load_model
+from shared.inference.model import ImageLoader, InferenceOptions, Model
+from shared.inference.scheduler import model_threads, run_batch
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+BATCH = 16
+PROGRESS_MIN_FILES = 32
+DEFAULT_TOP_K = 5
+MAX_NAME_WIDTH = 60
+
+
+def _image_files(paths: Sequence[str]) -> Iterator[tuple[str, Path | None]]:
+    """Each argument as given: a file, or a folder's images (recursive, sorted); None marks a missing path."""
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            for found in _folder_images(path):
+                yield str(found), found
+        elif path.exists():
+            yield arg, path
+        else:
+            yield arg, None
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _nothing_to_classify(paths: Sequence[str]) -> str | None:
+    """The error when no argument names an image at all (each missing path, each folder without images),
+    or None when there is something to classify."""
+    problems = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            if _folder_images(path):
+                return None
+            problems.append(f"no image files in {arg} (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.exists():
+            return None
+        else:
+            problems.append(f"no such file or folder: {arg}")
+    return "; ".join(problems)
+
+
+def file_loader(path: Path | None) -> ImageLoader:
+    """Read the file when the batch gets to it; a missing or unreadable file is that image's error."""
+
+    def load() -> bytes:
+        if path is None:
+            raise ImageError("no such file or folder")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"cannot read file ({exc.strerror or exc.__class__.__name__})") from None
+
+    return load
+
+
+def open_cli_model(model: str | None, settings: Settings) -> Model:
+    """The model for `--model` (converting a model.pt-only run once), else AZUREML_MODEL_DIR, else the
+    bundled sample. Raises BundleError."""
+    path = servable(Path(model), settings) if model else settings.model_dir or SAMPLE_BUNDLE
+    return load_model(path, threads=model_threads(settings))
+
+
+def shorten(name: str, width: int) -> str:
+    """`name` cut to `width` characters from the left (the file name end is what tells paths apart)."""
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def table_rows(data: dict[str, Any], top_k: int | None) -> list[tuple[str, float]]:
+    """(label, score) rows of one image for the table: every label at or above the threshold (one for
+    multi-class, all of them for multi-label) plus, when --top-k was given, the top K predictions;
+    "(none above threshold)" with the best score when there is nothing else to show."""
+    predictions = [(str(p["label"]), float(p["score"])) for p in data["predictions"]]
+    above = set(data["labels"])
+    rows = [p for p in predictions if p[0] in above]
+    if top_k is not None:
+        rows += [p for p in predictions[:top_k] if p[0] not in above]
+    rows.sort(key=lambda p: -p[1])
+    return rows or [("(none above threshold)", float(data["confidence"]))]
+
+
+class Output:
+    """Rows on stdout, messages on stderr, and a progress bar on stderr when it is a terminal; a row or a
+    message clears the bar first and redraws it after, so the two never share a line."""
+
+    def __init__(self, out: TextIO, err: TextIO, total: int, show_progress: bool) -> None:
+        self.out, self.err = out, err
+        self.bar: Any = None
+        if show_progress:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            self.bar = tqdm(total=total, file=err, unit="image", desc="classified", leave=False, dynamic_ncols=True)
+
+    def row(self, text: str) -> None:
+        self._write(text, self.out)
+
+    def message(self, text: str) -> None:
+        self._write(text, self.err)
+
+    def _write(self, text: str, stream: TextIO) -> None:
+        if self.bar is None:
+            stream.write(text + "\n")
+            return
+        from tqdm import tqdm
+
+        tqdm.write(text, file=stream)
+        stream.flush()
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    # Paths are checked before the model is loaded or anything is printed.
+    problem = _nothing_to_classify(args.paths)
+    if problem is not None:
+        raise AppError(problem)
+    files = list(_image_files(args.paths))
+    model = open_cli_model(args.model, settings)
+    detection = model.task == DETECTION_TASK
+    if args.boxes and not detection:
+        raise AppError(f"--boxes needs an object detection model; {model.bundle.root} is a {model.task} classifier")
+    top_k: int | None = args.top_k
+    if not detection and not args.json:
+        # The table shows every label above a multi-label threshold, whatever --top-k says.
+        top_k = max(args.top_k or 1, len(model.labels) if model.task == "multilabel" else 1)
+    options = InferenceOptions(
+        top_k=top_k,
+        default_top_k=DEFAULT_TOP_K,
+        threshold=args.threshold,
+        fast_decode=args.fast,
+        limits=settings.image_limits(),
+    )
+    out, err = sys.stdout, sys.stderr
+    width = min(max(len(name) for name, _ in files), MAX_NAME_WIDTH)
+    if not args.json:
+        out.write(
+            f"model {model.version} ({model.task}, {len(model.labels)} labels) from {model.bundle.root}\n"
+            + (f"{'file':<{width}}  objects\n" if detection else f"{'file':<{width}}  {'label':<32}  confidence\n")
+        )
+        out.flush()
+    failed = 0
+    show_progress = len(files) >= PROGRESS_MIN_FILES and err.isatty()
+    output = Output(out, err, len(files), show_progress)
+    workers = settings.decode_threads or os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and len(files) > 1 else None
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(files), BATCH):
+            chunk = files[start : start + BATCH]
+            outcomes = run_batch(model, [file_loader(path) for _, path in chunk], options, pool=pool, workers=workers)
+            for (name, path), outcome in zip(chunk, outcomes, strict=True):
+                if outcome.errors:
+                    failed += 1
+                    output.message(f"error: {name}: {'; '.join(outcome.errors)}")
+                    if args.json:
+                        output.row(json.dumps({"file": name, "errors": list(outcome.errors)}))
+                elif args.json:
+                    line: dict[str, object] = {"file": name, **(outcome.data or {})}
+                    if outcome.warnings:
+                        line["warnings"] = list(outcome.warnings)
+                    output.row(json.dumps(line))
+                elif outcome.data is not None and "objects" in outcome.data:
+                    output.row(f"{shorten(name, width):<{width}}  {object_summary(outcome.data)}")
+                else:
+                    assert outcome.data is not None
+                    shown = shorten(name, width)
+                    for label, score in table_rows(outcome.data, args.top_k):
+                        output.row(f"{shown:<{width}}  {label:<32}  {score:.4f}")
+                        shown = ""
+                if args.boxes and outcome.data is not None and path is not None:
+                    drawn = Path(args.boxes) / (name.replace("/", "_") + ".boxes.png")
+                    draw_boxes(path, outcome.data["objects"], drawn)
+            output.advance(len(chunk))
+    finally:
+        output.close()
+        if pool is not None:
+            pool.shutdown()
+    if len(files) >= PROGRESS_MIN_FILES or failed:
+        elapsed = time.perf_counter() - started
+        err.write(f"{len(files) - failed} classified, {failed} failed in {elapsed:.1f} s\n")
+    return 1 if failed else 0
+
+
+def object_summary(data: dict[str, Any], shown: int = 3) -> str:
+    """The CLI table's cell for one image: the object count and the best few objects."""
+    objects = data.get("objects") or []
+    best = ", ".join(f"{o['label']} {o['score']:.2f}" for o in objects[:shown])
+    more = f", +{len(objects) - shown} more" if len(objects) > shown else ""
+    return f"{len(objects)} object{'s' if len(objects) != 1 else ''}" + (f": {best}{more}" if objects else "")
+
+
+def draw_boxes(image_path: Path, objects: Sequence[dict[str, Any]], target: Path) -> Path:
+    """Write `image_path` as PNG to `target` with each object's box and "label score" drawn on it."""
+    from PIL import ImageDraw
+
+    with Image.open(image_path) as opened:
+        image = opened.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    line = max(2, round(min(width, height) / 300))
+    palette = ("#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#00c7be")
+    colours: dict[str, str] = {}
+    for obj in reversed(objects):  # the best object is drawn last, on top
+        colour = colours.setdefault(obj["label"], palette[len(colours) % len(palette)])
+        box = obj["box"]
+        corners = (box["topX"] * width, box["topY"] * height, box["bottomX"] * width, box["bottomY"] * height)
+        draw.rectangle(corners, outline=colour, width=line)
+        caption = f"{obj['label']} {obj['score']:.2f}"
+        left, top = corners[0], max(0.0, corners[1] - 12)
+        text_box = draw.textbbox((left, top), caption)
+        draw.rectangle(text_box, fill=colour)
+        draw.text((left, top), caption, fill="white")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, format="PNG")
+    return target
+
+
+def register(commands: Any) -> None:
+    """Add this module's subcommands to the parser's `commands` (argparse's subparsers)."""
+    classify = commands.add_parser("classify", help="classify image files or folders")
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (searched recursively)")
+    classify.add_argument("--model", metavar="PATH", help="bundle folder or AutoML run folder (default: sample)")
+    classify.add_argument(
+        "--top-k",
+        type=positive_int,
+        metavar="K",
+        help=f"predictions per image (--json: default {DEFAULT_TOP_K}; table: the top K rows besides the labels "
+        "above the threshold; detection: the most objects, default the model's)",
+    )
+    classify.add_argument(
+        "--threshold", type=probability, metavar="T", help="score cutoff (default 0.5 multi-label, 0 multi-class)"
+    )
+    classify.add_argument(
+        "--json", action="store_true", help='one JSON object per image per line (failed files: {"file", "errors"})'
+    )
+    classify.add_argument(
+        "--boxes", metavar="OUT_DIR", help="detection models: write each image with its boxes drawn to OUT_DIR"
+    )
+    classify.add_argument(
+        "--fast",
+        action="store_true",
+        help="decode large JPEGs at reduced scale like the skill does (FAST_JPEG_DECODE); default: AutoML's exact path",
+    )
+    classify.set_defaults(handler=cmd_classify)

@@ -1,0 +1,188 @@
+"""The process-wide skill service the function entry points, the dev server and the CLI share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from shared.bundle.layout import SAMPLE_BUNDLE
+from shared.core.errors import HttpError, ModelNotReady, SettingsError
+from shared.core.settings import Settings
+from shared.inference.factory import load_model
+from shared.inference.images import DecodeBudget
+from shared.inference.model import ImageOutcome, InferenceOptions, Model
+from shared.inference.scheduler import BatchStats, model_threads, run_batch
+from shared.modelstore.holder import ModelHolder
+from shared.modelstore.source import FolderSource, ModelSource
+from shared.skill.contract import error_body, parse_query, parse_request, response_values
+
+logger = logging.getLogger(__name__)
+
+Response = tuple[int, bytes, dict[str, str]]
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def model_path(settings: Settings) -> Path:
+    """AZUREML_MODEL_DIR when set, else the bundled sample."""
+    return settings.model_dir or SAMPLE_BUNDLE
+
+
+def build_holder(settings: Settings) -> ModelHolder[Model]:
+    """The Blob model store when one is configured, else AZUREML_MODEL_DIR, else the bundled sample."""
+    source: ModelSource
+    if settings.uses_blob_store:
+        from shared.modelstore import prefetch
+        from shared.modelstore.source import BlobSource
+
+        # A prefetch started at process start (prefetch.start) has cached the current version.
+        source = BlobSource.from_settings(settings, prefetch.take(settings))
+    else:
+        source = FolderSource(model_path(settings))
+
+    def load(path: Path) -> Model:
+        return load_model(path, threads=model_threads(settings))
+
+    return ModelHolder(source, load, poll_s=settings.poll_s)
+
+
+class SkillService:
+    """Settings, the model holder and the decode pool of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        holder: ModelHolder[Model] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.holder = holder or build_holder(settings)
+        workers = settings.decode_threads or os.cpu_count() or 1
+        # Every image is decoded in this pool (one task per image) and classified there, one-record requests
+        # too, so concurrent requests cannot decode more images at once than it has threads; the budget
+        # bounds the decoded bytes in flight.
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.budget = DecodeBudget(settings.decode_budget_bytes(), clock=clock)
+        self.clock = clock
+
+    def classify(self, body: bytes, query: Mapping[str, str]) -> Response:
+        """Answer one skill request: (status, JSON body, headers). Never raises."""
+        started = self.clock()
+        try:
+            return self._classify(body, query, started)
+        except HttpError as exc:
+            logger.warning("skill request refused: %s %s: %.300s", exc.status, exc.code, exc)
+            return exc.status, error_body(exc.code, str(exc)), {**JSON_HEADERS, **exc.headers()}
+        except Exception:  # our bug, not the caller's: say so without details, log the traceback
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("skill request failed (incident %s)", incident)
+            return 500, error_body("InternalError", f"internal error (incident {incident})"), dict(JSON_HEADERS)
+
+    def _classify(self, body: bytes, query: Mapping[str, str], started: float) -> Response:
+        s = self.settings
+        records = parse_request(
+            body, max_request_bytes=s.max_request_bytes, max_records=s.max_records, max_image_bytes=s.max_image_bytes
+        )
+        q = parse_query(query)
+        model = self.holder.current()
+        options = InferenceOptions(
+            top_k=q.top_k,
+            default_top_k=s.default_top_k,
+            threshold=q.threshold,
+            fast_decode=s.fast_jpeg_decode,
+            limits=s.image_limits(),
+        )
+        todo = [r for r in records if r.loader is not None]
+        stats = BatchStats()
+        outcomes: list[ImageOutcome] = run_batch(
+            model,
+            [r.loader for r in todo if r.loader is not None],
+            options,
+            pool=self.pool,
+            workers=self.workers,
+            budget=self.budget,
+            deadline=started + s.deadline_s,
+            budget_s=s.deadline_s,
+            clock=self.clock,
+            stats=stats,
+        )
+        values = response_values(records, {r.record_id: o for r, o in zip(todo, outcomes, strict=True)})
+        errors = sum(1 for v in values if v["errors"])
+        warnings = sum(1 for v in values if v["warnings"])
+        logger.info(
+            "classified records=%d errors=%d warnings=%d model=%s decode_ms=%.0f infer_ms=%.0f total_ms=%.0f",
+            len(values),
+            errors,
+            warnings,
+            model.version,
+            stats.decode_ms,
+            stats.infer_ms,
+            1000 * (self.clock() - started),
+        )
+        return 200, json.dumps({"values": values}).encode(), dict(JSON_HEADERS)
+
+    def health(self) -> Response:
+        """200 with the model's status when one is loaded (loading it if needed), else 503."""
+        try:
+            self.holder.current()
+        except ModelNotReady as exc:
+            body: dict[str, Any] = {"status": "unavailable", "model": self.holder.status()}
+            return 503, json.dumps(body).encode(), {**JSON_HEADERS, **exc.headers()}
+        return 200, json.dumps({"status": "ready", "model": self.holder.status()}).encode(), dict(JSON_HEADERS)
+
+
+_service: SkillService | None = None
+_service_error: str | None = None
+_service_lock = threading.Lock()
+
+
+def service() -> SkillService:
+    """The process's service, built from the environment on first use. Raises SettingsError."""
+    global _service, _service_error  # noqa: PLW0603 - one service per process, like the Functions worker
+    if _service is not None:
+        return _service
+    with _service_lock:
+        if _service is None:
+            try:
+                _service = SkillService(Settings.from_env())
+            except SettingsError as exc:
+                if str(exc) != _service_error:
+                    logger.error("app settings are invalid: %s", exc)
+                _service_error = str(exc)
+                raise
+        return _service
+
+
+def reset_service(new: SkillService | None = None) -> None:
+    """Replace the process's service (tests, the dev server after changing settings)."""
+    global _service, _service_error
+    with _service_lock:
+        _service, _service_error = new, None
+
+
+def _misconfigured(exc: SettingsError) -> Response:
+    return 503, error_body("Misconfigured", str(exc)), {**JSON_HEADERS, "Retry-After": "60"}
+
+
+def classify(body: bytes, query: Mapping[str, str]) -> Response:
+    """Entry point for ClassifySkill, the dev server and the CLI."""
+    try:
+        return service().classify(body, query)
+    except SettingsError as exc:
+        return _misconfigured(exc)
+
+
+def health() -> Response:
+    try:
+        return service().health()
+    except SettingsError as exc:
+        return _misconfigured(exc)
