@@ -28,7 +28,7 @@ from tests.docs_commands import NEEDS_AZURE, PageRun, base_env, page_commands
 from tests.modelfactory import tiny_bundle
 from tests.searchstub import SearchStub
 
-PAGES = ("skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md")
+PAGES = ("skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md")
 SERVE = ".venv/bin/python -m shared serve"
 SEARCH_SETUP = (
     ".venv/bin/python -m shared search-setup \\ --search-endpoint https://<search>.search.windows.net \\ "
@@ -70,6 +70,7 @@ RUN = {
         'curl -s "$(azd env get-value FUNCTION_URL)/api/health"',
     ],
     "performance.md": [],
+    "architecture.md": [],
 }
 
 BENCH = "the benchmark: minutes of every core; speed and memory targets live in `make bench`, never in tests"
