@@ -46,6 +46,7 @@ demo: venv  ## classify the sample photos with the bundled model
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared
+	$(BIN)/lint-imports --no-cache
 
 test: lint node_modules/.bin/azurite-blob  ## ruff, mypy on shared/, the whole suite (starts and stops Azurite itself)
 	$(BIN)/python -m pytest -q

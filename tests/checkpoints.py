@@ -1,4 +1,4 @@
-"""AutoML-format `model.pt` files built here: random weights, DESIGN §4's key layout and `specs`."""
+"""AutoML-format `model.pt` files built here: random weights, AutoML's key layout (docs/models.md) and `specs`."""
 
 from __future__ import annotations
 

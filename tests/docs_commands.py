@@ -29,13 +29,13 @@ PROGRAMS = {
     "az", "azd", "func", "docker", "make", "curl", "python", "python3", ".venv/bin/python", "cp", "zip",
     "pip", "npm", "npx", "git", "scripts/bench.py", "export",
 }  # fmt: skip
-# Programs that need real Azure or a tool this machine cannot run: every command of theirs is skipped by name.
+# Programs that need real Azure or a tool the test environment cannot run: every command of theirs is skipped by name.
 NEEDS_AZURE = {
     "az": "the Azure CLI acts on a subscription; nothing here stands in for Azure Resource Manager",
     "azd": "the Azure Developer CLI provisions and deploys to a subscription",
     "func": "Azure Functions Core Tools cannot be installed here (its installer downloads a binary from a "
-    "host this machine cannot reach); the dev server calls the same entry points",
-    "docker": "no Docker engine on this machine",
+    "host the test environment cannot reach); the dev server calls the same entry points",
+    "docker": "no Docker engine in the test environment",
 }
 
 

@@ -121,17 +121,17 @@ def test_hostile_images_next_to_good_photos_get_their_own_answers(install_servic
 def test_memory_error_while_preparing_one_image_is_that_records_error(
     install_service: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from shared.inference import scheduler as skill
+    from shared.inference import classification
 
     install_service()
-    real = skill.preprocess
+    real = classification.preprocess
 
     def preprocess(image: Image.Image, *args: Any, **kwargs: Any) -> Any:
         if image.size == (500, 400):
             raise MemoryError
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(skill, "preprocess", preprocess)
+    monkeypatch.setattr(classification, "preprocess", preprocess)
     big = base64.b64encode(encode(Image.open(SAMPLES / "coffee.png").convert("RGB").resize((500, 400)), "PNG"))
     body = {
         "values": [

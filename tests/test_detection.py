@@ -725,7 +725,8 @@ def test_past_the_deadline_no_new_detection_starts(engines: dict[str, DetectionM
     from shared.inference.scheduler import deadline_message, run_batch
 
     photo = encode(Image.open(SAMPLE_PHOTOS[0]).convert("RGB"), "PNG")
-    ticks = iter([0.0, 5.0, 5.0])  # checked before each image: the first starts, the others are past 1.0
+    # Checked before the batch and before each image: the first starts, the others are past 1.0.
+    ticks = iter([0.0, 0.0, 5.0, 5.0])
     outcomes = run_batch(
         engines["yolov5"],
         [lambda: photo, lambda: photo, lambda: b"not an image"],

@@ -1,6 +1,6 @@
 """The committed sample bundle (`model_cache/sample/`) is the model its export script describes.
 
-An ONNX export can be wrong without failing (DESIGN §4: one at opset 17 was), so the committed file is
+An ONNX export can be wrong without failing (one at opset 17 was), so the committed file is
 checked against the PyTorch model it came from, on real photos, and its manifest against the bytes on disk.
 """
 

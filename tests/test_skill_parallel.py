@@ -23,8 +23,8 @@ from tests.modelfactory import tiny_bundle
 
 def test_engine_threads_follow_the_pool() -> None:
     cores = os.cpu_count() or 1
-    assert model_threads(Settings(model_threads=3)) == 3
-    assert model_threads(Settings(model_threads=3, decode_threads=4)) == 3
+    assert model_threads(Settings(engine_threads=3)) == 3
+    assert model_threads(Settings(engine_threads=3, decode_threads=4)) == 3
     assert model_threads(Settings(decode_threads=1)) is None
     assert model_threads(Settings(decode_threads=2)) == 1
     assert model_threads(Settings()) == (1 if cores > 1 else None)

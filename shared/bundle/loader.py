@@ -420,7 +420,7 @@ def build_manifest(
     opset: int | None = None,
     created: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a bundle folder (DESIGN §5): every file but the manifest itself, with sha256 and size.
+    """The manifest of a bundle folder (docs/model-store.md): every file but the manifest itself, with sha256 and size.
 
     `created` is an ISO 8601 UTC time; the current time when omitted.
     """

@@ -17,19 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from shared.core.errors import AppError, ModelNotReady
 from shared.modelstore.errors import SourceUnreachable
+from shared.modelstore.pointer import utc_now
 from shared.modelstore.source import Fetched, ModelSource
 
 logger = logging.getLogger(__name__)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Servable(Protocol):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -92,46 +91,23 @@ class BlobSource:
 
     polls = True
 
-    def __init__(
-        self,
-        store: BlobModelStore | Callable[[], BlobModelStore],
-        cache_dir: Path,
-        *,
-        prefetched: Prefetched | None = None,
-    ) -> None:
-        """`store`, or a function that builds it on first use when the cold start's prefetch found the
-        version to serve (`prefetched`; its description names the same container)."""
-        if isinstance(store, BlobModelStore):
-            self._store: BlobModelStore | None = store
-            self.description = store.description
-        else:
-            assert prefetched is not None, "a store built on first use needs the prefetch's description"
-            self._store, self._make_store = None, store
-            self.description = prefetched.description
+    def __init__(self, store: BlobModelStore, cache_dir: Path, *, prefetched: Prefetched | None = None) -> None:
+        """`store`'s versions, cached in their own part of `cache_dir`; `prefetched` is the version the cold
+        start's prefetch already downloaded from the same container, served by the first fetch."""
+        self.store = store
+        self.description = store.description
         self.cache_dir = store_cache_dir(cache_dir, self.description)
-        self._prefetched = prefetched
+        self._prefetched = prefetched if prefetched is not None and prefetched.description == self.description else None
         self._rejected: tuple[str, str, str] | None = None  # (version, manifest sha256, pointer etag)
         self._rejected_message = ""
 
     @classmethod
     def from_settings(cls, settings: Settings, prefetched: Prefetched | None = None) -> BlobSource:
-        """The configured store's source. With what the cold start's prefetch found (shared/prefetch.py),
-        the first fetch serves that version without asking the store again, and the SDK's client is built
-        (and the SDK imported) only for the first poll."""
-
-        def make_store() -> BlobModelStore:
-            store = BlobModelStore.from_settings(settings)
-            assert store is not None, "a Blob source needs MODEL_BLOB_CONNECTION_STRING or MODEL_BLOB_ACCOUNT_URL"
-            return store
-
-        return cls(make_store if prefetched else make_store(), settings.model_cache_dir(), prefetched=prefetched)
-
-    @property
-    def store(self) -> BlobModelStore:
-        if self._store is None:
-            assert self._make_store is not None
-            self._store = self._make_store()
-        return self._store
+        """The configured store's source (see __init__). Raises StoreError when no store is configured."""
+        store = BlobModelStore.from_settings(settings)
+        if store is None:
+            raise StoreError("a Blob source needs MODEL_BLOB_CONNECTION_STRING or MODEL_BLOB_ACCOUNT_URL")
+        return cls(store, settings.model_cache_dir(), prefetched=prefetched)
 
     def fetch(self, token: str | None) -> Fetched | None:
         prefetched, self._prefetched = self._prefetched, None

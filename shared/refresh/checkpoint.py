@@ -1,7 +1,7 @@
 """AutoML `model.pt` checkpoints -> ONNX, with PyTorch, torchvision and timm (all imported lazily).
 
 A run whose `train_artifacts/model.onnx` is missing or unusable still becomes a servable bundle: the
-network is rebuilt from the checkpoint's `model_name` (DESIGN §4's table), its `model_state` loaded with
+network is rebuilt from the checkpoint's `model_name` (docs/models.md lists them), its `model_state` loaded with
 `strict=True`, exported once to ONNX in AutoML's layout (`input1` -> `output1` logits, dynamic batch,
 ImageNet normalization outside the graph), and accepted only if ONNX Runtime agrees with PyTorch within
 1e-4 on a few images. Serving then stays on ONNX Runtime; torch is never imported on the HTTP path.
@@ -53,7 +53,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "vitl16r224": ("timm", "vit_large_patch16_224"),
 }
 # The legacy TorchScript exporter at opset 14: the lowest with the attention ops ViT needs. The parity
-# check below guards every export, because an exporter can be wrong without failing (DESIGN §4).
+# check below guards every export, because an exporter can be wrong without failing (docs/models.md).
 OPSET = 14
 # Outputs must agree within 1e-4 of the logits' scale (max(1, max |logit|)): float32 rounding grows with
 # depth and magnitude (ResNet-101 reaches 1e-3 at logits near 20 with optimizations off), while a wrong graph

@@ -72,7 +72,7 @@ def client_options(user_agent: str = USER_AGENT) -> dict[str, Any]:
 
 def call_options(endpoint: str, credential: Any) -> dict[str, Any]:
     """Per-call options. azure-core refuses to send a bearer token over plain http; endpoints are validated
-    to be https except a loopback address (a stand-in service on this machine), which may receive one. Only
+    to be https except a loopback address (a stand-in service on the same host), which may receive one. Only
     the bearer token policy takes the option (the transport would refuse it), so a key gets none."""
     parsed = urllib.parse.urlsplit(endpoint)
     local = parsed.scheme == "http" and is_loopback(parsed.hostname)

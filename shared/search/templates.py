@@ -193,7 +193,7 @@ class ImageAnalysis:
 
 
 def _base_url(url: str, what: str) -> str:
-    """The URL without a trailing slash; https only, except plain http to this machine (tests, emulators)."""
+    """The URL without a trailing slash; https only, except plain http to a loopback address (tests, emulators)."""
     parsed = urllib.parse.urlsplit(url.strip())
     secure = parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.hostname))
     if not secure or not parsed.hostname:

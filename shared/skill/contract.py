@@ -1,4 +1,4 @@
-"""The Azure AI Search custom Web API skill contract (DESIGN §3): parse a request, answer every record.
+"""The Azure AI Search custom Web API skill contract (docs/skill.md): parse a request, answer every record.
 
 A request is `{"values": [{"recordId": "0", "data": {"image": ...}}, ...]}`; the answer has exactly one
 `{"recordId", "data", "errors", "warnings"}` per record. A bad record gets its own error and never fails
