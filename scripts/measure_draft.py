@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.bundle.layout import SAMPLE_BUNDLE
 from shared.bundle.loader import load_bundle
-from shared.cli import _image_files
+from shared.cli.classify import _image_files
 from shared.core.limits import ImageLimits
 from shared.inference.factory import open_model
 from shared.inference.images import decode_image

@@ -18,6 +18,7 @@ from PIL import Image
 
 import ClassifySkill
 from shared.bundle.loader import load_bundle
+from shared.cli.search import main_search_setup
 from shared.inference.detection import DetectionModel
 from shared.inference.factory import open_model
 from shared.search.templates import (
@@ -27,7 +28,6 @@ from shared.search.templates import (
     FunctionKeyAuth,
     SearchSetupError,
     complex_elements_per_document,
-    main_search_setup,
     render,
 )
 from tests.conftest import ROOT, SAMPLES, preloaded_holder

@@ -19,8 +19,10 @@ import pytest
 from azure.search.documents.indexes import models as sm
 
 from shared import cli
-from shared.search.migrate import main_migrate_skillset, migrate_skillset
-from shared.search.templates import API_VERSION, EntraAuth, FunctionKeyAuth, render
+from shared.cli.search import main_migrate_skillset
+from shared.search.apply import API_VERSION
+from shared.search.migrate import migrate_skillset
+from shared.search.templates import EntraAuth, FunctionKeyAuth, render
 from tests.conftest import ROOT, SAMPLES
 from tests.searchstub import ETAG, SearchStub
 from tests.test_searchsetup import _at_path, run_skillset, type_problems, unknown_keys

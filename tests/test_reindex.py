@@ -15,6 +15,7 @@ import pytest
 
 import RefreshModel
 from shared import cli
+from shared.cli.search import main_search_setup
 from shared.core.settings import Settings
 from shared.modelstore.blobstore import BlobModelStore
 from shared.modelstore.pointer import Pointer
@@ -28,7 +29,6 @@ from shared.search.reindex import (
     SearchService,
     run_pass,
 )
-from shared.search.templates import main_search_setup
 from tests.azurite import free_port
 from tests.modelfactory import tiny_bundle
 from tests.searchstub import SearchStub

@@ -24,13 +24,12 @@ from azure.search.documents.indexes import models as sm
 from PIL import Image
 
 import ClassifySkill
+from shared.cli.search import main_search_setup
 from shared.inference.classification import Classification, record_data
+from shared.search.apply import API_VERSION, KEYLESS_BILLING_API_VERSION, PREVIEW_API_VERSION, api_version_for, apply
 from shared.search.templates import (
-    API_VERSION,
-    KEYLESS_BILLING_API_VERSION,
     KINDS,
     MAX_COMPLEX_ELEMENTS_PER_DOCUMENT,
-    PREVIEW_API_VERSION,
     VISUAL_FEATURES,
     AIServicesIdentity,
     AIServicesKey,
@@ -39,10 +38,7 @@ from shared.search.templates import (
     ImageAnalysis,
     ResourceNames,
     SearchSetupError,
-    api_version_for,
-    apply,
     complex_elements_per_document,
-    main_search_setup,
     redacted,
     render,
 )
@@ -572,7 +568,7 @@ def test_the_credential_comes_from_the_one_place_that_builds_it(monkeypatch: pyt
     from azure.core.credentials import AzureKeyCredential
     from azure.identity import DefaultAzureCredential
 
-    from shared.search.templates import _search_credential
+    from shared.cli.search import _search_credential
 
     key = _search_credential(None, {"SEARCH_ADMIN_KEY": ADMIN_KEY})
     assert isinstance(key, AzureKeyCredential) and key.key == ADMIN_KEY
