@@ -739,3 +739,34 @@ def test_past_the_deadline_no_new_detection_starts(engines: dict[str, DetectionM
     assert outcomes[1].errors == (deadline_message(1.0),)
     # Not started either: past the deadline no image is even decoded, so its bad bytes are never looked at.
     assert outcomes[2].errors == (deadline_message(1.0),)
+
+
+@pytest.mark.parametrize("family", ["faster_rcnn", "yolov5"])
+def test_detection_runs_on_the_pool_like_classification(
+    family: str, engines: dict[str, DetectionModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler gives detection the pooled schedule: every image prepared and run on the pool's threads,
+    one image per run (AutoML's exports take batch 1), the same answers as on the caller's thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.inference.model import InferenceOptions
+    from shared.inference.scheduler import run_batch
+
+    engine = engines[family]
+    photos = [encode(Image.open(p).convert("RGB"), "PNG") for p in PHOTO_PATHS]
+    loaders = [lambda data=data: data for data in photos] + [lambda: b"not an image"]
+    alone = run_batch(engine, loaders, InferenceOptions())
+    runs: list[tuple[str, int]] = []
+    real_run = engine.run
+
+    def recorded(batch: Any) -> Any:
+        runs.append((threading.current_thread().name, len(batch)))
+        return real_run(batch)
+
+    monkeypatch.setattr(engine, "run", recorded)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pool") as pool:
+        pooled = run_batch(engine, loaders, InferenceOptions(), pool=pool, workers=2)
+    assert pooled == alone
+    assert [o.errors for o in pooled[:-1]] == [()] * len(photos) and pooled[-1].errors
+    assert len(runs) == len(photos) and all(name.startswith("pool") and size == 1 for name, size in runs)
