@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import socket
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -81,6 +83,30 @@ def test_classify_without_the_right_key_is_401(server: str, headers: dict[str, s
 def test_health_is_anonymous(server: str) -> None:
     status, payload, _ = fetch(f"{server}/api/health")
     assert status == 200 and payload["model"]["version"] == "sample-efficientnet-lite0-imagenet"
+
+
+def test_a_function_that_raises_is_a_json_500_without_the_traceback(
+    install_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_service()
+    httpd = make_server(Settings(), "127.0.0.1", 0)
+
+    def broken(request: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    httpd.mains["/api/health"] = broken
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = httpd.server_address[:2]
+        status, payload, headers = fetch(f"http://{host!s}:{port}/api/health")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert status == 500 and headers["Content-Type"] == "application/json"
+    assert payload["error"]["code"] == "InternalError"
+    assert payload["error"]["message"].startswith("internal error (incident ")
+    assert "secret detail" in caplog.text and "secret detail" not in json.dumps(payload)
 
 
 def test_unknown_route_and_wrong_method(server: str) -> None:
@@ -197,6 +223,19 @@ def test_expect_100_continue_is_sent_only_after_the_checks(server: str) -> None:
     assert status == 200 and payload["values"][0]["data"]["label"] == "espresso"
 
 
+def test_expect_100_continue_is_answered_once(server: str) -> None:
+    # http.server and werkzeug each answer it on their own; exactly one interim answer may reach the client.
+    host, port = server.removeprefix("http://").split(":")
+    request = head(
+        "POST", "/api/classify", {"x-functions-key": KEY, "Content-Length": str(len(BODY)), "Expect": "100-continue"}
+    )
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(request)
+        assert conn.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(BODY)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
 def chunked(body: bytes, size: int = 1000) -> bytes:
     parts = [
         f"{len(body[i : i + size]):x};ext=1\r\n".encode() + body[i : i + size] + b"\r\n"
@@ -209,6 +248,15 @@ def test_chunked_bodies_are_parsed(server: str) -> None:
     request = head("POST", "/api/classify", {"x-functions-key": KEY, "Transfer-Encoding": "chunked"})
     status, _, payload = raw_exchange(server, request + chunked(BODY))
     assert status == 200 and payload["values"][0]["data"]["label"] == "espresso"
+
+
+def test_a_chunked_request_keeps_the_connection_for_the_next_one(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    request = head("POST", "/api/classify", {"x-functions-key": KEY, "Transfer-Encoding": "chunked"}) + chunked(BODY)
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(request + head("GET", "/api/health", {"Connection": "close"}))
+        data = b"".join(iter(lambda: conn.recv(65536), b""))
+    assert [part[:4] for part in data.split(b"HTTP/1.1 ")[1:]] == [b"200 ", b"200 "]
 
 
 @pytest.mark.parametrize(
@@ -330,6 +378,17 @@ def test_a_client_that_never_finishes_its_head_is_cut(impatient_server: str) -> 
     with socket.create_connection((host, int(port)), timeout=30) as conn:
         conn.sendall(b"POST /api/classify HTTP/1.1\r\nHost: x\r\n")  # and then nothing
         assert conn.recv(1024) == b""  # the server closed the connection (the client would wait 30 s)
+
+
+def test_a_head_trickling_in_is_cut_at_its_deadline(impatient_server: str) -> None:
+    # Each byte comes well within a per-read timeout; the whole head (about 4.6 s of them) not within 0.5 s.
+    host, port = impatient_server.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as conn, contextlib.suppress(OSError):
+        for byte in b"POST /api/classify HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 50:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.05)
+    assert time.monotonic() - started < 2.0  # sending failed early: the server hung up
 
 
 def test_a_body_trickling_in_is_cut_with_408(impatient_server: str) -> None:

@@ -1,20 +1,22 @@
 """A local HTTP server that calls the same function entry points as the Functions host (no Core Tools).
 
 `POST /api/classify` goes to `ClassifySkill.main` and `GET /api/health` to `Health.main`, each with an
-`azure.functions.HttpRequest`, one thread per connection. With SKILL_API_KEY set, /api/classify wants
-the key as the `x-functions-key` header or the `code` query parameter, as the host's function-level
-authorization does; /api/health is anonymous, as deployed.
+`azure.functions.HttpRequest`, on werkzeug's threaded WSGI server (one thread per connection). With
+SKILL_API_KEY set, /api/classify wants the key as the `x-functions-key` header or the `code` query
+parameter, as the host's function-level authorization does; /api/health is anonymous, as deployed.
 
 In front of the functions it behaves like the host's own front end (Kestrel) where a caller could hurt
 it: routes are case-insensitive; the key and the declared length are checked before any body byte is
-read; a bad `Content-Length` is a 400 and one over SKILL_MAX_REQUEST_BYTES a 413; chunked bodies are
-parsed, under the same limit; request heads must arrive within 30 s and bodies at 240 bytes/s or more
-after a 5 s grace (Kestrel's RequestHeadersTimeout and MinRequestBodyDataRate defaults); every refusal
-is a JSON error, logged with its reason; a client that hangs up costs one log line, not a traceback.
+read (and before `Expect: 100-continue` is answered); a bad `Content-Length` is a 400 and one over
+SKILL_MAX_REQUEST_BYTES a 413; chunked bodies are parsed, under the same limit; request heads must
+arrive within 30 s and bodies at 240 bytes/s or more after a 5 s grace (Kestrel's RequestHeadersTimeout
+and MinRequestBodyDataRate defaults); every refusal is a JSON error, logged with its reason; a
+connection whose request was read whole is kept alive; a client that hangs up costs one log line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import importlib
 import io
@@ -23,18 +25,24 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+import uuid
+from collections.abc import Callable, MutableMapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.client import responses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.serving import LISTEN_QUEUE, DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler
 
 from shared.core.errors import SettingsError
 from shared.core.settings import APP_ROOT, Settings
 from shared.skill.contract import error_body
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +56,13 @@ ROUTES = {
     "/api/extraction": ("POST", "ExtractionSkill", True),  # the older PowerSkill's route, same service
     "/api/health": ("GET", "Health", False),
 }
+# Any other method is a 501, as http.server answers a method its handler does not define.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
-HEADERS_TIMEOUT_S = 30.0
-MIN_BODY_BYTES_PER_S = 240.0
-BODY_GRACE_S = 5.0
-WRITE_TIMEOUT_S = 30.0
-# After refusing a request whose body was not read, read and discard at most this much (for this long) so
-# the client, still sending, gets our answer instead of a connection reset (what servers call lingering close).
-DRAIN_MAX_BYTES = 16 << 20
-DRAIN_MAX_S = 5.0
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 64
+# environ keys: the handler's call to make before reading the body, and the flag that the body was read whole
+_START_BODY, _BODY_READ = "devserver.start_body", "devserver.body_read"
 
 
 def load_local_settings(path: Path, environ: MutableMapping[str, str]) -> list[str]:
@@ -96,314 +100,303 @@ def _function_main(folder: str) -> Main:
 
 
 class _Refused(Exception):
-    """A request answered with an error before (or while) its body was read."""
+    """A request answered with an error instead of its function; the exception's text is the error message."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        drain: int = 0,
-        close: bool = False,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.drain, self.close, self.headers = drain, close or drain > 0, dict(headers or {})
+        self.status, self.code = status, code
+
+
+def _too_large(size: str, limit: int) -> _Refused:
+    return _Refused(
+        413,
+        "PayloadTooLarge",
+        f"request body is {size} bytes; the limit is {limit:,} bytes (SKILL_MAX_REQUEST_BYTES); "
+        "lower the skillset's batchSize",
+    )
 
 
 class _DeadlineSocket(io.RawIOBase):
-    """The connection's read side with a deadline (request heads) or a minimum data rate (bodies)."""
+    """The connection's read side under a time limit: after `allow(grace_s, per_s)`, reads have grace_s seconds
+    plus one second per per_s bytes received (a fixed deadline when per_s is infinite); past it, TimeoutError."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, grace_s: float) -> None:
         self.sock = sock
-        self.deadline: float | None = None
-        self.rate: tuple[float, float, float] | None = None  # (start, grace_s, bytes per second)
-        self.received = 0
+        self.allow(grace_s)
+
+    def allow(self, grace_s: float, per_s: float = float("inf")) -> None:
+        self.start, self.grace_s, self.per_s, self.received = time.monotonic(), grace_s, per_s, 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        limit = self.deadline
-        if self.rate is not None:
-            start, grace, per_s = self.rate
-            limit = start + grace + (self.received + 1) / per_s
-        if limit is not None:
-            remaining = limit - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the client sent too slowly")
-            self.sock.settimeout(remaining)
+        remaining = self.start + self.grace_s + (self.received + 1) / self.per_s - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the client sent too slowly")
+        self.sock.settimeout(remaining)
         count = self.sock.recv_into(buffer)
         self.received += count
         return count
 
 
-class SkillServer(ThreadingHTTPServer):
-    daemon_threads = True
-    headers_timeout_s = HEADERS_TIMEOUT_S
-    min_body_bytes_per_s = MIN_BODY_BYTES_PER_S
-    body_grace_s = BODY_GRACE_S
+class _Dechunked(DechunkedInput):
+    """werkzeug's reader of a chunked body, also taking the chunk extensions and trailer fields that RFC 9112
+    section 7.1 allows (werkzeug reads both as malformed). A malformed body raises _Refused (400)."""
 
-    def __init__(self, address: tuple[str, int], settings: Settings) -> None:
-        super().__init__(address, _Handler)
-        self.settings = settings
-        self.mains = {route: _function_main(folder) for route, (_, folder, _) in ROUTES.items()}
+    def __init__(self, rfile: io.BufferedReader[_DeadlineSocket]) -> None:
+        super().__init__(rfile)
+        self.incoming = rfile
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):  # the client hung up or stalled: its problem, one line is enough
-            logger.info("connection from %s ended: %s", client_address[0], error.__class__.__name__)
-        else:
-            logger.exception("dev server failed serving %s", client_address[0])
+    @staticmethod
+    def malformed(detail: str) -> _Refused:
+        return _Refused(400, "InvalidRequest", f"chunked request body is malformed: {detail}")
+
+    def read_chunk_len(self) -> int:
+        line = self.incoming.readline(_MAX_CHUNK_LINE)
+        size = line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not line.endswith(b"\n") or not size or size.strip(b"0123456789abcdefABCDEF"):
+            raise self.malformed("bad chunk size line")
+        if int(size, 16) == 0:
+            # Skip the trailer fields; werkzeug reads the blank line that ends them as the last chunk's end.
+            for _ in range(_MAX_TRAILER_LINES):
+                if self.incoming.peek(1)[:1] in (b"\r", b"\n", b""):
+                    break
+                self.incoming.readline(_MAX_CHUNK_LINE)
+            else:
+                raise self.malformed("bad trailer section")
+        return int(size, 16)
+
+    def readinto(self, buf: Any) -> int:
+        try:
+            return super().readinto(buf)
+        except OSError as exc:
+            if type(exc) is not OSError or exc.errno is not None:
+                raise  # the connection failed; werkzeug raises a bare OSError for the body's framing
+            raise self.malformed("a chunk's data does not end where its size says") from None
 
 
-class _Handler(BaseHTTPRequestHandler):
+def _declared_length(environ: WSGIEnvironment) -> int | None:
+    """The body's length from Content-Length, None for chunked; _Refused for a framing that is bad or refused."""
+    codings: str | None = environ.get("HTTP_TRANSFER_ENCODING")
+    if codings is not None:
+        if [c.strip().lower() for c in codings.split(",")] != ["chunked"]:
+            message = f"Transfer-Encoding {codings[:100]!r} is not supported; send Content-Length or chunked"
+            raise _Refused(400, "InvalidRequest", message)
+        return None  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
+    raw: str = environ.get("CONTENT_LENGTH", "0")
+    if not (raw.strip().isdigit() and raw.isascii()):
+        raise _Refused(400, "InvalidRequest", f"Content-Length must be one non-negative integer, got {raw[:100]!r}")
+    return int(raw)
+
+
+class _Handler(WSGIRequestHandler):
+    """werkzeug's request handler plus what it does not do: time limits on request heads and bodies, 100
+    Continue only once the application asks for the body, keep-alive, JSON for http.server's own refusals."""
+
     server: SkillServer
     protocol_version = "HTTP/1.1"
+    # Buffered writes send an answer's head and body together, and without Nagle's algorithm at once:
+    # in two sends they cost about 40 ms per keep-alive request (delayed ACK).
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         super().setup()
-        # One send per response and no Nagle delay: headers and body in two sends without TCP_NODELAY
-        # cost about 40 ms per keep-alive request (delayed ACK).
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = _DeadlineSocket(self.connection)
-        self.rfile = io.BufferedReader(self.reader, 1 << 16)
+        self.rfile.close()
+        self.reader = _DeadlineSocket(self.connection, self.server.headers_timeout_s)
+        self.rfile = self.incoming = io.BufferedReader(self.reader, 1 << 16)
+        self.dropped = False
 
     def handle_one_request(self) -> None:
-        self.reader.deadline = time.monotonic() + self.server.headers_timeout_s
-        self.reader.rate = None
+        self.reader.allow(self.server.headers_timeout_s)
         self.continue_expected = False
-        try:
-            super().handle_one_request()
-        except (ConnectionError, TimeoutError) as exc:
-            logger.info("connection from %s ended: %s", self.client_address[0], exc.__class__.__name__)
-            self.close_connection = True
+        super().handle_one_request()
 
     def handle_expect_100(self) -> bool:
-        # Answer "100 Continue" only once the key and the length have been checked (see _read_body).
-        self.continue_expected = True
+        self.continue_expected = True  # answered by start_body, after the application's checks
         return True
 
-    def log_message(self, format: str, *args: object) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
+    def run_wsgi(self) -> None:
+        del self.headers["Expect"]  # or werkzeug answers 100 Continue before the application runs
+        rfile = self.rfile
+        try:
+            super().run_wsgi()
+        finally:
+            self.rfile = rfile
 
-    def log_error(self, format: str, *args: object) -> None:
-        logger.info("%s " + format, self.address_string(), *args)
+    def make_environ(self) -> WSGIEnvironment:
+        environ = super().make_environ()
+        lengths = self.headers.get_all("Content-Length") or []
+        if len({v.strip() for v in lengths}) > 1:  # werkzeug keeps the last; the body's end is unknown
+            environ["CONTENT_LENGTH"] = ", ".join(lengths)
+        if environ.get("wsgi.input_terminated"):
+            environ["wsgi.input"] = _Dechunked(self.incoming)
+        environ[_START_BODY] = self.start_body
+        return environ
 
-    def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-        self.send_response(status)
-        sent = {k.lower() for k in (headers or {})}
-        for key, value in (headers or {}).items():
-            if key.lower() not in ("content-length", "connection"):
-                self.send_header(key, value)
-        if "content-type" not in sent:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        head: list[bytes] = getattr(self, "_headers_buffer", [])
-        payload = b"".join(head) + b"\r\n" + (b"" if self.command == "HEAD" else body)
-        head.clear()
-        self.connection.settimeout(WRITE_TIMEOUT_S)
-        self.wfile.write(payload)
+    def start_body(self) -> None:
+        """The application's call once the request passed its checks, before it reads the body: answer
+        `Expect: 100-continue` and start the body's rate limit."""
+        if self.continue_expected:
+            self.send_response_only(HTTPStatus.CONTINUE)
+            self.end_headers()
+            self.wfile.flush()
+        self.reader.allow(self.server.body_grace_s, self.server.min_body_bytes_per_s)
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "connection":  # once per answer, from werkzeug's run_wsgi or send_error
+            self.connection.settimeout(self.server.write_timeout_s)
+            environ = getattr(self, "environ", {})
+            unread = "HTTP_TRANSFER_ENCODING" in environ or environ.get("CONTENT_LENGTH", "0").strip() != "0"
+            if not self.close_connection and (environ.get(_BODY_READ) or not unread):
+                # werkzeug closes every connection, after reading the socket dry so that a client still
+                # sending sees the answer rather than a reset. This request was read whole: keep the
+                # connection, and give that drain nothing to read, or it would eat the next request.
+                self.rfile = io.BytesIO()
+                return
+            self.reader.allow(self.server.drain_max_s)
+        super().send_header(keyword, value)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors the standard library raises itself (bad request line, unknown method, huge headers): JSON."""
+        """http.server's own refusals (a bad request line, oversized headers): JSON, and the connection closed."""
         status = HTTPStatus(code)
-        self.close_connection = True
         text = message or status.phrase
         logger.warning("refused %s from %s: %d %s", self.command or "request", self.client_address[0], code, text)
-        self._send(code, error_body(status.phrase.replace(" ", ""), text))
+        body = error_body(status.phrase.replace(" ", ""), text)
+        self.close_connection = True
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    def _refuse(self, refusal: _Refused, route: str) -> None:
-        logger.warning("refused %s %s: %d %s: %s", self.command, route, refusal.status, refusal.code, refusal.message)
-        if refusal.close:
-            self.close_connection = True
-        self._send(refusal.status, error_body(refusal.code, refusal.message), refusal.headers)
-        if refusal.drain:
-            self._drain(refusal.drain)
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logger.debug('%s "%s" %s', self.address_string(), self.requestline, code)
 
-    def _drain(self, declared: int) -> None:
-        self.reader.rate = None
-        self.reader.deadline = time.monotonic() + DRAIN_MAX_S
-        remaining = min(declared, DRAIN_MAX_BYTES)
+    def log(self, type: str, message: str, *args: Any) -> None:
+        # werkzeug's log (its own logger, at INFO or ERROR); what still comes here is http.server's line for a
+        # client too slow with its request head.
+        logger.info("%s " + message, self.address_string(), *args)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):  # the client is gone: the rest of an answer has nowhere to go
+            super().finish()
+
+    def connection_dropped(self, error: BaseException, environ: WSGIEnvironment | None = None) -> None:
+        # werkzeug can report one loss twice: for the answer, then for http.server's flush of what is left.
+        if not self.dropped:
+            logger.info("connection from %s ended: %s", self.client_address[0], error.__class__.__name__)
+        self.dropped = self.close_connection = True
+
+
+class SkillServer(ThreadedWSGIServer):
+    """werkzeug's threaded server running `answer`, the WSGI application."""
+
+    # Kestrel's RequestHeadersTimeout and MinRequestBodyDataRate defaults (attributes, so a test can shorten them).
+    headers_timeout_s = 30.0
+    body_grace_s = 5.0
+    min_body_bytes_per_s = 240.0
+    write_timeout_s = 30.0
+    # How long werkzeug may read and discard after an answer that closes the connection, so that a client
+    # still sending a body that was not read gets the answer instead of a reset (a lingering close).
+    drain_max_s = 5.0
+
+    def __init__(self, sock: socket.socket, settings: Settings) -> None:
+        self.settings = settings
+        self.mains = {route: _function_main(folder) for route, (_, folder, _) in ROUTES.items()}
+        host, port = sock.getsockname()[:2]
+        super().__init__(host, port, self.answer, _Handler, fd=sock.fileno())
+
+    def answer(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        """The function's answer, or a JSON error logged with its reason; always with a Content-Length."""
+        method: str = environ["REQUEST_METHOD"]
+        path = urlsplit(environ["REQUEST_URI"]).path
         try:
-            while remaining > 0:
-                chunk = self.rfile.read1(min(remaining, 1 << 16))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-        except OSError:
-            pass
-
-    def _unread(self) -> int:
-        """How much body may follow the head, for draining after a refusal (0 when none was announced)."""
-        if self.headers.get("Transfer-Encoding"):
-            return DRAIN_MAX_BYTES
-        raw = (self.headers.get("Content-Length") or "0").strip()
-        return min(int(raw), DRAIN_MAX_BYTES) if raw.isdigit() and raw.isascii() else DRAIN_MAX_BYTES
-
-    def _declared_length(self) -> int | None:
-        """The body's length from Content-Length, None for chunked; _Refused for a bad or refused framing."""
-        codings = self.headers.get_all("Transfer-Encoding") or []
-        if codings:
-            if [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
-                raise _Refused(
-                    400,
-                    "InvalidRequest",
-                    f"Transfer-Encoding {', '.join(codings)[:100]!r} is not supported; send Content-Length or chunked",
-                    drain=DRAIN_MAX_BYTES,
-                )
-            return None  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
-        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
-        if not values:
-            return 0
-        raw = values.pop()
-        if values or not raw.isdigit() or not raw.isascii():
-            given = ", ".join(self.headers.get_all("Content-Length") or [])[:100]
-            raise _Refused(
-                400,
-                "InvalidRequest",
-                f"Content-Length must be one non-negative integer, got {given!r}",
-                close=True,  # the body's end is unknown: nothing more on this connection can be trusted
-            )
-        return int(raw)
-
-    def _too_large(self, size: str, unread: int) -> _Refused:
-        limit = self.server.settings.max_request_bytes
-        return _Refused(
-            413,
-            "PayloadTooLarge",
-            f"request body is {size} bytes; the limit is {limit:,} bytes (SKILL_MAX_REQUEST_BYTES); "
-            "lower the skillset's batchSize",
-            drain=unread,
-        )
-
-    def _read_body(self, length: int | None) -> bytes:
-        limit = self.server.settings.max_request_bytes
-        if length is not None and length > limit:
-            raise self._too_large(f"{length:,}", length)
-        if self.continue_expected:
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.reader.deadline = None
-        self.reader.received = 0
-        self.reader.rate = (time.monotonic(), self.server.body_grace_s, self.server.min_body_bytes_per_s)
-        try:
-            if length is not None:
-                body = self.rfile.read(length) if length else b""
-                if len(body) < length:
-                    raise _Refused(
-                        400,
-                        "InvalidRequest",
-                        f"request body ended after {len(body):,} of {length:,} bytes",
-                        close=True,
-                    )
-                return body
-            return self._read_chunked(limit)
-        except TimeoutError:
-            raise _Refused(
-                408,
-                "RequestTimeout",
-                f"request body arrived too slowly (under {self.server.min_body_bytes_per_s:g} bytes/s after "
-                f"{self.server.body_grace_s:g} s); the connection is closed",
-                close=True,
-            ) from None
-        finally:
-            self.reader.rate = None
-
-    def _read_chunked(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(_MAX_CHUNK_LINE)
-            size_text = line.split(b";", 1)[0].strip()
-            if not line.endswith(b"\n") or not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text):
-                raise _Refused(
-                    400, "InvalidRequest", "chunked request body is malformed: bad chunk size line", close=True
-                )
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            total += size
-            if total > limit:
-                raise self._too_large(f"over {limit:,}", min(total - limit, DRAIN_MAX_BYTES))
-            data = self.rfile.read(size)
-            if len(data) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
-                raise _Refused(
-                    400,
-                    "InvalidRequest",
-                    "chunked request body is malformed: a chunk's data does not end where its size says",
-                    close=True,
-                )
-            parts.append(data)
-        for _ in range(_MAX_TRAILER_LINES):
-            trailer = self.rfile.readline(_MAX_CHUNK_LINE)
-            if trailer in (b"\r\n", b"\n"):
-                return b"".join(parts)
-            if not trailer.endswith(b"\n"):
-                break
-        raise _Refused(400, "InvalidRequest", "chunked request body is malformed: bad trailer section", close=True)
-
-    def _dispatch(self) -> None:
-        url = urlsplit(self.path)
-        route_key = url.path.rstrip("/").lower()
-        try:
-            self._dispatch_route(url.query, route_key)
+            response = self._call(environ, method, path)
+            status, body, headers = response.status_code, response.get_body(), list(response.headers.items())
         except _Refused as refusal:
-            self._refuse(refusal, url.path)
+            logger.warning("refused %s %s: %d %s: %s", method, path, refusal.status, refusal.code, refusal)
+            status, body, headers = refusal.status, error_body(refusal.code, str(refusal)), []
+        except Exception:  # a bug of ours in a function: JSON like every other answer, the traceback in the log
+            incident = uuid.uuid4().hex[:12]
+            logger.exception("dev server failed answering %s %s (incident %s)", method, path, incident)
+            status, body, headers = 500, error_body("InternalError", f"internal error (incident {incident})"), []
+        headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "connection")]
+        if not any(k.lower() == "content-type" for k, _ in headers):
+            headers.append(("Content-Type", "application/json"))
+        start_response(f"{status} {responses.get(status, '')}", [*headers, ("Content-Length", str(len(body)))])
+        return [] if method == "HEAD" else [body]
 
-    def _dispatch_route(self, query: str, route_key: str) -> None:
-        method = self.command
+    def _call(self, environ: WSGIEnvironment, method: str, path: str) -> func.HttpResponse:
+        route_key = path.rstrip("/").lower()
         route = ROUTES.get(route_key)
+        if method not in _METHODS:
+            raise _Refused(501, "NotImplemented", f"Unsupported method ({method!r})")
         if route is None:
-            raise _Refused(
-                404,
-                "NotFound",
-                f"no function at {urlsplit(self.path).path}; try POST /api/classify or GET /api/health",
-                drain=self._unread(),
-            )
+            raise _Refused(404, "NotFound", f"no function at {path}; try POST /api/classify or GET /api/health")
         want_method, _, needs_key = route
         if method != want_method:
             # The Functions host's router answers 404, not 405, for a known route and a method its function.json
             # does not list (Azure/azure-functions-host#10098, #11625); we do too, with a message saying why.
-            raise _Refused(
-                404,
-                "NotFound",
-                f"{urlsplit(self.path).path} answers {want_method} only, not {method}",
-                drain=self._unread(),
-            )
-        params = dict(parse_qsl(query, keep_blank_values=True))
-        length = self._declared_length()
-        key = self.server.settings.api_key
-        if needs_key and key is not None:
-            given = self.headers.get("x-functions-key") or params.get("code") or ""
-            if not hmac.compare_digest(given.encode(), key.encode()):
-                raise _Refused(
-                    401,
-                    "Unauthorized",
-                    "missing or wrong function key: send it as the x-functions-key header or the code query parameter",
-                    drain=self._unread(),
-                )
-        body = self._read_body(length)
-        params.pop("code", None)
+            raise _Refused(404, "NotFound", f"{path} answers {want_method} only, not {method}")
+        params = dict(parse_qsl(environ["QUERY_STRING"], keep_blank_values=True))
+        length = _declared_length(environ)
+        key, code = self.settings.api_key, params.pop("code", "")
+        given = environ.get("HTTP_X_FUNCTIONS_KEY") or code
+        if needs_key and key is not None and not hmac.compare_digest(given.encode(), key.encode()):
+            message = "missing or wrong function key: send it as the x-functions-key header or the code query parameter"
+            raise _Refused(401, "Unauthorized", message)
         request = func.HttpRequest(
             method=method,
-            url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
-            headers=dict(self.headers.items()),
+            url=f"http://{environ.get('HTTP_HOST', 'localhost')}{environ['REQUEST_URI']}",
+            headers=dict(EnvironHeaders(environ).items()),
             params=params,
-            body=body,
+            body=self._read_body(environ, length),
         )
-        response = self.server.mains[route_key](request)
+        response = self.mains[route_key](request)
         if response.status_code >= 400:
             logger.warning("answered %s %s: %d", method, route_key, response.status_code)
-        self._send(response.status_code, response.get_body(), dict(response.headers.items()))
+        return response
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+    def _read_body(self, environ: WSGIEnvironment, length: int | None) -> bytes:
+        limit = self.settings.max_request_bytes
+        if length is not None and length > limit:
+            raise _too_large(f"{length:,}", limit)
+        if length == 0:
+            return b""
+        environ[_START_BODY]()
+        try:
+            if length is None:
+                parts, total = [], 0
+                while piece := environ["wsgi.input"].read(1 << 16):
+                    total += len(piece)
+                    if total > limit:
+                        raise _too_large(f"over {limit:,}", limit)
+                    parts.append(piece)
+                body = b"".join(parts)
+            else:
+                body = environ["wsgi.input"].read(length)
+                if len(body) < length:
+                    raise _Refused(400, "InvalidRequest", f"request body ended after {len(body):,} of {length:,} bytes")
+        except TimeoutError:
+            rate, grace = self.min_body_bytes_per_s, self.body_grace_s
+            message = (
+                f"request body arrived too slowly (under {rate:g} bytes/s after {grace:g} s); the connection is closed"
+            )
+            raise _Refused(408, "RequestTimeout", message) from None
+        environ[_BODY_READ] = True
+        return body
 
 
 def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 7071) -> SkillServer:
     """Bind (port 0 picks a free one; `server.server_address` tells which). Raises OSError when the address
     cannot be bound and OverflowError for a port outside 0-65535."""
-    return SkillServer((host, port), settings)
+    # Bound here and handed to werkzeug as a descriptor: werkzeug's own bind prints the error and exits.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_QUEUE)
+        return SkillServer(sock, settings)
