@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from shared import cli
 from shared.core.errors import SettingsError
 from shared.core.settings import Settings, setting_names
+from tests.azurite import DEV_KEY
 from tests.conftest import ROOT
 
 
@@ -28,7 +31,7 @@ def test_values_are_parsed() -> None:
             "SKILL_API_KEY": "key-value-xyz",
         }
     )
-    assert (s.model_dir, s.model_threads, s.decode_threads, s.fast_jpeg_decode) == (Path("/models/x"), 2, 1, False)
+    assert (s.model_dir, s.engine_threads, s.decode_threads, s.fast_jpeg_decode) == (Path("/models/x"), 2, 1, False)
     assert s.deadline_s == 120.5 and s.api_key == "key-value-xyz"
     assert "key-value-xyz" not in repr(s)
 
@@ -131,3 +134,162 @@ def test_bad_reindex_values_name_the_key(env: dict[str, str], message: str) -> N
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert str(caught.value) == message
+
+
+# -- the model store's endpoints: https, or plain http only to a loopback address ------------------------------
+
+ACCOUNT_URL_NEEDS_HTTPS = (
+    "setting MODEL_BLOB_ACCOUNT_URL needs https: {} would carry DefaultAzureCredential's token in clear text; "
+    "reach Azurite with MODEL_BLOB_CONNECTION_STRING"
+)
+CONNECTION_STRING_NEEDS_HTTPS = (
+    "setting MODEL_BLOB_CONNECTION_STRING needs https: its blob endpoint is {}, and plain http is allowed only to "
+    "a loopback address (Azurite)"
+)
+KEY = f"AccountName=acct;AccountKey={DEV_KEY}"
+SAS = "SharedAccessSignature=sv=2025-11-05&sr=c&sp=rl&sig=c2VjcmV0LXNhcy1zaWduYXR1cmU%3D"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODEL_BLOB_ACCOUNT_URL": "http://example.com/acct"}, ACCOUNT_URL_NEEDS_HTTPS.format("http://example.com")),
+        # azure-storage-blob refuses a token over http whatever the host: Azurite is reached with a key.
+        (
+            {"MODEL_BLOB_ACCOUNT_URL": "http://127.0.0.1:10000/devstoreaccount1"},
+            ACCOUNT_URL_NEEDS_HTTPS.format("http://127.0.0.1"),
+        ),
+        (
+            {"MODEL_BLOB_ACCOUNT_URL": "HTTP://user:pass@acct.blob.core.windows.net/?sv=1&sig=c2Vj"},
+            ACCOUNT_URL_NEEDS_HTTPS.format("http://acct.blob.core.windows.net"),
+        ),
+        (
+            {"MODEL_BLOB_ACCOUNT_URL": "acct.blob.core.windows.net"},
+            "setting MODEL_BLOB_ACCOUNT_URL is invalid: expected https://<account>.blob.core.windows.net",
+        ),
+        (
+            {"MODEL_BLOB_ACCOUNT_URL": "ftp://acct.blob.core.windows.net"},
+            "setting MODEL_BLOB_ACCOUNT_URL is invalid: expected https://<account>.blob.core.windows.net",
+        ),
+        (
+            {"MODEL_BLOB_CONNECTION_STRING": f"{KEY};BlobEndpoint=http://example.com/acct"},
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://example.com"),
+        ),
+        (
+            {"MODEL_BLOB_CONNECTION_STRING": f"BlobEndpoint=http://acct.blob.core.windows.net/;{SAS}"},
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://acct.blob.core.windows.net"),
+        ),
+        (
+            {"MODEL_BLOB_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;{KEY};EndpointSuffix=core.windows.net"},
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://acct.blob.core.windows.net"),
+        ),
+        # Keys are case-insensitive, as the SDK reads them; the protocol is compared case-insensitively too.
+        (
+            {"MODEL_BLOB_CONNECTION_STRING": f"defaultendpointsprotocol=HTTP;{KEY};endpointsuffix=example.org"},
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://acct.blob.example.org"),
+        ),
+        # BlobEndpoint wins over the protocol, as in the SDK.
+        (
+            {
+                "MODEL_BLOB_CONNECTION_STRING": (
+                    f"DefaultEndpointsProtocol=https;{KEY};EndpointSuffix=core.windows.net;"
+                    "BlobEndpoint=http://10.0.0.4:10000/acct"
+                )
+            },
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://10.0.0.4"),
+        ),
+        (
+            {"MODEL_BLOB_CONNECTION_STRING": f"{KEY};BlobEndpoint=http://[2001:db8::1]:10000/acct"},
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://[2001:db8::1]"),
+        ),
+        (
+            {"MODEL_BLOB_CONNECTION_STRING": f"{KEY};BlobEndpoint=http://127.0.0.1@example.com/acct"},
+            CONNECTION_STRING_NEEDS_HTTPS.format("http://example.com"),
+        ),
+    ],
+    ids=[
+        "account-url-http",
+        "account-url-http-loopback",
+        "account-url-http-with-sas",
+        "account-url-no-scheme",
+        "account-url-ftp",
+        "key-blob-endpoint-http",
+        "sas-blob-endpoint-http",
+        "key-protocol-http",
+        "lowercase-keys-protocol-HTTP",
+        "blob-endpoint-over-protocol",
+        "ipv6-not-loopback",
+        "user-info-not-the-host",
+    ],
+)
+def test_a_store_endpoint_without_https_is_refused_in_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == message
+    for secret in (DEV_KEY, "AccountKey", "SharedAccessSignature", "sig=", "c2Vj", "user:pass"):
+        assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "account_url"),
+    [
+        ({"MODEL_BLOB_ACCOUNT_URL": "https://acct.blob.core.windows.net/"}, "https://acct.blob.core.windows.net"),
+        ({"MODEL_BLOB_ACCOUNT_URL": "https://127.0.0.1:10000/devstoreaccount1"}, "https://127.0.0.1:10000/devstoreaccount1"),
+        ({"MODEL_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}, None),
+        ({"MODEL_BLOB_CONNECTION_STRING": f"{KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1"}, None),
+        ({"MODEL_BLOB_CONNECTION_STRING": f"{KEY};BlobEndpoint=http://localhost:10000/devstoreaccount1"}, None),
+        ({"MODEL_BLOB_CONNECTION_STRING": f"BlobEndpoint=http://[::1]:10000/devstoreaccount1;{SAS}"}, None),
+        ({"MODEL_BLOB_CONNECTION_STRING": f"DefaultEndpointsProtocol=https;{KEY};EndpointSuffix=core.net"}, None),
+        # Without BlobEndpoint or EndpointSuffix the SDK uses https on core.windows.net, whatever the protocol.
+        ({"MODEL_BLOB_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;{KEY}"}, None),
+        ({"MODEL_BLOB_CONNECTION_STRING": f"BlobEndpoint=https://acct.blob.core.windows.net/;{SAS}"}, None),
+        # Without a scheme the SDK's ContainerClient uses https.
+        ({"MODEL_BLOB_CONNECTION_STRING": f"{KEY};BlobEndpoint=acct.blob.core.windows.net"}, None),
+    ],
+)  # fmt: skip
+def test_https_and_loopback_http_store_endpoints_are_accepted(env: dict[str, str], account_url: str | None) -> None:
+    settings = Settings.from_env(env)
+    assert settings.blob_account_url == account_url
+    assert settings.blob_connection_string == env.get("MODEL_BLOB_CONNECTION_STRING")
+    assert settings.uses_blob_store
+
+
+def test_the_cli_refuses_an_http_account_url_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("MODEL_", "AZURE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MODEL_BLOB_ACCOUNT_URL", "http://example.com/acct")
+    assert cli.main(["versions"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"error: {ACCOUNT_URL_NEEDS_HTTPS.format('http://example.com')}\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "UseDevelopmentStorage=true",
+        f"{KEY};BlobEndpoint=http://example.com/acct",
+        f"{KEY};BlobEndpoint=acct.blob.core.windows.net",
+        f"{KEY};BlobEndpoint=http://127.0.0.1@example.com/acct",
+        f"DefaultEndpointsProtocol=http;{KEY};EndpointSuffix=core.windows.net",
+        f"defaultendpointsprotocol=HTTP;{KEY};endpointsuffix=example.org",
+        f"DefaultEndpointsProtocol=http;{KEY}",
+        f"DefaultEndpointsProtocol=https;{KEY};EndpointSuffix=core.windows.net;BlobEndpoint=http://10.0.0.4:10000/acct",
+        f"{KEY};BlobEndpoint=;EndpointSuffix=example.org",
+        f"BlobEndpoint=http://[::1]:10000/devstoreaccount1;{SAS}",
+    ],
+)
+def test_the_endpoint_checked_is_the_one_the_storage_sdk_uses(text: str) -> None:
+    from urllib.parse import urlsplit
+
+    from azure.storage.blob import ContainerClient
+
+    from shared.core.settings import connection_string_blob_url
+
+    ours = connection_string_blob_url(text)
+    assert ours is not None
+    sdk = urlsplit(ContainerClient.from_connection_string(text, "models").url)
+    assert (urlsplit(ours).scheme.lower(), urlsplit(ours).hostname) == (sdk.scheme.lower(), sdk.hostname)

@@ -38,6 +38,9 @@ def quiet_azure_sdk(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("azure").setLevel(logging.DEBUG)
+        # urllib3 logs each request line at DEBUG, query included: a SAS token. azure-core's own log (above)
+        # redacts query parameters and secret headers.
+        logging.getLogger("urllib3").setLevel(logging.INFO)
     else:
         logging.getLogger("azure").setLevel(logging.CRITICAL)
 

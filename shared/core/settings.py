@@ -57,12 +57,6 @@ def _bounded_float(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-def _https_url(raw: str) -> str | None:
-    if not raw.startswith(("https://", "http://")):
-        raise ValueError
-    return raw.rstrip("/")
-
-
 def _container_name(raw: str) -> str:
     if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", raw):
         raise ValueError
@@ -79,7 +73,7 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def is_loopback(host: str | None) -> bool:
-    """Whether `host` is this machine (`localhost` or a loopback address)."""
+    """Whether `host` is `localhost` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
@@ -89,13 +83,93 @@ def is_loopback(host: str | None) -> bool:
 
 
 def _search_endpoint(raw: str) -> str:
-    # A search endpoint receives an admin key or a token: https only, except plain http to this machine (the
-    # stand-in search service of the tests).
+    # A search endpoint receives an admin key or a token: https only, except plain http to a loopback address
+    # (the stand-in search service of the tests).
     parsed = urllib.parse.urlsplit(raw)
     secure = parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.hostname))
     if not secure or not parsed.hostname or parsed.query or parsed.fragment or parsed.path.strip("/"):
         raise ValueError
     return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def _shown(scheme: str, host: str) -> str:
+    """`scheme://host` for a message: the endpoint's host only, never its path, query (a SAS) or user info."""
+    return f"{scheme}://[{host}]" if ":" in host else f"{scheme}://{host}"
+
+
+def _blob_account_url(raw: str | None) -> str | None:
+    # The store is reached with DefaultAzureCredential's token, which azure-storage-blob sends only over https
+    # whatever the host (base_client.py: "Token credential is only supported with HTTPS."); Azurite, on
+    # plain http, is reached with a connection string instead (docs/settings.md).
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(raw)
+    except ValueError:
+        parts = urllib.parse.urlsplit("")
+    scheme = parts.scheme.lower()
+    if scheme == "http" and parts.hostname:
+        raise SettingsError(
+            f"setting MODEL_BLOB_ACCOUNT_URL needs https: {_shown(scheme, parts.hostname)} would carry "
+            "DefaultAzureCredential's token in clear text; reach Azurite with MODEL_BLOB_CONNECTION_STRING"
+        )
+    if scheme != "https" or not parts.hostname:
+        raise SettingsError(
+            "setting MODEL_BLOB_ACCOUNT_URL is invalid: expected https://<account>.blob.core.windows.net"
+        )
+    return raw.rstrip("/")
+
+
+# What azure-storage-blob's parse_connection_str (azure/storage/blob/_shared/base_client.py) makes of a
+# connection string: UseDevelopmentStorage=true is the emulator's fixed account, an account without
+# BlobEndpoint or DefaultEndpointsProtocol+EndpointSuffix is https on core.windows.net.
+DEVELOPMENT_STORAGE_BLOB_URL = "http://127.0.0.1:10000/devstoreaccount1"
+SERVICE_HOST_BASE = "core.windows.net"
+
+
+def connection_string_blob_url(text: str) -> str | None:
+    """The blob endpoint azure-storage-blob connects to for the connection string `text`, derived as its
+    parse_connection_str and ContainerClient (a URL without a scheme is https) derive it: keys are
+    case-insensitive, BlobEndpoint wins over DefaultEndpointsProtocol, AccountName and EndpointSuffix. None
+    when the SDK would refuse the string; the store reports that when it is built."""
+    pairs = [item.split("=", 1) for item in text.rstrip(";").split(";")]
+    if any(len(pair) != 2 for pair in pairs):
+        return None
+    values = {key.upper(): value for key, value in pairs}
+    if values.get("USEDEVELOPMENTSTORAGE") == "true":
+        return DEVELOPMENT_STORAGE_BLOB_URL
+    url: str | None = None
+    if "BLOBENDPOINT" in values:
+        url = values["BLOBENDPOINT"]
+    elif "BLOBSECONDARYENDPOINT" in values:
+        return None
+    elif all(key in values for key in ("DEFAULTENDPOINTSPROTOCOL", "ACCOUNTNAME", "ENDPOINTSUFFIX")):
+        url = f"{values['DEFAULTENDPOINTSPROTOCOL']}://{values['ACCOUNTNAME']}.blob.{values['ENDPOINTSUFFIX']}"
+    if not url:
+        if "ACCOUNTNAME" not in values:
+            return None
+        url = f"https://{values['ACCOUNTNAME']}.blob.{values.get('ENDPOINTSUFFIX', SERVICE_HOST_BASE)}"
+    return url if url.lower().startswith("http") else f"https://{url}"
+
+
+def _blob_connection_string(raw: str | None) -> str | None:
+    # Requests authorized by the string's key or SAS cross the network as they are: https, or plain http to
+    # a loopback address (Azurite). The message names the endpoint's host only, never the key or SAS.
+    if not raw:
+        return None
+    url = connection_string_blob_url(raw)
+    try:
+        parts = urllib.parse.urlsplit(url or "")
+    except ValueError:
+        return raw  # the SDK refuses the URL too, and the store says so
+    scheme = parts.scheme.lower()
+    if parts.hostname and scheme != "https" and not (scheme == "http" and is_loopback(parts.hostname)):
+        raise SettingsError(
+            f"setting MODEL_BLOB_CONNECTION_STRING needs https: its blob endpoint is {_shown(scheme, parts.hostname)}, "
+            "and plain http is allowed only to a loopback address (Azurite)"
+        )
+    return raw
 
 
 def _search_object_name(raw: str) -> str:
@@ -252,8 +326,8 @@ class Settings:
             min_image_side=_get(env, "SKILL_MIN_IMAGE_SIDE", 16, _bounded_int(1, 4096), "pixels from 1 to 4096"),
             default_top_k=_get(env, "SKILL_DEFAULT_TOP_K", 5, _bounded_int(1, 1000), "an integer from 1 to 1000"),
             api_key=env.get("SKILL_API_KEY") or None,
-            blob_connection_string=env.get("MODEL_BLOB_CONNECTION_STRING") or None,
-            blob_account_url=_get(env, "MODEL_BLOB_ACCOUNT_URL", None, _https_url, "an https:// or http:// URL"),
+            blob_connection_string=_blob_connection_string(env.get("MODEL_BLOB_CONNECTION_STRING")),
+            blob_account_url=_blob_account_url(env.get("MODEL_BLOB_ACCOUNT_URL")),
             blob_container=_get(
                 env,
                 "MODEL_BLOB_CONTAINER",

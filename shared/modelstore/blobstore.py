@@ -117,7 +117,8 @@ class BlobModelStore:
     @classmethod
     def from_settings(cls, settings: Settings, *, retries: int = RETRIES) -> BlobModelStore | None:
         """The configured store, or None when neither MODEL_BLOB_CONNECTION_STRING nor MODEL_BLOB_ACCOUNT_URL is set.
-        `retries`: retries of a failed request (the cold-start prefetch makes one attempt only)."""
+        `retries`: retries of a failed request (the cold-start prefetch makes one attempt only). Raises StoreError
+        (one line, never a key) when the storage SDK or azure-identity refuses the settings."""
         from azure.storage.blob import ContainerClient
 
         if settings.blob_connection_string:
@@ -131,12 +132,22 @@ class BlobModelStore:
         if settings.blob_account_url:
             from azure.identity import DefaultAzureCredential
 
-            credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
-            return cls(
-                ContainerClient(
+            try:
+                credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
+            except ValueError as exc:  # the AZURE_* environment names an unknown or incomplete credential
+                # Its first line in full: azure-identity lists the values AZURE_TOKEN_CREDENTIALS accepts.
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                raise StoreError(f"no usable credential for MODEL_BLOB_ACCOUNT_URL: {reason}") from None
+            try:
+                client = ContainerClient(
                     settings.blob_account_url, settings.blob_container, credential=credential, **client_options(retries)
                 )
-            )
+            except ValueError as exc:  # for one, a token credential over plain http
+                raise StoreError(
+                    f"MODEL_BLOB_ACCOUNT_URL cannot be used ({public_url(_reason(exc))}); expected "
+                    "https://<account>.blob.core.windows.net"
+                ) from None
+            return cls(client)
         return None
 
     @contextmanager

@@ -1,18 +1,18 @@
 """Start downloading the served model from the Blob store at process start, beside the rest of start-up.
 
-A cold start from the model store pays for downloading and verifying the model and, through the Azure
-Storage SDK, for importing the SDK (135-165 ms of one core, half a bare ONNX Runtime script's whole start).
-`start()`, called by an entry point before its other imports, reads the pointer and downloads the version
-on a background thread while the caller imports ONNX Runtime, numpy, Pillow and the Functions SDK. Where it
-can (shared/blobhttp.py: a key, a SAS or the App Service managed identity, no proxy) it reads with plain
-HTTP and the SDK is not imported at all before the first request: `build_holder` takes what the prefetch
-found (`take`), the holder serves that version at once, and the SDK's client is built for the first poll.
-Otherwise the SDK is imported on the caller's thread (imports hold the GIL: beside the caller's own imports
-it would only finish later and hold the download back) and the download runs on the thread as before.
+A cold start from the model store pays for importing the Azure SDK and for downloading and verifying the
+model (docs/performance.md). `start()`, called by an entry point before its other imports, imports
+azure-storage-blob and azure-identity on the caller's thread, then reads `current.json` and downloads its
+version into the store's part of the cache on a background thread while the caller imports ONNX Runtime,
+numpy, Pillow and the Functions SDK. The import stays on the caller's thread because imports hold the GIL:
+beside the caller's own imports it would only finish later and hold the download back. The reads go
+through the same BlobModelStore, credentials and checks as every other read of the store
+(docs/model-store.md): the manifest against the pointer's sha256, every file against the manifest.
 
-The prefetch makes one attempt per request, without the store's retries, so a store that cannot be
-reached costs the start-up one failed attempt, not a second round of retries. A failed prefetch is
-dropped without a word: the holder's own fetch meets the same failure and reports it.
+The service's holder takes what the prefetch found (`take`) and serves that version without asking the
+store again. The prefetch makes one attempt per request, without the store's retries, so a store that
+cannot be reached costs the start-up one failed attempt, not a round of retries. A failed prefetch is
+dropped with a debug line only: the holder's own fetch meets the same failure and reports it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from shared.core.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.modelstore.blobhttp import HttpBlobReader
     from shared.modelstore.pointer import Pointer
 
 logger = logging.getLogger(__name__)
@@ -54,10 +53,11 @@ _lock = threading.Lock()
 
 
 def start(settings: Settings | None = None) -> bool:
-    """Begin fetching the store's current version into the cache on a daemon thread, once per process
-    (importing the storage SDK first when plain HTTP cannot do). `settings` defaults to the environment's.
-    Returns whether a prefetch started: False without a configured store, with invalid settings (the app
-    reports those when it starts) or when one was started before. Never raises.
+    """Begin fetching the store's current version into the cache on a daemon thread, once per process,
+    after importing the storage SDK and azure-identity on this thread. `settings` defaults to the
+    environment's. Returns whether a prefetch started: False without a configured store, with invalid
+    settings or without the SDK (the service reports those when it starts), or when one was started
+    before. Never raises.
     """
     global _pending, _started  # noqa: PLW0603 - one prefetch per process, taken by the one service
     try:
@@ -66,40 +66,38 @@ def start(settings: Settings | None = None) -> bool:
         return False
     if not settings.uses_blob_store:
         return False
-    from shared.modelstore.blobhttp import HttpBlobReader
-
-    reader = HttpBlobReader.from_settings(settings)
-    if reader is None:
-        try:
-            import azure.storage.blob  # noqa: F401
-        except ImportError:  # the service reports the missing package when it builds the store
-            return False
     with _lock:
         if _started:
             return False
         _started = True
+    try:
+        import azure.storage.blob
+
+        if settings.blob_account_url and not settings.blob_connection_string:
+            import azure.identity  # noqa: F401
+    except Exception:  # noqa: BLE001 - a missing or broken SDK: the service reports it when it builds the store
+        return False
+    with _lock:
         job = _pending = _Prefetch(settings)
-    threading.Thread(target=_run, args=(job, reader), name="model-prefetch", daemon=True).start()
+    threading.Thread(target=_run, args=(job,), name="model-prefetch", daemon=True).start()
     return True
 
 
-def _run(job: _Prefetch, reader: HttpBlobReader | None) -> None:
+def _run(job: _Prefetch) -> None:
     try:
         from shared.modelstore.blobstore import BlobModelStore
-        from shared.modelstore.reads import BlobReads, download_version, read_current, store_cache_dir
+        from shared.modelstore.reads import download_version, read_current, store_cache_dir
 
-        reads: BlobReads | None = reader or BlobModelStore.from_settings(job.settings, retries=0)
-        pointer = read_current(reads) if reads is not None else None
-        if reads is not None and pointer is not None:
+        store = BlobModelStore.from_settings(job.settings, retries=0)
+        pointer = read_current(store) if store is not None else None
+        if store is not None and pointer is not None:
             # Where the service's BlobSource looks for this store's versions.
-            cache = store_cache_dir(job.settings.model_cache_dir(), reads.description)
-            path = download_version(reads, pointer.version, cache, pointer.manifest_sha256)
-            job.found = Prefetched(reads.description, pointer, path)
+            cache = store_cache_dir(job.settings.model_cache_dir(), store.description)
+            path = download_version(store, pointer.version, cache, pointer.manifest_sha256)
+            job.found = Prefetched(store.description, pointer, path)
     except Exception as exc:  # noqa: BLE001 - the holder's first fetch meets the same failure and reports it
         logger.debug("model prefetch failed (%s)", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
     finally:
-        if reader is not None:
-            reader.close()
         job.done.set()
 
 

@@ -34,8 +34,8 @@ def _sha256(data: bytes) -> str:
 
 
 class BlobReads(Protocol):
-    """What reading a version needs from a container: the SDK's BlobModelStore, or the prefetch's plain
-    HTTP reader (shared.modelstore.blobhttp) that spares a cold start the SDK's import. Both raise StoreError only."""
+    """What reading a version needs from a container (shared.modelstore.blobstore.BlobModelStore implements
+    it). Raises StoreError only."""
 
     description: str
 
