@@ -50,7 +50,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes the model's input tensor.

@@ -24,7 +24,6 @@ def servable(path: Path, settings: Settings) -> Path:
     return servable_folder(path, settings.model_cache_dir(), on_convert=converting)
 
 
-
 def open_store(settings: Settings) -> BlobModelStore:
     from shared.modelstore.blobstore import BlobModelStore
     from shared.modelstore.errors import StoreError
@@ -36,7 +35,6 @@ def open_store(settings: Settings) -> BlobModelStore:
             "MODEL_BLOB_ACCOUNT_URL (Azure, with a managed identity or `az login`)"
         )
     return store
-
 
 
 def positive_int(raw: str) -> int:

@@ -42,8 +42,6 @@ def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-
-
 def register(commands: Any) -> None:
     """Add this module's subcommands to the parser's `commands` (argparse's subparsers)."""
     refresh = commands.add_parser(

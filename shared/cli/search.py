@@ -213,6 +213,8 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         sys.stderr.write(f"error: {exc}\n")
         return 1
     return 0
+
+
 def _read(path: str) -> str:
     if path == "-":
         return sys.stdin.read()

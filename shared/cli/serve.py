@@ -77,8 +77,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-
-
 def register(commands: Any) -> None:
     """Add this module's subcommands to the parser's `commands` (argparse's subparsers)."""
     serve = commands.add_parser("serve", help="serve /api/classify and /api/health locally, as the Functions host does")

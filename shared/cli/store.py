@@ -119,8 +119,6 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-
-
 def register(commands: Any) -> None:
     """Add this module's subcommands to the parser's `commands` (argparse's subparsers)."""
     publish = commands.add_parser("publish", help="upload a bundle or AutoML run folder to the Blob model store")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 POINTER = "current.json"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_VERSIONS = frozenset({"sample"})
+
+
 @dataclass(frozen=True)
 class Pointer:
     """`current.json` and the ETag it was read with."""

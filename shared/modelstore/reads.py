@@ -29,6 +29,8 @@ Progress = Callable[[int, int], None]
 
 PARTIAL_PREFIX = ".partial-"
 STALE_PARTIAL_S = 3600
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
