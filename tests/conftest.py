@@ -100,6 +100,54 @@ def blob_settings(azurite, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def own_azurite():  # type: ignore[no-untyped-def]
+    """An Azurite of the test's own, which it may stop (an outage) without touching the session's."""
+    from tests.azurite import Azurite
+
+    server = Azurite().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def store(blob_settings):  # type: ignore[no-untyped-def]
+    """The model store on the test's own container (created) of the session's Azurite."""
+    from shared.modelstore.blobstore import BlobModelStore
+
+    found = BlobModelStore.from_settings(blob_settings)
+    assert found is not None
+    found.ensure_container()
+    return found
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+@pytest.fixture
+def search_stubs(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Start stand-in search services (tests/searchstub.py) on 127.0.0.1, reached without a proxy:
+    `search_stubs(key=..., token=..., pipeline=True)`; each is closed at the end of the test. `pipeline`
+    adds the data source, index, skillset and indexer that search-setup creates."""
+    from tests.searchstub import SearchStub
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    started: list[SearchStub] = []
+
+    def start(*, pipeline: bool = False, **options: str | None) -> SearchStub:
+        stub = SearchStub(**options).start()  # type: ignore[arg-type]
+        started.append(stub)
+        if pipeline:
+            stub.add_pipeline()
+        return stub
+
+    yield start
+    for stub in started:
+        stub.close()
+
+
+@pytest.fixture
 def dev_server(blob_settings):  # type: ignore[no-untyped-def]
     """The dev server on a free loopback port over a service reading the test's Blob container."""
     import threading
@@ -117,3 +165,15 @@ def dev_server(blob_settings):  # type: ignore[no-untyped-def]
     httpd.shutdown()
     httpd.server_close()
     app.reset_service(None)
+
+
+# A test that uses one of these fixtures, itself or through another fixture, starts a service: it is an
+# integration test (`pytest -m "not integration"` leaves it out). Modules that start processes or convert
+# models with torch say so with `pytestmark = pytest.mark.integration`.
+SERVICE_FIXTURES = frozenset({"azurite", "own_azurite", "search_stubs", "dev_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -128,7 +128,7 @@ def page_commands(path: Path) -> list[Command]:
 
 
 def fenced_commands(page: str) -> list[str]:
-    """The commands of the page's ```bash blocks (what tests/test_docs_model_commands.py runs)."""
+    """The commands of the page's ```bash blocks (what tests/docs/test_docs_model_commands.py runs)."""
     return [command.text for command in page_commands(ROOT / "docs" / page) if not command.inline]
 
 

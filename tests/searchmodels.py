@@ -5,7 +5,7 @@ enum values valid, read-only fields unset, values of the right JSON type.
 The installed azure-search-documents 12.0.0 is generated from the service's TypeSpec for REST API 2026-04-01
 (`azure.search.documents.indexes.models`, models built on `rest_field`), the version search-setup's SDK calls
 send, so the check matches what the service is asked to accept. Properties only preview versions have (the
-indexer's `cache`) are unknown here: tests/test_search_templates.py checks them apart. Polymorphic objects
+indexer's `cache`) are unknown here: tests/search/test_templates.py checks them apart. Polymorphic objects
 are resolved through the model's discriminator (`@odata.type`) and the base class's `__mapping__`, as the SDK
 deserializes them.
 """

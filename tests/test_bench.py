@@ -43,8 +43,8 @@ def test_an_unknown_section_is_one_error_line(capsys: pytest.CaptureFixture[str]
     [
         ("skill_over_floor", 0.9, "target >= 0.9: met"),
         ("skill_over_floor", 0.899, "target >= 0.9: MISSED"),
-        ("blob_cold_start_over_floor", 1.5, "target <= 1.5: met"),
-        ("blob_cold_start_over_floor", 1.51, "target <= 1.5: MISSED"),
+        ("blob_cold_start_over_floor", 2.5, "target <= 2.5: met"),
+        ("blob_cold_start_over_floor", 2.51, "target <= 2.5: MISSED"),
         ("skill_images_per_s", 50.0, ""),
     ],
 )

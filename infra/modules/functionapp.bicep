@@ -1,7 +1,7 @@
 // The function app (Python 3.11, Linux) on the Flex Consumption plan from plan.bicep, running as the
 // user-assigned identity. The runtime, scale and deployment package come from functionAppConfig. Flex rejects
 // or ignores the site properties and app settings in Microsoft's "Flex Consumption plan deprecations" table
-// (App settings reference for Azure Functions): none of them is sent (tests/test_infra.py holds the table).
+// (App settings reference for Azure Functions): none of them is sent (tests/infra/test_infra.py holds the table).
 
 @description('Name of the function app (also its host name: <name>.azurewebsites.net).')
 param name string

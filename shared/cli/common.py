@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shared.core.settings import Settings
 from shared.modelstore.blobstore import BlobModelStore
+from shared.modelstore.errors import StoreError
 
 
 def converting(model_pt: Path) -> None:
@@ -25,9 +26,7 @@ def servable(path: Path, settings: Settings) -> Path:
 
 
 def open_store(settings: Settings) -> BlobModelStore:
-    from shared.modelstore.blobstore import BlobModelStore
-    from shared.modelstore.errors import StoreError
-
+    """The configured model store; StoreError saying which settings to set when there is none."""
     store = BlobModelStore.from_settings(settings)
     if store is None:
         raise StoreError(

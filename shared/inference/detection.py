@@ -60,7 +60,7 @@ def resize_linear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """uint8 HWC resized like `cv2.resize(..., interpolation=cv2.INTER_LINEAR)` (no antialiasing), in
     OpenCV's fixed-point arithmetic: the horizontal pass in 11-bit weights, the vertical one as its SIMD
     kernel rounds, `(((b0 * (r0 >> 4)) >> 16) + ((b1 * (r1 >> 4)) >> 16) + 2) >> 2`. Measured bit-exact
-    against opencv-python-headless 4.14 on the sample photos (tests/test_detection.py)."""
+    against opencv-python-headless 4.14 on the sample photos (tests/inference/test_detection.py)."""
     h, w = pixels.shape[:2]
     y0, y1, b0, b1 = _linear_axis(height, h)
     x0, x1, a0, a1 = _linear_axis(width, w)

@@ -16,7 +16,7 @@ from shared.search.templates import (
 )
 
 # What azure-search-documents 12.0.0's typed calls send (its only known version; the SDK does not let one
-# call choose another). tests/test_searchsetup.py checks that the SDK still sends it.
+# call choose another). tests/search/test_searchsetup.py checks that the SDK still sends it.
 API_VERSION = "2026-04-01"
 # For the objects that need preview features: the keyless billing below and the indexer's enrichment cache
 # ("Configure an enrichment cache": preview REST APIs only; a GA version answers 400 "A resource without a

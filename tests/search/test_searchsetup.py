@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -468,14 +467,9 @@ PUTS = [
 
 
 @pytest.fixture
-def search_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStub]:
-    """The stand-in search service (tests/searchstub.py) on 127.0.0.1, taking ADMIN_KEY or the token TOKEN."""
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    stub = SearchStub(key=ADMIN_KEY, token=TOKEN).start()
-    yield stub
-    stub.close()
+def search_service(search_stubs: Any) -> SearchStub:
+    """The stand-in search service, taking ADMIN_KEY or the token TOKEN."""
+    return search_stubs(key=ADMIN_KEY, token=TOKEN)
 
 
 def test_apply_puts_the_four_objects_in_order_with_the_named_key_env(
@@ -647,7 +641,7 @@ def test_no_credential_on_the_command_line_is_one_line(tmp_path: Any) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SKILL_FUNCTION_KEY": FUNCTION_KEY, "NO_PROXY": "*"}
     argv = ["-m", "shared", "search-setup", "--search-endpoint", f"http://127.0.0.1:{port}", "--function-url",
             FUNCTION, "--storage-resource-id", STORAGE_ID]  # fmt: skip
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False
     )

@@ -18,7 +18,7 @@ import pytest
 
 from shared.bundle.loader import load_bundle
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "model_cache" / "sample"
 SCRIPT = REPO_ROOT / "scripts" / "export_sample_model.py"
 SAMPLES = REPO_ROOT / "samples"

@@ -23,7 +23,7 @@ from shared.refresh.policy import refresh_from_run_dir, refresh_model
 from shared.skill.service import SkillService
 from tests.fakeaml import FakeExperiment, FakeWorkspace, automl_child, training_run
 from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
-from tests.test_store import BODY, served_version
+from tests.modelstore.test_store import BODY, served_version
 
 EXPERIMENT = "labeling_Training_1a2b3c"
 
@@ -64,14 +64,6 @@ def settings(blob_settings: Settings) -> Settings:
             "aml_experiment_name": EXPERIMENT,
         }
     )
-
-
-@pytest.fixture
-def store(settings: Settings) -> BlobModelStore:
-    found = BlobModelStore.from_settings(settings)
-    assert found is not None
-    found.ensure_container()
-    return found
 
 
 def experiment_with(*runs: Any) -> FakeExperiment:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,14 @@ from tests.conftest import ROOT, SAMPLES
 from tests.docs_commands import fenced_commands
 from tests.modelfactory import scoring_file, tiny_bundle, tiny_classifier, write_labels
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 SKIPPED = {
     "make azurite &": "the test starts its own Azurite (tests/azurite.py) on a free port",
-    ".venv/bin/python -m shared serve": "a server that runs until stopped: tests/test_devserver.py covers it",
-    ".venv/bin/python -m shared refresh --dry-run": "needs an Azure ML workspace (tests/test_refresh.py fakes it)",
-    ".venv/bin/python -m shared refresh": "needs an Azure ML workspace (tests/test_refresh.py fakes it)",
+    ".venv/bin/python -m shared serve": "a server that runs until stopped: tests/cli/test_devserver.py covers it",
+    ".venv/bin/python -m shared refresh --dry-run": "needs an Azure ML workspace (tests/refresh/test_refresh.py "
+    "fakes it)",
+    ".venv/bin/python -m shared refresh": "needs an Azure ML workspace (tests/refresh/test_refresh.py fakes it)",
 }
 
 
@@ -35,13 +37,6 @@ def automl_run(root: Path, seed: int) -> Path:
     write_labels(root / "train_artifacts" / "labels.json", ["cat", "dog", "fox", "owl"])
     scoring_file(root / "outputs" / "scoring_file_v_1_0_0.py", "image-classification")
     return root
-
-
-@pytest.fixture
-def own_azurite() -> Iterator[Azurite]:
-    server = Azurite().start()
-    yield server
-    server.close()
 
 
 def run_page(page: str, places: dict[str, str], env: dict[str, str], azurite: Azurite) -> list[tuple[str, str]]:

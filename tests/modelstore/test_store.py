@@ -34,13 +34,6 @@ def never(current: Pointer | None, manifest: dict[str, Any]) -> bool:
 
 
 @pytest.fixture
-def store(blob_settings: Settings) -> BlobModelStore:
-    found = BlobModelStore.from_settings(blob_settings)
-    assert found is not None
-    return found
-
-
-@pytest.fixture
 def bundles(tmp_path: Path) -> list[Path]:
     return [tiny_bundle(tmp_path / f"b{i}", seed=i) for i in range(4)]
 
@@ -279,13 +272,6 @@ def test_two_publishers_racing_end_at_one_complete_version(
     assert (folder / "model.onnx").read_bytes() == (bundles[index] / "model.onnx").read_bytes()
 
 
-@pytest.fixture
-def own_azurite() -> Iterator[Azurite]:
-    server = Azurite().start()
-    yield server
-    server.close()
-
-
 def test_store_stopped_the_loaded_model_keeps_serving_and_health_says_so(
     own_azurite: Azurite, bundles: list[Path], tmp_path: Path
 ) -> None:
@@ -442,6 +428,7 @@ def test_refresh_run_dir_does_not_convert_a_model_pt_it_will_not_publish(
     assert not list(run_dir.rglob("model.onnx")) and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.integration  # azure-identity tries every credential: seconds
 def test_cli_says_one_line_when_no_azure_credential_is_found_and_more_with_verbose() -> None:
     # A closed loopback port: azure-identity tries its credentials, finds none, and the request never leaves.
     env = {"MODEL_BLOB_ACCOUNT_URL": "https://127.0.0.1:9/devstoreaccount1"}
@@ -472,6 +459,7 @@ def test_cli_errors_are_one_line(own_azurite: Azurite) -> None:
     )
 
 
+@pytest.mark.integration  # azure-identity tries every credential: seconds
 def test_missing_credentials_are_one_clear_error() -> None:
     from azure.identity import CredentialUnavailableError
     from azure.storage.blob import ContainerClient

@@ -31,6 +31,8 @@ from shared.inference.factory import open_model
 from tests.conftest import ROOT, SAMPLE_PHOTOS, encode, preloaded_holder
 from tests.detection_models import build_mask_rcnn_shaped, build_rcnn, build_yolo
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 CLASSES = ["can", "carton", "milk_bottle"]
 SEED_DOGS = Path("/work/shared/data/seed-dogs")
 PHOTO_PATHS = [*SAMPLE_PHOTOS, *sorted(SEED_DOGS.glob("*.jpg"))[:3]]

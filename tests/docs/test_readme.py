@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 
 def tour() -> list[str]:
     """The lines of the README's first ```bash block after "A five-minute tour", without comments."""
@@ -54,7 +56,7 @@ def _port_free(port: int) -> bool:
 
 def test_the_tours_server_answers_health_on_7071() -> None:
     if not _port_free(7071):
-        pytest.skip("port 7071 is in use (func start?); tests/test_devserver.py covers serve")
+        pytest.skip("port 7071 is in use (func start?); tests/cli/test_devserver.py covers serve")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_BLOB_", "SKILL_API_KEY"))}
     server = subprocess.Popen(
         ["bash", "-c", tour()[2].removesuffix("&").strip()],

@@ -21,6 +21,8 @@ from tests.checkpoints import automl_checkpoint
 from tests.conftest import ROOT, SAMPLE_PHOTOS
 from tests.modelfactory import write_labels
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 torch = pytest.importorskip("torch")
 
 LABELS = ["bird", "cat", "dog", "fish", "horse"]

@@ -32,7 +32,7 @@ from shared.search.templates import (
 )
 from tests.conftest import ROOT, SAMPLES, preloaded_holder
 from tests.detection_models import build_yolo
-from tests.test_searchsetup import (
+from tests.search.test_searchsetup import (
     FUNCTION,
     FUNCTION_KEY,
     SEARCH,

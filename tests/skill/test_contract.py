@@ -26,7 +26,7 @@ COFFEE = (SAMPLES / "coffee.png").read_bytes()
 CAT_JPEG = jpeg_bytes(Image.open(SAMPLES / "chelsea.png"))
 B64_COFFEE = base64.b64encode(COFFEE).decode()
 B64_CAT = base64.b64encode(CAT_JPEG).decode()
-SEED_ROTTWEILER = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-dogs" / "rottweiler.b64.txt"
+SEED_ROTTWEILER = Path(__file__).resolve().parents[3] / "shared" / "data" / "seed-dogs" / "rottweiler.b64.txt"
 
 
 def normalized_image(b64: str, width: int = 451, height: int = 300) -> dict[str, Any]:

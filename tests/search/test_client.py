@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,14 +13,8 @@ from tests.searchstub import SearchStub
 
 
 @pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[SearchStub]:
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    server = SearchStub().start()
-    server.add_pipeline()
-    yield server
-    server.close()
+def stub(search_stubs: Any) -> SearchStub:
+    return search_stubs(pipeline=True)
 
 
 def test_a_key_is_an_azure_key_credential_else_default_azure_credential(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +55,8 @@ class Clock:
 
 
 @pytest.fixture
-def stub() -> Iterator[SearchStub]:
-    server = SearchStub().start()
-    server.add_pipeline()
-    yield server
-    server.close()
+def stub(search_stubs: Any) -> SearchStub:
+    return search_stubs(pipeline=True)
 
 
 @pytest.fixture
@@ -216,7 +212,7 @@ def test_search_setup_with_enrichment_cache_then_a_skills_pass_works_end_to_end(
 ) -> None:
     """What a user does: `search-setup --enrichment-cache` on an empty service, then REINDEX_MODE=skills. The
     pass accepts the cache search-setup wrote, and Reset Skills names a skill the written skillset has."""
-    from tests.test_searchsetup import namespace
+    from tests.search.test_searchsetup import namespace
 
     stub.indexers.clear()
     stub.skillsets.clear()

@@ -26,6 +26,8 @@ from shared.skill import service as app
 from tests.conftest import SAMPLES
 from tests.modelfactory import tiny_bundle
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 KEY = "test-key-not-a-secret"
 BODY = json.dumps(
     {"values": [{"recordId": "1", "data": {"image": base64.b64encode((SAMPLES / "coffee.png").read_bytes()).decode()}}]}
