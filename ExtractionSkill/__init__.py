@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.skill import service as app
+from shared.skill import service
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    status, body, headers = app.classify(req.get_body(), req.params)
+    status, body, headers = service.classify(req.get_body(), req.params)
     return func.HttpResponse(body, status_code=status, headers=headers, mimetype="application/json")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.skill import service as app
+from shared.skill import service
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    status, body, headers = app.health()
+    status, body, headers = service.health()
     return func.HttpResponse(body, status_code=status, headers=headers, mimetype="application/json")

@@ -101,7 +101,7 @@ var searchGroup = empty(searchServiceResourceGroup) ? resourceGroup().name : sea
 // The public cloud's search domain; elsewhere (Azure Government, Azure China) set SEARCH_ENDPOINT in
 // appSettingOverrides.
 var searchEndpoint = searchEnabled ? 'https://${searchServiceName}.search.windows.net' : ''
-// Whether RefreshModel has anything to do: AML to poll, or an index to re-enrich (shared/refresh.py:
+// Whether RefreshModel has anything to do: AML to poll, or an index to re-enrich (shared/refresh/policy.py:
 // timer_has_work). Without either the timer is disabled, so that it does not wake a Flex instance every tick only
 // to log that nothing is configured.
 var refreshHasWork = amlEnabled || searchEnabled
@@ -188,7 +188,7 @@ module plan 'modules/plan.bicep' = {
   }
 }
 
-// Every setting the app reads (shared/settings.py, README "Settings"), plus the host's. tests/infra/test_infra.py
+// Every setting the app reads (shared/core/settings.py, docs/settings.md), plus the host's. tests/infra/test_infra.py
 // fails when the app reads a setting that is missing here.
 var appSettings = {
   // Host storage through the managed identity: no connection string anywhere.

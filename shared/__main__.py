@@ -4,7 +4,7 @@ import sys
 
 if sys.argv[1:2] == ["serve"]:
     # Before the CLI's imports (ONNX Runtime, numpy, Pillow): the Blob model store's SDK import and
-    # download run beside them (see shared/prefetch.py).
+    # download run beside them (see shared/modelstore/prefetch.py).
     from shared.modelstore import prefetch
 
     prefetch.start()

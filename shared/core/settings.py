@@ -231,7 +231,7 @@ class Settings:
     azure_client_secret: str | None = field(default=None, repr=False)
     promotion: str = "better"
     refresh_schedule: str = "0 */30 * * * *"
-    # Re-enrichment (shared/reindex.py, docs/reindex.md).
+    # Re-enrichment (shared/search/reindex.py, docs/reindex.md).
     search_endpoint: str | None = None
     search_indexer_name: str = "automl-images-indexer"
     search_skillset_name: str = "automl-images-skillset"

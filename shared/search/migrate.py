@@ -1,6 +1,6 @@
-"""`python -m shared migrate-skillset FILE`: turn a skillset built for the older AutoML Vision Classifier
-PowerSkill (a FastAPI container on App Service, `POST <web app>/api/extraction` with an
-`Ocp-Apim-Subscription-Key` header) into one that calls this function app.
+"""Turn a skillset built for the older AutoML Vision Classifier PowerSkill (a FastAPI container on App
+Service, `POST <web app>/api/extraction` with an `Ocp-Apim-Subscription-Key` header) into one that calls this
+function app (`python -m shared migrate-skillset FILE`, shared.cli.search).
 
 Only the PowerSkill's Web API skill changes: its `uri` becomes `<function app>/api/classify`, the
 `Ocp-Apim-Subscription-Key` header becomes `x-functions-key` (or, with --auth-resource-id, Entra ID's

@@ -1,6 +1,6 @@
-"""`python -m shared search-setup`: the Azure AI Search data source, index, skillset and indexer that put
-the skill into an enrichment pipeline, rendered from the templates in infra/search/ and created or updated
-with azure-search-documents (create or update, so running it again updates them in place; see apply()).
+"""The Azure AI Search data source, index, skillset and indexer that put the skill into an enrichment
+pipeline, rendered from the templates in infra/search/ (`render`); shared.search.apply writes them with
+azure-search-documents and `python -m shared search-setup` (shared.cli.search) drives both.
 
 Why the index has these fields: the skill's context is `/document/normalized_images/*`, so it answers once
 per normalized image, and a search document (one blob) has as many answers as it has images: one for an
@@ -30,7 +30,7 @@ no key); the skill authenticates with a function key in `x-functions-key` or, wi
 with Entra ID (`authResourceId` `<appId>/.default`, App Service authentication on the function app).
 
 With `--enrichment-cache` the indexer also gets an enrichment cache (`cache`, a preview feature) in a storage
-account, which re-enrichment's REINDEX_MODE=skills needs (shared/reindex.py).
+account, which re-enrichment's REINDEX_MODE=skills needs (shared/search/reindex.py).
 """
 
 from __future__ import annotations

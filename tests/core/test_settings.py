@@ -68,7 +68,7 @@ def test_every_setting_is_in_the_sample_and_the_readme() -> None:
     assert {n for n in names if f"| `{n}` |" not in readme} == set()
 
 
-# -- re-enrichment (shared/reindex.py) ----------------------------------------------------------------------
+# -- re-enrichment (shared/search/reindex.py) ----------------------------------------------------------------------
 
 
 def test_reindex_defaults_follow_the_endpoint_and_the_poll_period() -> None:

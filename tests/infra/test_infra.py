@@ -40,7 +40,7 @@ ROLE_NAMES = {
     SEARCH_SERVICE_CONTRIBUTOR: "Search Service Contributor",
     SEARCH_INDEX_DATA_READER: "Search Index Data Reader",
 }
-# Settings the Functions host or platform reads, not shared/settings.py.
+# Settings the Functions host or platform reads, not shared/core/settings.py.
 HOST_SETTINGS = {
     "AzureWebJobs.RefreshModel.Disabled",
     "AzureWebJobsStorage__accountName",
