@@ -8,38 +8,13 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.cli.common import open_store, positive_int
 from shared.core.settings import Settings
-from shared.search import client as searchclient
-from shared.search.apply import apply
-from shared.search.migrate import MigrateError, load_skillset, migrate_skillset
-from shared.search.templates import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CONTAINER,
-    DEFAULT_DEGREE_OF_PARALLELISM,
-    DEFAULT_FUNCTION_KEY_ENV,
-    DEFAULT_KEY_ENV,
-    DEFAULT_PREFIX,
-    DEFAULT_VISUAL_FEATURES,
-    DETECTION_BATCH_SIZE,
-    DETECTION_DEGREE_OF_PARALLELISM,
-    DETECTION_TEMPLATE_DIR,
-    TEMPLATE_DIR,
-    AIServicesIdentity,
-    AIServicesKey,
-    EntraAuth,
-    FunctionKeyAuth,
-    ImageAnalysis,
-    ResourceNames,
-    SearchSetupError,
-    SkillAuth,
-    ai_services_endpoint,
-    redacted,
-    render,
-    visual_features,
-)
+
+if TYPE_CHECKING:
+    from shared.search.templates import ImageAnalysis, SkillAuth
 
 
 def cmd_search_setup(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,6 +54,8 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _env_value(env: Mapping[str, str], name: str, what: str, hint: str) -> str:
+    from shared.search.templates import SearchSetupError
+
     value = env.get(name, "").strip()
     if not value:
         raise SearchSetupError(f"environment variable {name} is not set: put {what} there, {hint}")
@@ -86,6 +63,8 @@ def _env_value(env: Mapping[str, str], name: str, what: str, hint: str) -> str:
 
 
 def _skill_auth(args: argparse.Namespace, env: Mapping[str, str]) -> SkillAuth:
+    from shared.search.templates import DEFAULT_FUNCTION_KEY_ENV, EntraAuth, FunctionKeyAuth
+
     app_id: str | None = getattr(args, "auth_resource_id", None)
     source: str = getattr(args, "function_key_env", None) or DEFAULT_FUNCTION_KEY_ENV
     if app_id:
@@ -101,6 +80,16 @@ def _skill_auth(args: argparse.Namespace, env: Mapping[str, str]) -> SkillAuth:
 
 
 def _image_analysis(args: argparse.Namespace, env: Mapping[str, str]) -> ImageAnalysis | None:
+    from shared.search.templates import (
+        DEFAULT_VISUAL_FEATURES,
+        AIServicesIdentity,
+        AIServicesKey,
+        ImageAnalysis,
+        SearchSetupError,
+        ai_services_endpoint,
+        visual_features,
+    )
+
     endpoint: str | None = getattr(args, "ai_services_endpoint", None)
     key_env: str | None = getattr(args, "ai_services_key_env", None)
     if not getattr(args, "image_analysis", False):
@@ -140,6 +129,9 @@ def _search_credential(key_env: str | None, env: Mapping[str, str]) -> Any:
     """The credential for the search service (searchclient.credential(): the one place that makes it): the
     admin key in `key_env` (it must be set), else in SEARCH_ADMIN_KEY, else DefaultAzureCredential (with
     AZURE_CLIENT_ID as the user-assigned identity, as the app uses it)."""
+    from shared.search import client as searchclient
+    from shared.search.templates import DEFAULT_KEY_ENV
+
     if key_env:
         key = _env_value(
             env,
@@ -167,6 +159,23 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
     The dry run checks every input the real run reads before it contacts the service (the function key,
     the AI Services key, a search key named with --key-env), so it fails where the real run would.
     """
+    from shared.search.apply import apply
+    from shared.search.templates import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_CONTAINER,
+        DEFAULT_DEGREE_OF_PARALLELISM,
+        DEFAULT_PREFIX,
+        DETECTION_BATCH_SIZE,
+        DETECTION_DEGREE_OF_PARALLELISM,
+        DETECTION_TEMPLATE_DIR,
+        TEMPLATE_DIR,
+        AIServicesKey,
+        ResourceNames,
+        SearchSetupError,
+        redacted,
+        render,
+    )
+
     env = os.environ if env is None else env
     dry_run = bool(getattr(args, "dry_run", False))
     try:
@@ -216,6 +225,8 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
 
 
 def _read(path: str) -> str:
+    from shared.search.migrate import MigrateError
+
     if path == "-":
         return sys.stdin.read()
     try:
@@ -229,6 +240,8 @@ def _read(path: str) -> str:
 def _billing_key(migrated: dict[str, Any], key_env: str | None, env: Mapping[str, str], where: str) -> str | None:
     """Put the AI Services key from `key_env` into a by-key `cognitiveServices` (a portal export may hold
     none); returns the variable's name when it did. MigrateError when writing would drop the billing key."""
+    from shared.search.migrate import MigrateError
+
     billing = migrated.get("cognitiveServices")
     by_key = isinstance(billing, dict) and "key" in billing
     if key_env:
@@ -257,6 +270,10 @@ def main_migrate_skillset(args: argparse.Namespace, env: Mapping[str, str] | Non
     (azure-search-documents' create_or_update_skillset on the SDK's API version, or the preview version for
     a keylessly billed skillset) and prints one line; on failure one `error:` line on stderr and status 1.
     """
+    from shared.search.apply import apply
+    from shared.search.migrate import MigrateError, load_skillset, migrate_skillset
+    from shared.search.templates import SearchSetupError, redacted
+
     env = os.environ if env is None else env
     where = "stdin" if args.file == "-" else args.file
     try:
