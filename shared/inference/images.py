@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import io
 import math
 import os
@@ -132,10 +131,11 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_short_side: int | No
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
     # glibc keeps freed heap blocks of large decodes (RSS stayed at 1-4 GiB until restart, measured);
-    # malloc_trim(0) gives them back. musl and other libcs have no malloc_trim: then nothing to do.
+    # malloc_trim(0) gives them back. musl and other libcs have no malloc_trim: then nothing to do. The
+    # process's own symbol table (CDLL(None)) holds the C library's: ctypes.util.find_library would run
+    # ldconfig in a subprocess at every start.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     return trim

@@ -11,15 +11,17 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.bundle.layout import MANIFEST_FILE
 from shared.core.settings import Settings
-from shared.modelstore.blobstore import BlobModelStore
 from shared.modelstore.errors import StoreError, StoreUnreachable, VersionCorrupt
 from shared.modelstore.pointer import Pointer, Unchanged, check_version_name
 from shared.modelstore.prefetch import Prefetched
 from shared.modelstore.reads import store_cache_dir
+
+if TYPE_CHECKING:
+    from shared.modelstore.blobstore import BlobModelStore
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class BlobSource:
     @classmethod
     def from_settings(cls, settings: Settings, prefetched: Prefetched | None = None) -> BlobSource:
         """The configured store's source (see __init__). Raises StoreError when no store is configured."""
+        from shared.modelstore.blobstore import BlobModelStore
+
         store = BlobModelStore.from_settings(settings)
         if store is None:
             raise StoreError("a Blob source needs MODEL_BLOB_CONNECTION_STRING or MODEL_BLOB_ACCOUNT_URL")
