@@ -7,7 +7,6 @@ from pathlib import Path
 from shared.bundle.detection import DETECTION_TASK
 from shared.bundle.loader import ModelBundle, load_bundle
 from shared.inference.classification import ClassificationModel
-from shared.inference.detection import DetectionModel
 from shared.inference.model import Model
 
 
@@ -15,6 +14,9 @@ def open_model(bundle: ModelBundle, threads: int | None = None) -> Model:
     """The loaded model for `bundle` (`threads` intra-op threads, None for one per core): it has checked its
     graph and answered one smoke inference. Raises BundleError."""
     if bundle.task == DETECTION_TASK:
+        # Imported for detection bundles only: a classifier's cold start does not load the detection recipe.
+        from shared.inference.detection import DetectionModel
+
         return DetectionModel(bundle, threads)
     return ClassificationModel(bundle, threads)
 
