@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from shared.skill.service import SkillService
 from tests.azurite import ACCOUNT, DEV_KEY
 from tests.conftest import ROOT
 from tests.modelfactory import tiny_bundle
-
-
-@pytest.fixture(autouse=True)
-def fresh_process() -> Iterator[None]:
-    prefetch._pending, prefetch._started = None, False
-    yield
-    if prefetch._pending is not None:
-        prefetch._pending.done.wait(timeout=30)
-    prefetch._pending, prefetch._started = None, False
 
 
 def store_for(settings: Settings) -> BlobModelStore:

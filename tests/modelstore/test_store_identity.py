@@ -46,15 +46,6 @@ NOW = int(time.time())
 LOGGERS = (None, "azure", "msal", "urllib3", "requests")
 
 
-@pytest.fixture(autouse=True)
-def fresh_process() -> Iterator[None]:
-    prefetch._pending, prefetch._started = None, False
-    yield
-    if prefetch._pending is not None:
-        prefetch._pending.done.wait(timeout=30)
-    prefetch._pending, prefetch._started = None, False
-
-
 def capture_everything(caplog: pytest.LogCaptureFixture) -> None:
     for name in LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
