@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bundle.layout import SAMPLE_BUNDLE
-from shared.core.errors import HttpError, ModelNotReady, SettingsError
+from shared.core.errors import AppError, HttpError, ModelNotReady
 from shared.core.settings import Settings
 from shared.inference.factory import load_model
 from shared.inference.images import DecodeBudget
@@ -146,7 +146,8 @@ _service_lock = threading.Lock()
 
 
 def service() -> SkillService:
-    """The process's service, built from the environment on first use. Raises SettingsError."""
+    """The process's service, built from the environment on first use. Raises AppError when the settings, or
+    the model store they name, cannot be used (logged once per distinct message)."""
     global _service, _service_error  # noqa: PLW0603 - one service per process, like the Functions worker
     if _service is not None:
         return _service
@@ -154,7 +155,7 @@ def service() -> SkillService:
         if _service is None:
             try:
                 _service = SkillService(Settings.from_env())
-            except SettingsError as exc:
+            except AppError as exc:
                 if str(exc) != _service_error:
                     logger.error("app settings are invalid: %s", exc)
                 _service_error = str(exc)
@@ -169,20 +170,22 @@ def reset_service(new: SkillService | None = None) -> None:
         _service, _service_error = new, None
 
 
-def _misconfigured(exc: SettingsError) -> Response:
+def _misconfigured(exc: AppError) -> Response:
     return 503, error_body("Misconfigured", str(exc)), {**JSON_HEADERS, "Retry-After": "60"}
 
 
 def classify(body: bytes, query: Mapping[str, str]) -> Response:
     """Entry point for ClassifySkill, the dev server and the CLI."""
     try:
-        return service().classify(body, query)
-    except SettingsError as exc:
+        running = service()
+    except AppError as exc:
         return _misconfigured(exc)
+    return running.classify(body, query)
 
 
 def health() -> Response:
     try:
-        return service().health()
-    except SettingsError as exc:
+        running = service()
+    except AppError as exc:
         return _misconfigured(exc)
+    return running.health()

@@ -381,6 +381,24 @@ def test_invalid_settings_are_503_naming_the_key(monkeypatch: pytest.MonkeyPatch
     }
 
 
+def test_a_store_the_settings_name_but_the_sdk_refuses_is_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.skill import service as app
+
+    app.reset_service(None)
+    monkeypatch.setenv("MODEL_BLOB_CONNECTION_STRING", "not a connection string")
+    status, payload, headers = call({"values": []})
+    assert status == 503 and headers["Retry-After"] == "60"
+    assert payload == {
+        "error": {
+            "code": "Misconfigured",
+            "message": "MODEL_BLOB_CONNECTION_STRING is not a valid storage connection string",
+        }
+    }
+    health = Health.main(func.HttpRequest(method="GET", url="/api/health", body=b""))
+    assert health.status_code == 503 and json.loads(health.get_body())["error"]["code"] == "Misconfigured"
+    app.reset_service(None)
+
+
 def test_health_reports_the_model() -> None:
     response = Health.main(func.HttpRequest(method="GET", url="/api/health", body=b""))
     body = json.loads(response.get_body())
