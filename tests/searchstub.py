@@ -158,6 +158,9 @@ class SearchStub:
     ) -> Indexer:
         self.skillsets[skillset] = list(skills)
         self.indexes.setdefault(index, [])
+        self.definitions["indexes"].setdefault(
+            index, {"name": index, "fields": [{"name": "id", "type": "Edm.String", "key": True}]}
+        )
         self.indexers[indexer] = Indexer(skillset=skillset, index=index, cache=cache)
         return self.indexers[indexer]
 

@@ -172,11 +172,15 @@ def test_a_full_pass_resets_and_runs_the_indexer_once(
         assert request.body is None
     record = read_reindex_record(store)
     assert record is not None and (record.version, record.mode, record.pending) == ("v2", "full", None)
-    # Exactly once: the next passes, during and after the run, call nothing but find nothing to do.
+    # Exactly once: the passes during the run only read its status, the first after it records it as finished
+    # (the vectorizer's switch), and the next ones call nothing.
     stub.requests.clear()
-    assert a_pass(settings, store, clock).action == "nothing"
+    assert a_pass(settings, store, clock).action == "running"
+    assert stub.calls() == [STATUS]
     stub.finish_run()
     clock.t += 3600
+    assert a_pass(settings, store, clock).action == "finished"
+    stub.requests.clear()
     assert a_pass(settings, store, clock).action == "nothing"
     assert stub.requests == [] and stub.indexers["automl-images-indexer"].resets == 1
 
@@ -606,7 +610,10 @@ def test_cli_pass_now_dry_run_and_status(
         "re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run\n"
     )
     assert cli.main(["reindex", "--now"]) == 0
-    assert capsys.readouterr().out.startswith("nothing to do: the index was re-enriched with v2 (")
+    assert capsys.readouterr().out.startswith(
+        "re-enriching with v2: indexer 'automl-images-indexer' is running, a run is in progress; the vectorizer "
+        "answers with v1 until a run started after "
+    )
 
 
 @pytest.mark.parametrize(
