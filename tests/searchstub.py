@@ -164,11 +164,12 @@ class SearchStub:
         self.indexers[indexer] = Indexer(skillset=skillset, index=index, cache=cache)
         return self.indexers[indexer]
 
-    def finish_run(self, indexer: str = "automl-images-indexer") -> None:
+    def finish_run(self, indexer: str = "automl-images-indexer", end: str = "2026-01-01T00:10:00Z") -> None:
+        """The run in progress ends with success at `end` (UTC, "%Y-%m-%dT%H:%M:%SZ")."""
         with self.lock:
             found = self.indexers[indexer]
             found.running = False
-            found.history[0] = _result("success", found.history[0]["startTime"], "2026-01-01T00:10:00Z")
+            found.history[0] = _result("success", found.history[0]["startTime"], end)
 
     def set_running(self, indexer: str = "automl-images-indexer") -> None:
         with self.lock:

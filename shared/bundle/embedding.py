@@ -271,7 +271,9 @@ def find_embedding(model_bytes: bytes) -> EmbeddingSite | None:
             continue
         if node.op == "Add" and len(node.inputs) == 2:
             # MatMul + bias: follow the input that a MatMul produces.
-            matmul = next((x for x in node.inputs if (p := graph.producers.get(x)) is not None and p.op == "MatMul"), None)
+            matmul = next(
+                (x for x in node.inputs if (p := graph.producers.get(x)) is not None and p.op == "MatMul"), None
+            )
             if matmul is None:
                 return None
             value = matmul
@@ -343,9 +345,7 @@ def add_embedding_output(model_bytes: bytes, site: EmbeddingSite, name: str = EM
     tensor_type = _int_field(_TENSOR_ELEM_TYPE, _FLOAT)
     if site.dimensions is not None:
         tensor_type += _len_field(_TENSOR_SHAPE, _dim(site.batch) + _dim(site.dimensions))
-    value_info = _len_field(_VALUE_NAME, name.encode()) + _len_field(
-        _VALUE_TYPE, _len_field(_TYPE_TENSOR, tensor_type)
-    )
+    value_info = _len_field(_VALUE_NAME, name.encode()) + _len_field(_VALUE_TYPE, _len_field(_TYPE_TENSOR, tensor_type))
     new_graph = bytes(graph_bytes) + _len_field(_GRAPH_NODE, node) + _len_field(_GRAPH_OUTPUT, value_info)
     return bytes(model[:start]) + _len_field(_MODEL_GRAPH, new_graph) + bytes(model[end:])
 

@@ -96,3 +96,13 @@ class Model(Protocol):
     def result(self, output: Any, context: Any, image: ImageInfo, options: InferenceOptions) -> ImageOutcome:
         """The record's answer for one image from its output and what `prepare` returned for it."""
         ...
+
+
+def embedding_view(model: Model) -> Model | None:
+    """The model whose answers carry `embedding` too (a classifier's with_embedding()), or None when `model`
+    has no embedding (a detector, or a classifier whose head is not a linear layer)."""
+    make = getattr(model, "with_embedding", None)
+    if make is None or getattr(model, "embedding_output", None) is None:
+        return None
+    view: Model = make()
+    return view

@@ -289,8 +289,9 @@ class SearchService:
         if width != wanted:
             raise ReindexError(
                 f"model {version} embeds images in {width} dimensions but {VECTOR_FIELD!r} of index {index!r} holds "
-                f"{wanted}: a vector field's dimensions cannot change, so nothing was re-enriched; create a new index "
-                f"with `python -m shared search-setup --vectors --prefix <new prefix>` and point SEARCH_INDEX_NAME at it"
+                f"{wanted}: a vector field's dimensions cannot change, so nothing was re-enriched; create a new "
+                "index with `python -m shared search-setup --vectors --prefix <new prefix>` and point "
+                "SEARCH_INDEX_NAME at it"
             )
 
     def stale_documents(self, version: str) -> int:
@@ -355,7 +356,10 @@ def run_pass(
     if record.version == current:
         if record.embedded == current:
             return ReindexOutcome(
-                "nothing", f"nothing to do: the index was re-enriched with {current} ({record.recorded})", current, current
+                "nothing",
+                f"nothing to do: the index was re-enriched with {current} ({record.recorded})",
+                current,
+                current,
             )
         return _follow_run(settings, store, service, record, current, dry_run=dry_run)
     age = clock() - pointer_since(store, pointer)

@@ -66,7 +66,8 @@ RUN = {
         ".venv/bin/python -m shared reindex --status",
     ],
     "deploy.md": [
-        "zip -r app.zip host.json requirements.txt ClassifySkill ExtractionSkill Health RefreshModel shared "
+        "zip -r app.zip host.json requirements.txt ClassifySkill ExtractionSkill Health RefreshModel VectorizeImage "
+        "shared "
         "model_cache/sample -x '*__pycache__*'",
         ".venv/bin/python -m shared publish model_cache/sample --version sample-1",
         'curl -s "$(azd env get-value FUNCTION_URL)/api/health"',

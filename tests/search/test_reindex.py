@@ -177,7 +177,7 @@ def test_a_full_pass_resets_and_runs_the_indexer_once(
     stub.requests.clear()
     assert a_pass(settings, store, clock).action == "running"
     assert stub.calls() == [STATUS]
-    stub.finish_run()
+    stub.finish_run(end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.t + 600)))
     clock.t += 3600
     assert a_pass(settings, store, clock).action == "finished"
     stub.requests.clear()
