@@ -90,7 +90,9 @@ def assert_embeddings_match(engine: object, model_pt: Path, batch: np.ndarray) -
 
 
 @pytest.mark.parametrize("model_name", ["resnet18", "mobilenetv2", "vits16r224"])
-def test_automls_own_onnx_export_in_a_run_folder_gets_its_embedding_when_loaded(tmp_path: Path, model_name: str) -> None:
+def test_automls_own_onnx_export_in_a_run_folder_gets_its_embedding_when_loaded(
+    tmp_path: Path, model_name: str
+) -> None:
     model_pt = automl_checkpoint(tmp_path / "model.pt", model_name, LABELS)
     run = export_twin(model_pt, tmp_path / "run")
     bundle = load_bundle(run)

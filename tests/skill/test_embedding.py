@@ -117,7 +117,10 @@ def test_vectorize_answers_the_skills_embedding_for_image_binary() -> None:
         ({"imageUrl": "http://169.254.169.254/metadata/instance"}, FOREIGN_REFUSED),
         ({"imageUrl": "file:///etc/passwd"}, FOREIGN_REFUSED),
         ({"imageUrl": 7}, "imageUrl must be a URL string, got a number"),
-        ({"imageBinary": {"url": "https://example.com/dog.jpg"}}, 'imageBinary must be an object {"data": "<base64 image>"}'),
+        (
+            {"imageBinary": {"url": "https://example.com/dog.jpg"}},
+            'imageBinary must be an object {"data": "<base64 image>"}',
+        ),
         ({}, 'record has no image: "data" needs "imageBinary" ({"data": "<base64>"}) or "imageUrl"'),
     ],
 )
@@ -147,9 +150,13 @@ def test_a_model_without_an_embedding_says_so(install_service: Any, sample_engin
     assert {"message": f"embedding=true: model {headless.version} (multiclass) has no embedding; only classification "
             "models have one"} in value["warnings"]  # fmt: skip
     _, answer = call(
-        VectorizeImage.main, "/api/vectorize", vector_request({"imageBinary": {"data": base64.b64encode(photo).decode()}})
+        VectorizeImage.main,
+        "/api/vectorize",
+        vector_request({"imageBinary": {"data": base64.b64encode(photo).decode()}}),
     )
     assert answer["values"][0]["errors"] == [
-        {"message": f"model {headless.version} (multiclass) has no embedding: only classification models can be the "
-         "index's vectorizer"}  # fmt: skip
+        {
+            "message": f"model {headless.version} (multiclass) has no embedding: only classification models can be the "
+            "index's vectorizer"
+        }  # fmt: skip
     ]
