@@ -158,5 +158,5 @@ def test_a_model_without_an_embedding_says_so(install_service: Any, sample_engin
         {
             "message": f"model {headless.version} (multiclass) has no embedding: only classification models can be the "
             "index's vectorizer"
-        }  # fmt: skip
+        }
     ]
