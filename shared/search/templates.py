@@ -185,6 +185,25 @@ class AIServicesKey:
 
 
 @dataclass(frozen=True)
+class Vectors:
+    """The index's image vector field and its vectorizer (docs/vectors.md): `dimensions` of the current model's
+    embedding; the vectorizer calls /api/vectorize with VectorizeImage's function key `key` (a secret, never shown;
+    `source` names its variable), or with the skill's Entra ID app registration when the skill uses one."""
+
+    dimensions: int
+    key: str | None = field(default=None, repr=False)
+    source: str = "VECTORIZE_FUNCTION_KEY"
+
+
+VECTOR_FIELD = "imageEmbedding"
+VECTOR_PROFILE = "image-embedding-profile"
+VECTOR_ALGORITHM = "image-embedding-hnsw"
+VECTORIZER = "image-vectorizer"
+# Azure AI Search's vector fields hold 2 to 4,096 dimensions (Learn, "Create a vector index").
+MAX_VECTOR_DIMENSIONS = 4096
+
+
+@dataclass(frozen=True)
 class ImageAnalysis:
     """The built-in ImageAnalysisSkill beside the classifier: its visual features and who pays for it."""
 
@@ -266,6 +285,7 @@ def render(
     image_analysis: ImageAnalysis | None = None,
     per_page: bool = False,
     enrichment_cache: str | None = None,
+    vectors: Vectors | None = None,
     template_dir: Path = TEMPLATE_DIR,
 ) -> dict[str, dict[str, Any]]:
     """The four objects, keys "datasource", "index", "skillset", "indexer", as the REST API takes them.
@@ -339,8 +359,59 @@ def render(
             "storageConnectionString": f"ResourceId={enrichment_cache.strip()};",
             "enableReprocessing": True,
         }
+    if vectors is not None:
+        _add_vectors(rendered, vectors, uri[: -len("/api/classify")], auth)
     complex_elements_per_document(rendered["index"], rendered["indexer"], rendered["skillset"])
     return rendered
+
+
+def _add_vectors(rendered: dict[str, dict[str, Any]], vectors: Vectors, base: str, auth: SkillAuth) -> None:
+    """The skill answers `embedding` (`?embedding=true`); the index gets the vector field, an HNSW profile with
+    cosine and the customWebApi vectorizer on /api/vectorize; the indexer maps the document's (first) image's
+    embedding to the field: one image per document (an image file). Learn: "Create a vector index" (field,
+    profile, HNSW), "Custom Web API vectorizer" (parameters), output field mappings with an index selector."""
+    if not 2 <= vectors.dimensions <= MAX_VECTOR_DIMENSIONS:
+        raise SearchSetupError(
+            f"embedding dimensions {vectors.dimensions} are invalid: a vector field holds 2 to {MAX_VECTOR_DIMENSIONS}"
+        )
+    skill = _web_api_skills(rendered["skillset"])[0]
+    skill["uri"] = f"{skill['uri']}?embedding=true"
+    skill.setdefault("outputs", []).append({"name": "embedding", "targetName": "embedding"})
+    index = rendered["index"]
+    if any(f.get("name") == VECTOR_FIELD for f in index["fields"]):
+        raise SearchSetupError(f"the index template already has a field {VECTOR_FIELD!r}")
+    index["fields"].append(
+        {
+            "name": VECTOR_FIELD,
+            "type": "Collection(Edm.Single)",
+            "searchable": True,
+            "filterable": False,
+            "sortable": False,
+            "facetable": False,
+            "retrievable": False,
+            "dimensions": vectors.dimensions,
+            "vectorSearchProfile": VECTOR_PROFILE,
+        }
+    )
+    parameters: dict[str, Any] = {"uri": f"{base}/api/vectorize", "httpMethod": "POST", "timeout": "PT60S"}
+    if vectors.key is not None:
+        parameters["httpHeaders"] = {"x-functions-key": vectors.key}
+    if isinstance(auth, EntraAuth):
+        parameters["authResourceId"] = auth.resource_id
+    index["vectorSearch"] = {
+        "algorithms": [
+            {
+                "name": VECTOR_ALGORITHM,
+                "kind": "hnsw",
+                "hnswParameters": {"metric": "cosine", "m": 4, "efConstruction": 400, "efSearch": 500},
+            }
+        ],
+        "profiles": [{"name": VECTOR_PROFILE, "algorithm": VECTOR_ALGORITHM, "vectorizer": VECTORIZER}],
+        "vectorizers": [{"name": VECTORIZER, "kind": "customWebApi", "customWebApiParameters": parameters}],
+    }
+    rendered["indexer"].setdefault("outputFieldMappings", []).append(
+        {"sourceFieldName": "/document/normalized_images/0/embedding", "targetFieldName": VECTOR_FIELD}
+    )
 
 
 def ai_services_endpoint(url: str) -> str:
@@ -504,6 +575,7 @@ def redacted(
     rendered: Mapping[str, dict[str, Any]],
     source: str = DEFAULT_FUNCTION_KEY_ENV,
     ai_services_key_source: str | None = None,
+    vectorize_source: str = "VECTORIZE_FUNCTION_KEY",
 ) -> dict[str, Any]:
     """A copy safe to print: every skill header value (the function key) and the AI Services key replaced
     by where they come from."""
@@ -512,6 +584,12 @@ def redacted(
         headers = skill.get("httpHeaders")
         if isinstance(headers, dict):
             skill["httpHeaders"] = {name: f"<redacted: ${source}>" for name in headers}
+    for vectorizer in shown.get("index", {}).get("vectorSearch", {}).get("vectorizers") or []:
+        headers = (vectorizer.get("customWebApiParameters") or {}).get("httpHeaders")
+        if isinstance(headers, dict):
+            vectorizer["customWebApiParameters"]["httpHeaders"] = {
+                name: f"<redacted: ${vectorize_source}>" for name in headers
+            }
     billing = shown.get("skillset", {}).get("cognitiveServices")
     if isinstance(billing, dict) and billing.get("key"):
         source_text = ai_services_key_source or "the AI Services key"
