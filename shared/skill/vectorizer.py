@@ -10,6 +10,7 @@ identity; any other URL is refused without being fetched.
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,20 @@ def _blob_of(url: str, accounts: list[BlobAccount]) -> tuple[BlobAccount, str, s
     return None
 
 
+_credentials: dict[str | None, Any] = {}
+_credentials_lock = threading.Lock()
+
+
+def _credential(client_id: str | None) -> Any:
+    """One DefaultAzureCredential per identity for the process: it caches its tokens."""
+    with _credentials_lock:
+        if client_id not in _credentials:
+            from azure.identity import DefaultAzureCredential
+
+            _credentials[client_id] = DefaultAzureCredential(managed_identity_client_id=client_id)
+        return _credentials[client_id]
+
+
 def _blob_loader(account: BlobAccount, container: str, name: str, settings: Settings) -> ImageLoader:
     def load() -> bytes:
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -72,10 +87,7 @@ def _blob_loader(account: BlobAccount, container: str, name: str, settings: Sett
         if account.connection_string is not None:
             client = BlobClient.from_connection_string(account.connection_string, container, name)
         else:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
-            client = BlobClient(account.url, container, name, credential=credential)
+            client = BlobClient(account.url, container, name, credential=_credential(settings.azure_client_id))
         limit = settings.max_image_bytes
         try:
             size = client.get_blob_properties().size
