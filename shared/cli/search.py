@@ -187,7 +187,12 @@ def _vectors(args: argparse.Namespace, env: Mapping[str, str], auth: SkillAuth) 
             "for example with `az functionapp function keys list -g <group> -n <app> --function-name "
             "VectorizeImage`, or pass --auth-resource-id for Entra ID",
         )
-    return Vectors(dimensions=dimensions or _current_dimensions(env), key=key, source=source)
+    return Vectors(
+        dimensions=dimensions or _current_dimensions(env),
+        key=key,
+        source=source,
+        per_image=getattr(args, "vectors", None) == "per-image",
+    )
 
 
 def _search_credential(key_env: str | None, env: Mapping[str, str]) -> Any:
@@ -459,8 +464,11 @@ def register(commands: Any) -> None:
     )
     search.add_argument(
         "--vectors",
-        action="store_true",
-        help="add the imageEmbedding vector field (HNSW, cosine) and /api/vectorize as its vectorizer",
+        nargs="?",
+        const="document",
+        choices=("document", "per-image"),
+        help="the imageEmbedding vector field (HNSW, cosine) with /api/vectorize as its vectorizer: on the document "
+        "(one image per document, the default) or per-image (a second index, one search document per image)",
     )
     search.add_argument(
         "--dimensions", type=int, metavar="N", help="with --vectors: the embedding width (default: the current model's)"

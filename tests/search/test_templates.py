@@ -258,3 +258,35 @@ def test_vectors_render_the_field_profile_and_vectorizer() -> None:
     assert "httpHeaders" not in entra["customWebApiParameters"]
     with pytest.raises(SearchSetupError, match="a vector field holds 2 to 4096"):
         rendered(FunctionKeyAuth("k-123"), vectors=Vectors(5000, key="v"))
+
+
+def test_per_image_vectors_project_one_document_per_image_into_a_second_index() -> None:
+    """Documents with many images (PDFs): the skillset's index projection (GA) writes one search document per
+    image into `<prefix>-image-index`; the parents stay in the first index. Both indexes and the skillset
+    match the SDK's models and go out unchanged."""
+    from azure.search.documents._utils.model_base import SdkJSONEncoder
+    from azure.search.documents.indexes import models
+
+    objects = rendered(FunctionKeyAuth("k-123"), vectors=Vectors(1280, key="v-123", per_image=True))
+    image_index = objects["imageindex"]
+    assert image_index["name"] == "automl-images-image-index"
+    assert not any(f["name"] == "imageEmbedding" for f in objects["index"]["fields"])
+    key = image_index["fields"][0]
+    assert (key["name"], key["key"], key["analyzer"]) == ("id", True, "keyword")
+    assert image_index["vectorSearch"]["vectorizers"][0]["customWebApiParameters"]["uri"] == f"{FUNCTION}/api/vectorize"
+    (selector,) = objects["skillset"]["indexProjections"]["selectors"]
+    assert (selector["targetIndexName"], selector["parentKeyFieldName"], selector["sourceContext"]) == (
+        "automl-images-image-index",
+        "parentId",
+        "/document/normalized_images/*",
+    )
+    assert {"name": "imageEmbedding", "source": "/document/normalized_images/*/embedding"} in selector["mappings"]
+    fields = {f["name"] for f in image_index["fields"]}
+    assert {m["name"] for m in selector["mappings"]} <= fields
+    assert objects["skillset"]["indexProjections"]["parameters"] == {"projectionMode": "includeIndexingParentDocuments"}
+    assert not any(m["targetFieldName"] == "imageEmbedding" for m in objects["indexer"]["outputFieldMappings"])
+    for kind, body in (("index", image_index), ("index", objects["index"]), ("skillset", objects["skillset"])):
+        assert searchmodels.check(kind, body) == []
+        model = getattr(models, searchmodels.MODELS[kind].__name__)(copy.deepcopy(body))
+        assert json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True) == json.dumps(body)
+    assert "v-123" not in json.dumps(redacted(objects, "SKILL_FUNCTION_KEY", None, "VECTORIZE_FUNCTION_KEY"))
