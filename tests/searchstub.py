@@ -373,6 +373,9 @@ class SearchStub:
                 if docs is None:
                     self._error(404, f"The index '{name}' for service '{stub.service}' was not found.")
                     return
+                if (body or {}).get("vectorQueries"):
+                    self._vector_search(docs, body)
+                    return
                 wanted = FILTER.match(str((body or {}).get("filter", "")))
                 if wanted is None:
                     self._error(400, "Invalid expression: the stand-in supports only the modelVersion filter.")
@@ -387,6 +390,39 @@ class SearchStub:
                 if (body or {}).get("count"):
                     answer["@odata.count"] = count
                 self._answer(200, answer)
+
+            def _vector_search(self, docs: list[dict[str, Any]], body: dict[str, Any]) -> None:
+                """One `kind: vector` query on one field: exhaustive cosine over the documents that have the field,
+                `@search.score` = 1 / (1 + (1 - cosine)) (Learn, "Relevance in vector search"), best `k` first,
+                then `top`; the vector itself is not returned (the field is not retrievable)."""
+                (query,) = body["vectorQueries"]
+                if query.get("kind") != "vector" or not isinstance(query.get("vector"), list):
+                    self._error(400, "The stand-in supports one vector query of kind 'vector'.")
+                    return
+                field = query.get("fields")
+                vector = [float(x) for x in query["vector"]]
+                scored = []
+                for doc in docs:
+                    stored = doc.get(field)
+                    if not isinstance(stored, list):
+                        continue
+                    if len(stored) != len(vector):
+                        self._error(
+                            400,
+                            f"The vector field '{field}' dimensions must match the length of the vector in the query: "
+                            f"expected {len(stored)}, got {len(vector)}.",
+                        )
+                        return
+                    dot = sum(a * b for a, b in zip(stored, vector, strict=True))
+                    norms = (sum(a * a for a in stored) * sum(b * b for b in vector)) ** 0.5 or 1.0
+                    scored.append((1.0 / (2.0 - dot / norms), doc))
+                scored.sort(key=lambda pair: -pair[0])
+                limit = min(int(query.get("k") or 50), int(body.get("top") or 50))
+                hits = [
+                    {"@search.score": score, **{k: v for k, v in doc.items() if k != field}}
+                    for score, doc in scored[:limit]
+                ]
+                self._answer(200, {"value": hits})
 
             def do_GET(self) -> None:
                 self._serve("GET")
