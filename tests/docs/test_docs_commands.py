@@ -30,7 +30,16 @@ from tests.searchstub import SearchStub
 
 pytestmark = pytest.mark.integration  # see tests/conftest.py
 
-PAGES = ("skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md")
+PAGES = (
+    "skill.md",
+    "search.md",
+    "detection.md",
+    "reindex.md",
+    "deploy.md",
+    "performance.md",
+    "architecture.md",
+    "vectors.md",
+)
 SERVE = ".venv/bin/python -m shared serve"
 SEARCH_SETUP = (
     ".venv/bin/python -m shared search-setup \\ --search-endpoint https://<search>.search.windows.net \\ "
@@ -42,6 +51,10 @@ REQUEST = (
     'base64.b64encode(open("samples/coffee.png","rb").read()).decode()}}]}))\' > /tmp/req.json'
 )
 DETECTION_SERVE = f"AZUREML_MODEL_DIR=path/to/run {SERVE}"
+VECTOR_QUERY = (
+    'python3 -c \'import base64,json;print(json.dumps({"values":[{"recordId":"q","data":{"imageBinary":{"data": '
+    'base64.b64encode(open("samples/chelsea.png","rb").read()).decode()}}}]}))\' > /tmp/query.json'
+)
 
 # What each page's test runs, in page order (whitespace collapsed).
 RUN = {
@@ -74,6 +87,16 @@ RUN = {
     ],
     "performance.md": [],
     "architecture.md": [],
+    "vectors.md": [
+        SERVE,
+        REQUEST,
+        'curl -s -X POST "localhost:7071/api/classify?embedding=true" --data-binary @/tmp/req.json',
+        VECTOR_QUERY,
+        "curl -s -X POST localhost:7071/api/vectorize --data-binary @/tmp/query.json",
+        SEARCH_SETUP.replace(" --dry-run", " --vectors --dry-run"),
+        ".venv/bin/python -m shared query --like samples/chelsea.png --search-endpoint "
+        "https://<search>.search.windows.net",
+    ],
 }
 
 BENCH = "the benchmark: minutes of every core; speed and memory targets live in `make bench`, never in tests"
@@ -95,6 +118,7 @@ SKIPPED = {
         "make lint": "ruff, mypy and lint-imports: tests/test_architecture.py runs the same import check",
         '.venv/bin/python -m pytest -m "not integration"': "the test suite itself, run by `make test`",
     },
+    "vectors.md": {"make bench": BENCH},
     "performance.md": {
         "make bench": BENCH,
         ".venv/bin/python scripts/bench.py --quick": BENCH,
@@ -138,6 +162,7 @@ SUBSTITUTED = {
     "localhost:7071": "`serve` gets `--port N` (a free port) and N replaces 7071 in the commands after it: "
     "7071 may be taken on a shared machine (tests/docs/test_readme.py runs the README's tour on 7071 itself)",
     "/tmp/req.json": "a file in the test's own folder, so parallel runs do not share it",
+    "/tmp/query.json": "a file in the test's own folder, so parallel runs do not share it",
     "cp local.settings.json.sample local.settings.json": "copied into the test's folder: in the checkout, "
     "`serve` would read it in every later test",
     "https://<search>.search.windows.net": "tests/searchstub.py's http://127.0.0.1:N, with its admin key in "
@@ -369,3 +394,57 @@ def test_the_performance_page_has_only_the_bench_to_run() -> None:
         ".venv/bin/python scripts/bench.py --quick",
     ]
     assert re.search(r"^bench:.*\n\t\$\(BIN\)/python scripts/bench.py$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_vectors_page_runs_as_written(search_service: SearchStub, tmp_path: Path) -> None:
+    """The skill with embedding=true and /api/vectorize on the dev server give the same vector for the same photo;
+    search-setup --vectors renders the field, profile and vectorizer; query --like finds that photo first in an
+    index (the stand-in's) holding the sample photos' vectors."""
+    import base64 as b64
+
+    from shared.core.settings import Settings
+    from shared.skill.service import SkillService
+
+    def vector_of(name: str) -> list[float]:
+        data = b64.b64encode((SAMPLES / name).read_bytes()).decode()
+        body = json.dumps({"values": [{"recordId": "0", "data": {"imageBinary": {"data": data}}}]}).encode()
+        return list(json.loads(SkillService(Settings()).vectorize(body)[1])["values"][0]["data"]["vector"])
+
+    search_service.add_pipeline()
+    search_service.indexes["automl-images-index"] = [
+        {"id": name, "metadata_storage_name": name, "labels": [name.split(".")[0]], "imageEmbedding": vector_of(name)}
+        for name in ("chelsea.png", "coffee.png", "rocket.jpg")
+    ]
+    env = base_env(tmp_path) | {
+        "SKILL_FUNCTION_KEY": "test-function-key-not-a-secret",
+        "VECTORIZE_FUNCTION_KEY": "test-vectorize-key-not-a-secret",
+        "SEARCH_ADMIN_KEY": search_service.key,
+        "FUNCTION_URL": "https://func-test.azurewebsites.net",
+        "STORAGE_ACCOUNT_ID": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-skill/providers/"
+        "Microsoft.Storage/storageAccounts/stskill",
+    }
+    fake_azd(tmp_path, env)
+    ran = dict(
+        run_page(
+            "vectors.md",
+            env,
+            places={
+                "/tmp/req.json": str(tmp_path / "req.json"),
+                "/tmp/query.json": str(tmp_path / "query.json"),
+                "https://<search>.search.windows.net": search_service.endpoint,
+            },
+        )
+    )
+    (classified,) = json.loads(ran[RUN["vectors.md"][2]])["values"]
+    assert classified["data"]["label"] == "espresso" and len(classified["data"]["embedding"]) == 1280
+    (vectorized,) = json.loads(ran[RUN["vectors.md"][4]])["values"]
+    assert vectorized["recordId"] == "q" and vectorized["data"]["vector"] == vector_of("chelsea.png")
+    rendered = json.loads(ran[RUN["vectors.md"][5]])
+    assert rendered["index"]["fields"][-1]["dimensions"] == 1280
+    assert rendered["index"]["vectorSearch"]["vectorizers"][0]["customWebApiParameters"]["uri"] == (
+        "https://func-test.azurewebsites.net/api/vectorize"
+    )
+    assert "test-vectorize-key-not-a-secret" not in ran[RUN["vectors.md"][5]]
+    lines = ran[RUN["vectors.md"][6]].splitlines()
+    assert lines[0].startswith("nearest to samples/chelsea.png (model sample-efficientnet-lite0-imagenet, 1280 ")
+    assert lines[2].split()[1:] == ["chelsea.png", "chelsea"] and len(lines) == 5
