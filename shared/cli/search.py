@@ -42,6 +42,8 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
         else:
             claim = f"; re-enriching with {record.pending} since {record.claimed}" if record.pending else ""
             print(f"last re-enriched with: {record.version} ({record.mode}, {record.recorded}){claim}")
+            if record.embedded != record.version:
+                print(f"not finished yet: the index's vectors, and the vectorizer, are still on {record.embedded}")
         print(f"indexer {settings.search_indexer_name}: {status.indexer.describe()}")
         if status.stale is not None:
             print(f"documents with an image classified by another version than {status.current}: {status.stale}")

@@ -356,7 +356,10 @@ def test_the_reindex_page_runs_as_written(search_service: SearchStub, azurite: A
     assert outputs[1] == (
         "re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run\n"
     )
-    assert outputs[2].startswith("nothing to do: the index was re-enriched with v2 (")
+    assert outputs[2].startswith(
+        "re-enriching with v2: indexer 'automl-images-indexer' is running, a run is in progress; the vectorizer "
+        "answers with v1 until a run started after "
+    )
     lines = outputs[3].splitlines()
     assert lines[0] == "current version: v2"
     assert lines[-1] == "documents with an image classified by another version than v2: 0"
