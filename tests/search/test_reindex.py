@@ -660,3 +660,38 @@ def test_cli_unreachable_service(
     err = capsys.readouterr().err
     assert err.startswith(f"error: search service {nowhere} is unreachable while reading the status of indexer ")
     assert err.count("\n") == 1
+
+
+def test_a_new_width_of_embedding_stops_the_pass_in_one_line(
+    settings: Settings, store: BlobModelStore, stub: SearchStub, tmp_path: Path
+) -> None:
+    """The index's vector field holds the old model's width: re-enriching with a model of another width would have
+    every document's vector refused, so the pass says what to do and changes nothing."""
+    clock = Clock()
+    store.publish(tiny_bundle(tmp_path / "v1", seed=1), version="v1")  # 3-wide embedding (its 3 channels)
+    assert a_pass(settings, store, clock).action == "baseline"
+    stub.definitions["indexes"]["automl-images-index"]["fields"].append(
+        {"name": "imageEmbedding", "type": "Collection(Edm.Single)", "searchable": True, "dimensions": 3,
+         "vectorSearchProfile": "image-embedding-profile"}
+    )  # fmt: skip
+    store.publish(tiny_bundle(tmp_path / "v2", rank=2), version="v2")  # 16-wide
+    after_delay(store, clock)
+    stub.requests.clear()
+    with pytest.raises(ReindexError) as raised:
+        a_pass(settings, store, clock)
+    assert str(raised.value) == (
+        "model v2 embeds images in 16 dimensions but 'imageEmbedding' of index 'automl-images-index' holds 3: a "
+        "vector field's dimensions cannot change, so nothing was re-enriched; create a new index with `python -m "
+        "shared search-setup --vectors --prefix <new prefix>` and point SEARCH_INDEX_NAME at it"
+    )
+    assert stub.calls() == [STATUS, ("GET", "/indexes('automl-images-index')")]
+    assert recorded(store) == ("v1", None) and stub.indexers["automl-images-indexer"].resets == 0
+
+
+def test_the_same_width_reads_no_index(
+    settings: Settings, store: BlobModelStore, stub: SearchStub, tmp_path: Path
+) -> None:
+    clock = Clock()
+    baseline(settings, store, tmp_path, clock, stub)  # v1 and v2: both 3 wide
+    assert a_pass(settings, store, clock).action == "done"
+    assert stub.calls() == [STATUS, RESET, RUN]
