@@ -257,7 +257,10 @@ def find_embedding(model_bytes: bytes) -> EmbeddingSite | None:
     graph does not end in one (a detector, or a classifier whose head is not Gemm/MatMul).
     Raises OnnxFormatError when the bytes are not a ModelProto."""
     graph_bytes, _, _ = _graph_field(memoryview(model_bytes))
-    graph = _graph(graph_bytes)
+    return _site(_graph(graph_bytes))
+
+
+def _site(graph: _Graph) -> EmbeddingSite | None:
     if not graph.outputs:
         return None
     logits, batch = graph.outputs[0]
@@ -334,7 +337,13 @@ def add_embedding_output(model_bytes: bytes, site: EmbeddingSite, name: str = EM
     or ValueError when `name` is already a value of the graph."""
     model = memoryview(model_bytes)
     graph_bytes, start, end = _graph_field(model)
-    if name in _graph(graph_bytes).names:
+    return _added(model, graph_bytes, start=start, end=end, graph=_graph(graph_bytes), site=site, name=name)
+
+
+def _added(
+    model: memoryview, graph_bytes: memoryview, *, start: int, end: int, graph: _Graph, site: EmbeddingSite, name: str
+) -> bytes:
+    if name in graph.names:
         raise ValueError(f"the graph already has a value named {name!r}")
     node = (
         _len_field(_NODE_INPUT, site.tensor.encode())
@@ -346,17 +355,19 @@ def add_embedding_output(model_bytes: bytes, site: EmbeddingSite, name: str = EM
     if site.dimensions is not None:
         tensor_type += _len_field(_TENSOR_SHAPE, _dim(site.batch) + _dim(site.dimensions))
     value_info = _len_field(_VALUE_NAME, name.encode()) + _len_field(_VALUE_TYPE, _len_field(_TYPE_TENSOR, tensor_type))
-    new_graph = bytes(graph_bytes) + _len_field(_GRAPH_NODE, node) + _len_field(_GRAPH_OUTPUT, value_info)
-    return bytes(model[:start]) + _len_field(_MODEL_GRAPH, new_graph) + bytes(model[end:])
+    tail = _len_field(_GRAPH_NODE, node) + _len_field(_GRAPH_OUTPUT, value_info)
+    header = _enc_varint(_MODEL_GRAPH << 3 | _LEN) + _enc_varint(len(graph_bytes) + len(tail))
+    # One copy of the model (hundreds of MB for a ViT-L): the pieces are joined once.
+    return b"".join((model[:start], header, graph_bytes, tail, model[end:]))
 
 
-def locate(model_bytes: bytes, manifest: dict[str, Any] | None) -> Embedding | None:
-    """A classifier's embedding: the output the manifest names (or an output called `embedding`) when the
-    file has it, else where the final linear layer's input is (to be added when the model is opened); None
-    when the graph has no final linear layer. Raises OnnxFormatError."""
+def locate(output_names: list[str], manifest: dict[str, Any] | None, classifier: bool) -> Embedding | None:
+    """A bundle's embedding from what its loader already read (the graph's output names, the manifest): the
+    output the manifest names, or one called `embedding`, when the file has it; for a classifier without one,
+    an embedding to add when it is first asked for (edit_model_bytes: the graph is walked then, not at every
+    load); None for a detector."""
     recorded = manifest.get("embedding") if isinstance(manifest, dict) else None
-    names = output_names(model_bytes)
-    if isinstance(recorded, dict) and recorded.get("output") in names[1:]:
+    if isinstance(recorded, dict) and recorded.get("output") in output_names[1:]:
         dims = recorded.get("dimensions")
         return Embedding(
             output=str(recorded["output"]),
@@ -364,21 +375,39 @@ def locate(model_bytes: bytes, manifest: dict[str, Any] | None) -> Embedding | N
             source=str(recorded.get("source") or ""),
             in_file=True,
         )
-    if EMBEDDING_OUTPUT in names[1:]:
+    if EMBEDDING_OUTPUT in output_names[1:]:
         return Embedding(output=EMBEDDING_OUTPUT, dimensions=None, source="", in_file=True)
-    site = find_embedding(model_bytes)
-    if site is None:
+    if not classifier:
         return None
-    return Embedding(output=EMBEDDING_OUTPUT, dimensions=site.dimensions, source=site.tensor, in_file=False)
+    return Embedding(output=EMBEDDING_OUTPUT, dimensions=None, source="", in_file=False)
+
+
+def manifest_entry(model_bytes: bytes) -> tuple[bytes | None, dict[str, Any] | None]:
+    """For a version about to be stored: the model with its embedding output (None when the file has it
+    already) and the manifest's `embedding` entry (None, and no edit, when the graph has no final linear
+    layer). Raises OnnxFormatError."""
+    model = memoryview(model_bytes)
+    graph_bytes, start, end = _graph_field(model)
+    graph = _graph(graph_bytes)
+    site = _site(graph)
+    if site is None:
+        return None, None
+    entry = {"output": EMBEDDING_OUTPUT, "dimensions": site.dimensions, "source": site.tensor}
+    if EMBEDDING_OUTPUT in [output for output, _ in graph.outputs[1:]]:
+        return None, entry
+    return _added(model, graph_bytes, start=start, end=end, graph=graph, site=site, name=EMBEDDING_OUTPUT), entry
 
 
 def edit_model_bytes(model_bytes: bytes) -> bytes:
     """`model_bytes` with the embedding output added (find_embedding + add_embedding_output); unchanged when
     it already has an output named `embedding`. Raises OnnxFormatError, or ValueError when the graph has no
     final linear layer."""
-    if EMBEDDING_OUTPUT in output_names(model_bytes)[1:]:
+    model = memoryview(model_bytes)
+    graph_bytes, start, end = _graph_field(model)
+    graph = _graph(graph_bytes)
+    if EMBEDDING_OUTPUT in [output for output, _ in graph.outputs[1:]]:
         return model_bytes
-    site = find_embedding(model_bytes)
+    site = _site(graph)
     if site is None:
         raise ValueError("the graph does not end in a Gemm or MatMul layer, so it has no embedding to expose")
-    return add_embedding_output(model_bytes, site)
+    return _added(model, graph_bytes, start=start, end=end, graph=graph, site=site, name=EMBEDDING_OUTPUT)

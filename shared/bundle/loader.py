@@ -335,10 +335,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
     preprocessing = Preprocessing(resize=resize, crop=crop, mean=mean, std=std, in_graph=in_graph)
     version = _version(manifest, model_bytes, labels, task, preprocessing)
-    try:
-        embedding = locate(model_bytes, manifest)
-    except OnnxFormatError:
-        embedding = None
+    embedding = locate([name for name, _ in info.outputs], manifest, classifier=True)
 
     return ModelBundle(
         root=root,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.bundle.embedding import edit_model_bytes
+from shared.bundle.embedding import EMBEDDING_OUTPUT, edit_model_bytes
 from shared.bundle.loader import ModelBundle, Preprocessing
 from shared.bundle.onnxinfo import OnnxFormatError
 from shared.core.errors import BundleError
@@ -119,20 +120,11 @@ class ClassificationModel:
 
     def __init__(self, bundle: ModelBundle, threads: int | None = None) -> None:
         self.bundle = bundle
-        edited: bytes | None = None
-        embedding = bundle.embedding
-        if embedding is not None and not embedding.in_file:
-            # A folder loaded as it is (a run folder, the sample, a version published before embeddings): the
-            # output is added in memory; the verified files on disk stay as they are.
-            try:
-                edited = edit_model_bytes(bundle.model_path.read_bytes())
-            except (OSError, OnnxFormatError, ValueError) as exc:
-                logger.warning("no embedding for %s: %s", bundle.model_path, exc)
-                embedding = None
+        self._threads = threads
+        self._upgrade_lock = threading.Lock()
         # Measured on the sample model at batch 16: the same speed without memory-pattern planning and about
         # 30 MB less peak RSS (the plan preallocates every activation of the largest batch at once).
-        self.session = open_session(bundle.model_path, threads, mem_pattern=False, model_bytes=edited)
-        del edited
+        self.session = open_session(bundle.model_path, threads, mem_pattern=False)
 
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
@@ -159,14 +151,19 @@ class ClassificationModel:
             )
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
-        # The embedding output (shared.bundle.embedding), fetched only by the view with_embedding() returns.
+        # The embedding output (shared.bundle.embedding), fetched only by the view with_embedding() returns. A
+        # file without it (a run folder, the sample, a version published before embeddings) gets it when it is
+        # first asked for, so loading and serving without embeddings cost what they did.
         self.embedding_output: str | None = None
         self.embedding_dimensions: int | None = None
         self.fetch_embedding = False
-        if embedding is not None:
-            found = next((o for o in outputs[1:] if o.name == embedding.output), None)
+        self._can_embed = bundle.embedding is not None
+        if bundle.embedding is not None and bundle.embedding.in_file:
+            found = next((o for o in outputs[1:] if o.name == bundle.embedding.output), None)
             if found is not None and len(found.shape) == 2:
                 self.embedding_output = found.name
+            else:
+                self._can_embed = False
         # A graph exported with a fixed batch of 1 (AutoML's has a dynamic batch axis) runs image by image.
         self.one_at_a_time = shape[0] == 1
         self.max_run: int | None = 1 if self.one_at_a_time else None
@@ -179,9 +176,12 @@ class ClassificationModel:
         self.draft_short_side: int | None = self.preprocessing.resize
 
         smoke = np.zeros((1, 3, crop, crop), dtype=np.float32)
-        width = self.logits(smoke).shape[1]
         if self.embedding_output is not None:
-            self.embedding_dimensions = int(self.features(smoke).shape[1])
+            logits, features = self.session.run([self.output_name, self.embedding_output], {self.input_name: smoke})
+            width = np.asarray(logits).shape[1]
+            self.embedding_dimensions = int(np.asarray(features).shape[1])
+        else:
+            width = self.logits(smoke).shape[1]
         if width != len(self.labels):
             raise BundleError(
                 f"{bundle.model_path} outputs {width} classes but labels.json lists {len(self.labels)}; "
@@ -203,14 +203,41 @@ class ClassificationModel:
             return np.concatenate([self.features(batch[i : i + 1]) for i in range(len(batch))])
         return np.asarray(self.session.run([self.embedding_output], {self.input_name: batch})[0], dtype=np.float32)
 
+    @property
+    def has_embedding(self) -> bool:
+        """Whether with_embedding() can answer (a classifier whose graph ends in a linear layer)."""
+        return self._can_embed
+
     def with_embedding(self) -> ClassificationModel:
-        """A view of this model (the same session) whose answers carry `embedding` too. BundleError when the
-        model has none."""
+        """A view of this model (the same session) whose answers carry `embedding` too. The first call on a
+        model whose file lacks the output adds it (a new session over the edited graph replaces this one: the
+        same logits, bit for bit). BundleError when the model has none."""
         if self.embedding_output is None:
-            raise BundleError(f"model {self.version} has no embedding: its graph does not end in a linear layer")
+            self._add_embedding()
         view = copy.copy(self)
         view.fetch_embedding = True
         return view
+
+    def _add_embedding(self) -> None:
+        with self._upgrade_lock:
+            if self.embedding_output is not None:
+                return
+            if not self._can_embed:
+                raise BundleError(f"model {self.version} has no embedding: its graph does not end in a linear layer")
+            try:
+                edited = edit_model_bytes(self.bundle.model_path.read_bytes())
+            except (OSError, OnnxFormatError, ValueError) as exc:
+                self._can_embed = False
+                logger.warning("model %s has no embedding: %s", self.version, exc)
+                raise BundleError(f"model {self.version} has no embedding: {exc}") from None
+            session = open_session(self.bundle.model_path, self._threads, mem_pattern=False, model_bytes=edited)
+            del edited
+            smoke = np.zeros((1, *self.input_shape), dtype=np.float32)
+            features = session.run([EMBEDDING_OUTPUT], {self.input_name: smoke})[0]
+            self.embedding_dimensions = int(np.asarray(features).shape[1])
+            self.session = session
+            self.embedding_output = EMBEDDING_OUTPUT
+            logger.info("model %s: embedding output added (%d dimensions)", self.version, self.embedding_dimensions)
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities `[n, classes]`: softmax for multi-class, sigmoid for multi-label."""

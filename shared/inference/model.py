@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from shared.bundle.loader import ModelBundle
+from shared.core.errors import BundleError
 from shared.core.limits import ImageLimits
 
 # Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
@@ -102,7 +103,10 @@ def embedding_view(model: Model) -> Model | None:
     """The model whose answers carry `embedding` too (a classifier's with_embedding()), or None when `model`
     has no embedding (a detector, or a classifier whose head is not a linear layer)."""
     make = getattr(model, "with_embedding", None)
-    if make is None or getattr(model, "embedding_output", None) is None:
+    if make is None or not getattr(model, "has_embedding", False):
         return None
-    view: Model = make()
+    try:
+        view: Model = make()
+    except BundleError:
+        return None
     return view

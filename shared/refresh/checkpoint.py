@@ -267,14 +267,12 @@ def export_onnx(network: Any, crop: int, path: Path) -> float:
 def _add_embedding(path: Path) -> dict[str, Any] | None:
     """Give the exported model its embedding output (shared.bundle.embedding) and return the manifest's entry;
     None when its graph does not end in a linear layer."""
-    from shared.bundle.embedding import add_embedding_output, find_embedding
+    from shared.bundle.embedding import manifest_entry
 
-    data = path.read_bytes()
-    site = find_embedding(data)
-    if site is None:
-        return None
-    path.write_bytes(add_embedding_output(data, site))
-    return {"output": "embedding", "dimensions": site.dimensions, "source": site.tensor}
+    edited, entry = manifest_entry(path.read_bytes())
+    if edited is not None:
+        path.write_bytes(edited)
+    return entry
 
 
 def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:

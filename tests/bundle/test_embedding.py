@@ -83,9 +83,16 @@ def test_a_graph_without_a_linear_head_has_no_embedding(tmp_path: Path) -> None:
     assert find_embedding(model.SerializeToString()) is None
 
 
-def test_the_bundled_sample_has_a_1280_wide_embedding() -> None:
+def test_the_bundled_sample_gets_a_1280_wide_embedding_when_first_asked() -> None:
     bundle = load_bundle(SAMPLE_BUNDLE)
-    assert bundle.embedding is not None and bundle.embedding.dimensions == 1280
+    assert bundle.embedding is not None and not bundle.embedding.in_file
+    model = open_model(bundle)
+    assert model.embedding_output is None  # type: ignore[attr-defined]  # loading costs what it did
+    photo = [Image.open(SAMPLE_PHOTOS[0]).convert("RGB")]
+    before = model.logits(model.preprocess_batch(photo))  # type: ignore[attr-defined]
+    view = model.with_embedding()  # type: ignore[attr-defined]
+    assert model.embedding_dimensions == view.embedding_dimensions == 1280  # type: ignore[attr-defined]
+    assert np.array_equal(model.logits(model.preprocess_batch(photo)), before)  # type: ignore[attr-defined]
     assert output_names((SAMPLE_BUNDLE / "model.onnx").read_bytes()) == ["output1"]  # the committed file as it is
 
 

@@ -140,7 +140,7 @@ def test_a_model_without_an_embedding_says_so(install_service: Any, sample_engin
     from tests.conftest import preloaded_holder
 
     headless = copy.copy(sample_engine)
-    headless.embedding_output = None
+    headless._can_embed = False
     install_service(holder=preloaded_holder(headless))
     photo = (SAMPLES / "coffee.png").read_bytes()
     status, payload = call(ClassifySkill.main, "/api/classify", skill_body([photo]), {"embedding": "true"})
