@@ -155,7 +155,9 @@ def _current_dimensions(env: Mapping[str, str]) -> int:
             folder = settings.model_dir or SAMPLE_BUNDLE
             bundle = load_bundle(folder)
             where = f"model {bundle.version}"
-            dims = bundle.embedding.dimensions if bundle.embedding is not None else None
+            dims = None
+            if bundle.embedding is not None:
+                dims = bundle.embedding.dimensions or _embedding_width(bundle.model_path, bundle.root)
     except SearchSetupError:
         raise
     except AppError as exc:
@@ -166,6 +168,21 @@ def _current_dimensions(env: Mapping[str, str]) -> int:
             "--dimensions for the model you will serve"
         )
     return dims
+
+
+def _embedding_width(model_path: Path, root: Path) -> int | None:
+    """The width of the final linear layer's input, from its weight; else from one run of the model."""
+    from shared.bundle.embedding import find_embedding
+    from shared.inference.factory import load_model
+
+    site = find_embedding(model_path.read_bytes())
+    if site is None:
+        return None
+    if site.dimensions is not None:
+        return site.dimensions
+    model = load_model(root, threads=1)
+    view = getattr(model, "with_embedding", None)
+    return int(view().embedding_dimensions) if view is not None else None
 
 
 def _vectors(args: argparse.Namespace, env: Mapping[str, str], auth: SkillAuth) -> Vectors | None:
