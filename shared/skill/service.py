@@ -218,6 +218,7 @@ class SkillService:
         current = self.holder.current()
         embedded = self._embedded_version()
         if embedded is None or embedded == current.version:
+            self._pinned = None  # the switch is done: the older version's memory goes back
             return current
         pinned = self._pinned
         if pinned is not None and pinned.version == embedded:
