@@ -141,7 +141,7 @@ def test_the_vectorizer_keeps_the_embedded_version_until_re_enrichment_has_finis
     assert vectorize(binary())["data"]["vector"] == expected["v1"]  # read at most every MODEL_POLL_SECONDS
     clock.t += 61
     assert vectorize(binary())["data"]["vector"] == expected["v2"]
-    assert service.vector_model().version == "v2"
+    assert service.vector_model().version == "v2" and service._pinned is None
 
 
 def test_without_a_record_the_vectorizer_follows_the_current_model(
