@@ -84,6 +84,7 @@ class SkillService:
         self._embedded: str | None = None
         self._embedded_next = 0.0
         self._embedded_error: str | None = None
+        self._store: Any = None  # the vectorizer's BlobModelStore, built once (its credential caches tokens)
 
     def classify(self, body: bytes, query: Mapping[str, str]) -> Response:
         """Answer one skill request: (status, JSON body, headers). Never raises."""
@@ -229,14 +230,22 @@ class SkillService:
             self._pinned = self._load_version(embedded)
             return self._pinned
 
-    def _load_version(self, version: str) -> Model:
-        from shared.modelstore.blobstore import BlobModelStore
-        from shared.modelstore.reads import store_cache_dir
+    def _vector_store(self) -> Any:
+        """The model store the vectorizer reads reindex.json and older versions from. Raises StoreError."""
+        if self._store is None:
+            from shared.modelstore.blobstore import BlobModelStore
 
-        try:
             store = BlobModelStore.from_settings(self.settings)
             if store is None:
                 raise StoreError("no model store is configured")
+            self._store = store
+        return self._store
+
+    def _load_version(self, version: str) -> Model:
+        from shared.modelstore.reads import store_cache_dir
+
+        try:
+            store = self._vector_store()
             folder = store.download_version(
                 version, store_cache_dir(self.settings.model_cache_dir(), store.description)
             )
@@ -257,13 +266,11 @@ class SkillService:
         now = self.clock()
         if now < self._embedded_next:
             return self._embedded
-        from shared.modelstore.blobstore import BlobModelStore
         from shared.modelstore.embedded import read_embedded_version
 
         self._embedded_next = now + self.settings.poll_s
         try:
-            store = BlobModelStore.from_settings(self.settings)
-            self._embedded = read_embedded_version(store) if store is not None else None
+            self._embedded = read_embedded_version(self._vector_store())
             self._embedded_error = None
         except AppError as exc:
             if str(exc) != self._embedded_error:
