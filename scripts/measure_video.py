@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import platform
 import statistics
 import sys
@@ -117,7 +118,8 @@ def main() -> int:
     parser.add_argument("videos", nargs="*", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    cpus = os.cpu_count()
+    print(f"{platform.processor() or platform.machine()}, {cpus} CPUs, Python {sys.version.split()[0]}")
     methods: list[tuple[str, Callable[[Path], int]]] = [
         ("PyAV, key frames only (skip_frame NONKEY)", pyav_keyframes),
         ("PyAV, every frame decoded", pyav_all_frames),
@@ -145,7 +147,8 @@ def main() -> int:
                 median = statistics.median(times)
                 print(
                     f"  {name:44s} {median / minutes:6.2f} s per minute of video "
-                    f"(runs {min(times) / minutes:.2f}-{max(times) / minutes:.2f}), {kept / minutes:.0f} keyframes per minute"
+                    f"(runs {min(times) / minutes:.2f}-{max(times) / minutes:.2f}), "
+                    f"{kept / minutes:.0f} keyframes per minute"
                 )
     return 0
 

@@ -81,16 +81,14 @@ class _Parser:
         left = self.conjunction()
         while self.peek() == ("name", "or"):
             self.take()
-            right = self.conjunction()
-            left = (lambda a, b: lambda doc, env: bool(a(doc, env)) or bool(b(doc, env)))(left, right)
+            left = _either(left, self.conjunction())
         return left
 
     def conjunction(self) -> Node:
         left = self.negation()
         while self.peek() == ("name", "and"):
             self.take()
-            right = self.negation()
-            left = (lambda a, b: lambda doc, env: bool(a(doc, env)) and bool(b(doc, env)))(left, right)
+            left = _both(left, self.negation())
         return left
 
     def negation(self) -> Node:
@@ -188,6 +186,14 @@ class _Parser:
             return check(bool(body(doc, {**env, variable: value})) for value in values)
 
         return evaluate
+
+
+def _either(a: Node, b: Node) -> Node:
+    return lambda doc, env: bool(a(doc, env)) or bool(b(doc, env))
+
+
+def _both(a: Node, b: Node) -> Node:
+    return lambda doc, env: bool(a(doc, env)) and bool(b(doc, env))
 
 
 def _walk(value: Any, path: Iterable[str]) -> Any:

@@ -62,7 +62,9 @@ def main_keyframes(
     env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
-    options = FrameOptions(mode=args.mode, every_s=args.every, min_gap_s=args.min_gap or 0.0, max_frames=args.max_frames)
+    options = FrameOptions(
+        mode=args.mode, every_s=args.every, min_gap_s=args.min_gap or 0.0, max_frames=args.max_frames
+    )
     connection_string = None
     if args.connection_string_env:
         if args.account_url:

@@ -29,10 +29,16 @@ def add_query_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--label", metavar="X", help="documents with label X (at or above the threshold)")
     parser.add_argument(
-        "--min-confidence", type=probability, metavar="P", help="an image whose top label (X with --label) scores P or more"
+        "--min-confidence",
+        type=probability,
+        metavar="P",
+        help="an image whose top label (X with --label) scores P or more",
     )
     parser.add_argument(
-        "--max-confidence", type=probability, metavar="P", help="an image whose top label (X with --label) scores P or less"
+        "--max-confidence",
+        type=probability,
+        metavar="P",
+        help="an image whose top label (X with --label) scores P or less",
     )
     parser.add_argument("--model-version", metavar="V", help="an image classified by model version V")
     parser.add_argument("--video", metavar="NAME", help="keyframes of the video NAME (the keyframes index)")
@@ -117,9 +123,7 @@ def _print_moments(found: list[Any], as_json: bool, label: str, out: TextIO, err
             out.write(json.dumps(moment.as_json()) + "\n")
             continue
         confidence = f"{moment.max_confidence:.2f}" if moment.max_confidence is not None else "-"
-        out.write(
-            f"{moment.video}  {clock(moment.start_ms)}-{clock(moment.end_ms)}  {moment.label}  {confidence}\n"
-        )
+        out.write(f"{moment.video}  {clock(moment.start_ms)}-{clock(moment.end_ms)}  {moment.label}  {confidence}\n")
 
 
 def _hit_line(hit: Any) -> str:

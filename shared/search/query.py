@@ -112,7 +112,12 @@ class Hit:
             "name": self.name,
             "labels": list(self.labels),
             "images": [
-                {"label": i.label, "confidence": i.confidence, "labels": list(i.labels), "modelVersion": i.model_version}
+                {
+                    "label": i.label,
+                    "confidence": i.confidence,
+                    "labels": list(i.labels),
+                    "modelVersion": i.model_version,
+                }
                 for i in self.images
             ],
         }
@@ -547,5 +552,7 @@ class IndexReader:
                 IndexerIssue(e.key, e.error_message, e.name, e.details, e.documentation_link, e.status_code)
                 for e in last.errors or []
             ],
-            warnings=[IndexerIssue(w.key, w.message, w.name, w.details, w.documentation_link) for w in last.warnings or []],
+            warnings=[
+                IndexerIssue(w.key, w.message, w.name, w.details, w.documentation_link) for w in last.warnings or []
+            ],
         )

@@ -364,7 +364,9 @@ def add_keyframes(rendered: dict[str, dict[str, Any]]) -> None:
     existing = {f["name"] for f in fields}
     for name in KEYFRAME_FIELDS:
         if name in existing:
-            raise SearchSetupError(f"the index template already has a field {name!r}; rename it to add the keyframe fields")
+            raise SearchSetupError(
+                f"the index template already has a field {name!r}; rename it to add the keyframe fields"
+            )
     fields.append(
         {
             "name": "sourceVideo",
@@ -390,7 +392,11 @@ def add_keyframes(rendered: dict[str, dict[str, Any]]) -> None:
     indexer = rendered["indexer"]
     indexer.setdefault("fieldMappings", []).extend(
         [
-            {"sourceFieldName": "source_video", "targetFieldName": "sourceVideo", "mappingFunction": {"name": "urlDecode"}},
+            {
+                "sourceFieldName": "source_video",
+                "targetFieldName": "sourceVideo",
+                "mappingFunction": {"name": "urlDecode"},
+            },
             {"sourceFieldName": "timestamp_ms", "targetFieldName": "timestampMs"},
         ]
     )

@@ -298,9 +298,7 @@ class KeyframeRun:
             f"{video}: {len(timestamps)} keyframes ({mode}) written to {self.target_name}/{video}/ in {seconds:.1f} s",
         )
 
-    def run(
-        self, on_outcome: Callable[[VideoOutcome], None], progress: Progress | None = None
-    ) -> list[VideoOutcome]:
+    def run(self, on_outcome: Callable[[VideoOutcome], None], progress: Progress | None = None) -> list[VideoOutcome]:
         """Every video of the source container, in name order: skipped when done before, else extracted.
         `on_outcome` hears each video's outcome as soon as it is known. KeyframesError for a missing source
         container or a storage failure (the videos before it stay written)."""
@@ -309,7 +307,10 @@ class KeyframeRun:
         for video, etag in self.videos():
             if self.done_before(video, etag):
                 outcome = VideoOutcome(
-                    video, "skipped", 0, f"{video}: skipped (already done at ETag {etag} with {self.options.describe()})"
+                    video,
+                    "skipped",
+                    0,
+                    f"{video}: skipped (already done at ETag {etag} with {self.options.describe()})",
                 )
             else:
                 outcome = self.extract_one(video, etag, progress)

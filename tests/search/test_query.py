@@ -24,7 +24,9 @@ INDEXER = "automl-keyframes-indexer"
 
 
 def keyframes_rendered(**kwargs: Any) -> dict[str, dict[str, Any]]:
-    return render(SEARCH, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID, keyframes=True, **kwargs)
+    return render(
+        SEARCH, FUNCTION, auth=FunctionKeyAuth(FUNCTION_KEY), storage_resource_id=STORAGE_ID, keyframes=True, **kwargs
+    )
 
 
 # --- search-setup --keyframes ----------------------------------------------------------------------------------
@@ -112,7 +114,9 @@ def test_document_filter(document_filter: DocumentFilter, odata: str | None) -> 
     assert document_filter.odata() == odata
 
 
-def keyframe(video: str, ms: int, label: str, confidence: float = 0.9, labels: list[str] | None = None) -> dict[str, Any]:
+def keyframe(
+    video: str, ms: int, label: str, confidence: float = 0.9, labels: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "sourceVideo": video,
         "timestampMs": ms,
@@ -141,7 +145,9 @@ def test_moments_join_consecutive_keyframes_of_one_video() -> None:
         Moment("b.mp4", "dog", 4000, 4000, 0.9, 1),
     ]
     # A label carried as one of several (multi-label), never the top label: a moment without a confidence.
-    assert moments([keyframe("c.mp4", 0, "cat", labels=["cat", "dog"])], "dog") == [Moment("c.mp4", "dog", 0, 0, None, 1)]
+    assert moments([keyframe("c.mp4", 0, "cat", labels=["cat", "dog"])], "dog") == [
+        Moment("c.mp4", "dog", 0, 0, None, 1)
+    ]
 
 
 def test_clock() -> None:
@@ -153,7 +159,10 @@ def test_clock() -> None:
 @pytest.mark.parametrize(
     ("document", "name"),
     [
-        ({"metadata_storage_path": "https://st.blob.core.windows.net/keyframes/dogs.mp4/000002400.jpg"}, "dogs.mp4/000002400.jpg"),
+        (
+            {"metadata_storage_path": "https://st.blob.core.windows.net/keyframes/dogs.mp4/000002400.jpg"},
+            "dogs.mp4/000002400.jpg",
+        ),
         ({"metadata_storage_path": "https://st.blob.core.windows.net/images/a%20b.png"}, "a b.png"),
         ({"metadata_storage_path": "http://127.0.0.1:10000/devstoreaccount1/images/x/y.png"}, "x/y.png"),
         ({"metadata_storage_name": "only-name.png"}, "only-name.png"),
@@ -173,7 +182,9 @@ def image_doc(name: str, label: str, confidence: float, version: str = "v1") -> 
         "metadata_storage_name": name,
         "metadata_storage_path": f"https://st.blob.core.windows.net/images/{name}",
         "labels": [label],
-        "images": [{"label": label, "confidence": confidence, "labels": [label], "modelVersion": version, "pageNumber": 0}],
+        "images": [
+            {"label": label, "confidence": confidence, "labels": [label], "modelVersion": version, "pageNumber": 0}
+        ],
     }
 
 
@@ -228,7 +239,9 @@ def test_query_low_confidence_as_json(service: SearchStub, capsys: pytest.Captur
     assert status == 0
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["name"] for line in lines] == ["chelsea.png", "rocket.jpg"]
-    assert lines[0]["images"] == [{"label": "Egyptian cat", "confidence": 0.38, "labels": ["Egyptian cat"], "modelVersion": "v1"}]
+    assert lines[0]["images"] == [
+        {"label": "Egyptian cat", "confidence": 0.38, "labels": ["Egyptian cat"], "modelVersion": "v1"}
+    ]
 
 
 def test_query_model_version_and_top_zero(service: SearchStub, capsys: pytest.CaptureFixture[str]) -> None:
@@ -253,7 +266,10 @@ def test_query_video_on_the_images_index_is_one_line(service: SearchStub, capsys
     ("args", "message"),
     [
         (["--status", "--label", "x"], "error: --status reads the indexer only: leave out --label\n"),
-        (["--moments", "dog", "--facets"], "error: --moments takes --video, --min-confidence and --model-version only: leave out --facets\n"),
+        (
+            ["--moments", "dog", "--facets"],
+            "error: --moments takes --video, --min-confidence and --model-version only: leave out --facets\n",
+        ),
         (
             ["--min-confidence", "0.8", "--max-confidence", "0.2"],
             "error: --min-confidence 0.8 is above --max-confidence 0.2: no image can match\n",
@@ -331,9 +347,13 @@ def test_status_prints_the_last_run_with_its_errors_and_warnings(
     assert [r.path for r in service.requests][-1] == "/indexers('automl-images-indexer')/search.status"
 
 
-def test_moments_read_every_page(service: SearchStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moments_read_every_page(
+    service: SearchStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # 1,203 keyframes of one video (an hour at 20 per minute): more than one 1,000-document page.
-    frames = [keyframe("long.mp4", i * 3000, "dog" if 100 <= i < 1150 else "cat", 0.5 + (i % 7) / 20) for i in range(1203)]
+    frames = [
+        keyframe("long.mp4", i * 3000, "dog" if 100 <= i < 1150 else "cat", 0.5 + (i % 7) / 20) for i in range(1203)
+    ]
     service.add_documents(INDEX, frames)
     monkeypatch.setenv("SEARCH_INDEX_NAME", INDEX)
     status, out, err = run(capsys, "--moments", "dog")

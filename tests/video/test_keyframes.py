@@ -81,10 +81,14 @@ def test_video_to_keyframes_to_labels_to_moments(
     status, out, err = keyframes(capsys, "--source-container", source.container_name, "--target-container", target_name)
     # The broken video is one line naming it, and the other video went on.
     assert status == 1
-    assert err.splitlines() == ["error: broken.mp4: cannot be read as a video (Invalid data found when processing input)"]
+    assert err.splitlines() == [
+        "error: broken.mp4: cannot be read as a video (Invalid data found when processing input)"
+    ]
     lines = out.splitlines()
     assert lines[0] == f"created container {target_name}"
-    assert lines[1].startswith(f"pets/two photos.mp4: 2 keyframes (iframes) written to {target_name}/pets/two photos.mp4/ in ")
+    assert lines[1].startswith(
+        f"pets/two photos.mp4: 2 keyframes (iframes) written to {target_name}/pets/two photos.mp4/ in "
+    )
     assert lines[2] == "2 videos: 1 extracted (2 keyframes), 0 skipped, 1 failed"
 
     target = service.get_container_client(target_name)
@@ -148,7 +152,9 @@ def test_video_to_keyframes_to_labels_to_moments(
                 "sourceVideo": urllib.parse.unquote(blob.metadata["source_video"]),
                 "timestampMs": int(blob.metadata["timestamp_ms"]),
                 "labels": answer["labels"],
-                "images": [{k: answer[k] for k in ("label", "confidence", "labels", "modelVersion")} | {"pageNumber": 0}],
+                "images": [
+                    {k: answer[k] for k in ("label", "confidence", "labels", "modelVersion")} | {"pageNumber": 0}
+                ],
             }
         )
     stub.add_documents("automl-keyframes-index", documents)
@@ -202,9 +208,7 @@ def test_interval_mode_gives_ranges_of_consecutive_keyframes(
     names = sorted(b.name for b in service.get_container_client(target_name).list_blobs())
     assert names == [f"two.mp4/{ms:09d}.jpg" for ms in range(0, 5000, 1000)] + ["two.mp4/keyframes.json"]
     # Other options extract again (the record names them); nothing is deleted.
-    status, out, _ = keyframes(
-        capsys, "--source-container", source.container_name, "--target-container", target_name
-    )
+    status, out, _ = keyframes(capsys, "--source-container", source.container_name, "--target-container", target_name)
     assert status == 0
     assert out.splitlines()[0].startswith("two.mp4: 2 keyframes (iframes) written")
     assert len(list(service.get_container_client(target_name).list_blobs())) == 6
@@ -225,7 +229,11 @@ def test_a_missing_container_is_one_line(containers: Any, capsys: pytest.Capture
         ([], {}, "error: no storage account: pass --connection-string-env NAME"),
         (["--connection-string-env", "NOPE"], {}, "error: environment variable NOPE is not set"),
         (["--account-url", "http://example.com"], {}, "error: account URL 'http://example.com' is invalid"),
-        (["--mode", "interval"], {"VIDEO_STORAGE": "UseDevelopmentStorage=true"}, "error: --mode interval needs --every"),
+        (
+            ["--mode", "interval"],
+            {"VIDEO_STORAGE": "UseDevelopmentStorage=true"},
+            "error: --mode interval needs --every",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(
