@@ -7,9 +7,7 @@ container are one line each."""
 
 from __future__ import annotations
 
-import base64
 import json
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,28 +17,12 @@ from PIL import Image
 
 from shared.cli import main
 from shared.cli.search import main_search_setup
-from shared.skill import service as app
 from tests.conftest import SAMPLES
 from tests.search.test_searchsetup import FUNCTION, FUNCTION_KEY, STORAGE_ID
 from tests.searchstub import SearchStub
-from tests.videos import video_from_photos
+from tests.videos import indexed_keyframes, skill_answers, video_from_photos
 
 PHOTOS = ("coffee.png", "chelsea.png")
-
-
-def classify(images: list[bytes]) -> list[dict[str, Any]]:
-    """The skill's answers for these images, sent as the indexer sends normalized images."""
-    body = {
-        "values": [
-            {"recordId": str(i), "data": {"image": {"$type": "file", "data": base64.b64encode(image).decode()}}}
-            for i, image in enumerate(images)
-        ]
-    }
-    status, answer, _ = app.classify(json.dumps(body).encode(), {})
-    assert status == 200
-    values = sorted(json.loads(answer)["values"], key=lambda v: int(v["recordId"]))
-    assert all(not v["errors"] for v in values)
-    return [v["data"] for v in values]
 
 
 @pytest.fixture
@@ -116,8 +98,8 @@ def test_video_to_keyframes_to_labels_to_moments(
     jpegs = [target.download_blob(f"pets/two photos.mp4/{ms:09d}.jpg").readall() for ms in (0, 3000)]
     from tests.conftest import jpeg_bytes
 
-    expected = [d["label"] for d in classify([jpeg_bytes(p.resize((640, 480))) for p in photos])]
-    answers = classify(jpegs)
+    expected = [d["label"] for d in skill_answers([jpeg_bytes(p.resize((640, 480))) for p in photos])]
+    answers = skill_answers(jpegs)
     assert [a["label"] for a in answers] == expected
     assert expected[0] != expected[1]
 
@@ -140,23 +122,8 @@ def test_video_to_keyframes_to_labels_to_moments(
     env = {"SKILL_FUNCTION_KEY": FUNCTION_KEY, "SEARCH_ADMIN_KEY": "admin-key"}
     assert main_search_setup(argparse.Namespace(**args), env) == 0
     capsys.readouterr()
-    documents = []
-    for (ms, _), answer in zip(((0, 0), (3000, 30)), answers, strict=True):
-        blob = blobs[f"pets/two photos.mp4/{ms:09d}.jpg"]
-        documents.append(
-            {
-                "id": base64.urlsafe_b64encode(blob.name.encode()).decode(),
-                "metadata_storage_name": blob.name.rsplit("/", 1)[1],
-                "metadata_storage_path": f"https://st.blob.core.windows.net/{target_name}/{urllib.parse.quote(blob.name)}",
-                # The field mappings search-setup --keyframes rendered: urlDecode(source_video), timestamp_ms.
-                "sourceVideo": urllib.parse.unquote(blob.metadata["source_video"]),
-                "timestampMs": int(blob.metadata["timestamp_ms"]),
-                "labels": answer["labels"],
-                "images": [
-                    {k: answer[k] for k in ("label", "confidence", "labels", "modelVersion")} | {"pageNumber": 0}
-                ],
-            }
-        )
+    documents = indexed_keyframes(target)
+    assert [d["images"][0]["label"] for d in documents] == expected
     stub.add_documents("automl-keyframes-index", documents)
     monkeypatch.setenv("SEARCH_ENDPOINT", stub.endpoint)
     monkeypatch.setenv("SEARCH_ADMIN_KEY", "admin-key")
