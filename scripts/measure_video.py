@@ -6,10 +6,10 @@ must decode every frame to find the key frames: `CAP_PROP_FRAME_TYPE` is known o
 also encodes the frames it keeps as JPEG (quality 90), as `keyframes` does. Prints seconds per minute of video
 and keyframes per minute, the median of `--runs` runs.
 
-Without paths it first writes two one-minute 1080p30 H.264 videos (x264 `veryfast`, CRF 18, GOP 60 and 250
-frames, a new scene every 10 s) from the photos in samples/ into a temporary folder.
+Without paths it first writes two one-minute 1080p30 H.264 videos (x264 `veryfast`, CRF 23, film grain, GOP 60
+and 250 frames, a new scene every 10 s) from the photos in samples/ into a temporary folder (`--keep DIR`: there).
 
-    .venv/bin/python scripts/measure_video.py [--runs 3] [VIDEO ...]
+    .venv/bin/python scripts/measure_video.py [--runs 3] [--keep DIR] [VIDEO ...]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_video(path: Path, gop: int, seconds: int = 60, fps: int = 30) -> None:
+def make_video(path: Path, gop: int, seconds: int = 60, fps: int = 30, crf: int = 23) -> None:
     import av
 
     photos = sorted(p for p in (ROOT / "samples").iterdir() if p.suffix in {".png", ".jpg"})
@@ -41,7 +41,7 @@ def make_video(path: Path, gop: int, seconds: int = 60, fps: int = 30) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "18", "g": str(gop)}
+        stream.options = {"preset": "veryfast", "crf": str(crf), "g": str(gop)}
         for i in range(seconds * fps):
             scene = frames[(i // (10 * fps)) % len(frames)]
             x = int((i % (10 * fps)) * 1.5)  # a slow pan, as a hand-held camera
@@ -117,6 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("videos", nargs="*", type=Path)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="write the generated videos here and keep them")
     args = parser.parse_args()
     cpus = os.cpu_count()
     print(f"{platform.processor() or platform.machine()}, {cpus} CPUs, Python {sys.version.split()[0]}")
@@ -129,7 +130,7 @@ def main() -> int:
         videos = list(args.videos)
         if not videos:
             for gop in (60, 250):
-                path = Path(tmp) / f"1080p30-gop{gop}.mp4"
+                path = (args.keep or Path(tmp)) / f"1080p30-gop{gop}.mp4"
                 print(f"writing {path.name} ...", flush=True)
                 make_video(path, gop)
                 videos.append(path)
