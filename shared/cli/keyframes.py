@@ -90,7 +90,7 @@ def main_keyframes(
         stream.flush()
 
     progress = TerminalProgress(err) if err.isatty() else None
-    outcomes = run.run(report, progress)
+    outcomes = run.run(report, progress, checked=True)
     failed = sum(o.status == "failed" for o in outcomes)
     written = sum(o.status == "written" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)

@@ -298,11 +298,19 @@ class KeyframeRun:
             f"{video}: {len(timestamps)} keyframes ({mode}) written to {self.target_name}/{video}/ in {seconds:.1f} s",
         )
 
-    def run(self, on_outcome: Callable[[VideoOutcome], None], progress: Progress | None = None) -> list[VideoOutcome]:
+    def run(
+        self,
+        on_outcome: Callable[[VideoOutcome], None],
+        progress: Progress | None = None,
+        *,
+        checked: bool = False,
+    ) -> list[VideoOutcome]:
         """Every video of the source container, in name order: skipped when done before, else extracted.
-        `on_outcome` hears each video's outcome as soon as it is known. KeyframesError for a missing source
-        container or a storage failure (the videos before it stay written)."""
-        self.check_containers()
+        `on_outcome` hears each video's outcome as soon as it is known; `checked`: check_containers() was called
+        already. KeyframesError for a missing source container or a storage failure (the videos before it stay
+        written)."""
+        if not checked:
+            self.check_containers()
         outcomes = []
         for video, etag in self.videos():
             if self.done_before(video, etag):

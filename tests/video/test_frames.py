@@ -68,6 +68,30 @@ def test_a_large_frame_is_shrunk_to_the_indexers_image_size(tmp_path: Path, two_
     assert Image.open(io.BytesIO(frame.jpeg)).size == (MAX_SIDE_PX, 1125)
 
 
+def test_a_portrait_phone_video_is_turned_upright(tmp_path: Path) -> None:
+    import av
+    import numpy as np
+
+    # Stored landscape, left half white, with the display matrix a phone writes for portrait (turn 90° clockwise):
+    # shown upright, the white half is on top.
+    pixels = np.zeros((240, 320, 3), np.uint8)
+    pixels[:, :160] = 255
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.set_display_rotation(-90)
+        for _ in range(10):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    [frame] = extract(path, FrameOptions())
+    image = np.asarray(Image.open(io.BytesIO(frame.jpeg)).convert("L"), dtype=np.float32)
+    assert image.shape == (320, 240)
+    assert image[:140].mean() > 240 and image[-140:].mean() < 15
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
