@@ -77,11 +77,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.status and (given or args.moments):
         raise QueryError("--status reads the indexer only: leave out " + ", ".join(given or ["--moments"]))
     if args.moments is not None:
-        extra = [f for f in given if f not in ("--video", "--min-confidence", "--model-version")]
+        extra = [f for f in given if f not in ("--video", "--min-confidence")]
         if extra:
-            raise QueryError(
-                f"--moments takes --video, --min-confidence and --model-version only: leave out {', '.join(extra)}"
-            )
+            raise QueryError(f"--moments takes --video and --min-confidence only: leave out {', '.join(extra)}")
     if (
         args.min_confidence is not None
         and args.max_confidence is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def duration_s(path: Path) -> float | None:
         return None
 
 
-def extract(path: Path, options: FrameOptions, on_time: Any = None) -> Iterator[Keyframe]:
+def extract(path: Path, options: FrameOptions, on_time: Callable[[float], None] | None = None) -> Iterator[Keyframe]:
     """The keyframes of the video file at `path`, in time order, chosen by `options`. `on_time(seconds)` (optional)
     is called with the position of each decoded frame, for progress. Raises VideoError (one line) when the file
     is no video FFmpeg can read, has no video stream, or breaks off so that nothing at all can be decoded; a video

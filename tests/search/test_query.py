@@ -268,7 +268,7 @@ def test_query_video_on_the_images_index_is_one_line(service: SearchStub, capsys
         (["--status", "--label", "x"], "error: --status reads the indexer only: leave out --label\n"),
         (
             ["--moments", "dog", "--facets"],
-            "error: --moments takes --video, --min-confidence and --model-version only: leave out --facets\n",
+            "error: --moments takes --video and --min-confidence only: leave out --facets\n",
         ),
         (
             ["--min-confidence", "0.8", "--max-confidence", "0.2"],
