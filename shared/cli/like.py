@@ -1,5 +1,5 @@
-"""`query --like PHOTO`: embed a local photo exactly as /api/vectorize does and print the index's nearest documents
-(shared.search.similar; docs/vectors.md)."""
+"""`query --like PHOTO` (the options are shared.cli.query's): embed a local photo exactly as /api/vectorize does and
+print the index's nearest documents (shared.search.similar; docs/vectors.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from shared.core.errors import AppError
 from shared.core.settings import Settings
@@ -17,21 +17,6 @@ from shared.core.settings import Settings
 
 class LikeError(AppError):
     """`query --like` cannot go on; one line."""
-
-
-def add_like_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `query --like` (the query command's parser gets them)."""
-    parser.add_argument("--like", metavar="PHOTO", help="find the documents whose images look like this local photo")
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="with --like: embed with this bundle or AutoML run folder (default: the model the vectorizer uses)",
-    )
-    parser.add_argument("--index", metavar="NAME", help="the index to query (default SEARCH_INDEX_NAME)")
-    parser.add_argument(
-        "--search-endpoint", metavar="URL", help="https://<service>.search.windows.net (default SEARCH_ENDPOINT)"
-    )
-    parser.add_argument("--top", type=int, default=5, metavar="N", help="how many documents (default 5)")
 
 
 def embed_photo(photo: Path, settings: Settings, model: Path | None = None) -> tuple[list[float], str]:
@@ -60,27 +45,22 @@ def embed_photo(photo: Path, settings: Settings, model: Path | None = None) -> t
     return list(value["data"]["vector"]), version
 
 
-def run_like(args: argparse.Namespace, settings: Settings) -> int:
-    """Embed `--like PHOTO`, query the index with the vector, print one line per nearest document."""
-    from shared.search import client as searchclient
+def run_like(args: argparse.Namespace, settings: Settings, out: TextIO | None = None) -> int:
+    """`query --like PHOTO`: embed the photo, query SEARCH_INDEX_NAME with the vector, print one line per nearest
+    document (one JSON object per line with --json)."""
+    from shared.search.query import IndexReader
     from shared.search.similar import nearest
-    from shared.search.templates import search_endpoint_url
 
-    endpoint = getattr(args, "search_endpoint", None) or settings.search_endpoint
-    if not endpoint:
-        raise LikeError(
-            "no search service: pass --search-endpoint https://<service>.search.windows.net or set SEARCH_ENDPOINT"
-        )
-    top = int(getattr(args, "top", 5) or 5)
-    if not 1 <= top <= 1000:
-        raise LikeError(f"--top must be from 1 to 1000, got {top}")
+    out = out or sys.stdout
+    reader = IndexReader.from_settings(settings)
     photo = Path(args.like)
     vector, version = embed_photo(photo, settings, Path(args.model) if getattr(args, "model", None) else None)
-    index = getattr(args, "index", None) or settings.search_index_name
-    credential = searchclient.credential(settings.search_admin_key, settings.azure_client_id)
-    hits = nearest(search_endpoint_url(endpoint), credential, index, vector, top=top)
-    out = sys.stdout
-    out.write(f"nearest to {photo} (model {version}, {len(vector)} dimensions) in index {index}:\n")
+    hits = nearest(reader, vector, top=int(args.top))
+    if getattr(args, "json", False):
+        for hit in hits:
+            out.write(json.dumps(hit.as_json()) + "\n")
+        return 0
+    out.write(f"nearest to {photo} (model {version}, {len(vector)} dimensions) in index {reader.index}:\n")
     if not hits:
         out.write("no documents with an image vector yet (has the indexer run with the skill's embedding?)\n")
         return 0

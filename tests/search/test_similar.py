@@ -71,7 +71,9 @@ def test_query_like_prints_the_nearest_documents_with_labels_and_scores(
     assert (query["kind"], query["fields"], query["k"], len(query["vector"])) == ("vector", "imageEmbedding", 3, 1280)
 
 
-def test_query_like_failures_are_one_line(stub: SearchStub, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_like_failures_are_one_line(
+    stub: SearchStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert cli.main(["query", "--like", str(SAMPLES / "missing.png")]) == 1
     assert capsys.readouterr().err == f"error: cannot read {SAMPLES / 'missing.png'} (No such file or directory)\n"
     assert cli.main(["query", "--like", str(SAMPLES / "chelsea.png"), "--index", "nope"]) == 1
