@@ -76,8 +76,12 @@ def test_query_like_failures_are_one_line(
 ) -> None:
     assert cli.main(["query", "--like", str(SAMPLES / "missing.png")]) == 1
     assert capsys.readouterr().err == f"error: cannot read {SAMPLES / 'missing.png'} (No such file or directory)\n"
-    assert cli.main(["query", "--like", str(SAMPLES / "chelsea.png"), "--index", "nope"]) == 1
+    monkeypatch.setenv("SEARCH_INDEX_NAME", "nope")
+    assert cli.main(["query", "--like", str(SAMPLES / "chelsea.png")]) == 1
     err = capsys.readouterr().err
-    assert (
-        err.startswith(f"error: index 'nope' does not exist on search service {stub.endpoint}") and err.count("\n") == 1
-    )
+    assert err.startswith("error: ") and "'nope'" in err and err.count("\n") == 1
+    monkeypatch.delenv("SEARCH_INDEX_NAME")
+    assert cli.main(["query", "--like", str(SAMPLES / "chelsea.png"), "--label", "cat"]) == 1
+    assert capsys.readouterr().err == "error: --like takes --top, --json and --model only: leave out --label\n"
+    assert cli.main(["query", "--label", "cat", "--model", "x"]) == 1
+    assert capsys.readouterr().err == "error: --model only applies with --like\n"
