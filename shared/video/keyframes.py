@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.core.errors import AppError
-from shared.core.settings import is_loopback
+from shared.core.settings import is_loopback, storage_connection_string
 from shared.video.frames import FrameOptions, VideoError, duration_s, extract
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def open_service(
     options: dict[str, Any] = {"retry_total": RETRIES, "user_agent": USER_AGENT}
     if connection_string:
         try:
-            return BlobServiceClient.from_connection_string(connection_string, **options)
+            return BlobServiceClient.from_connection_string(storage_connection_string(connection_string), **options)
         except ValueError:
             raise KeyframesError("the connection string is not a valid storage connection string") from None
     if not account_url:

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration  # see tests/conftest.py
 
 PAGES = (
     "skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md", "video.md",
+    "labeling-loop.md",
 )  # fmt: skip
 SERVE = ".venv/bin/python -m shared serve"
 SEARCH_SETUP = (
@@ -51,8 +52,15 @@ KEYFRAMES_SETUP = (
     'STORAGE_ACCOUNT_ID)"'
 )
 
+TO_LABEL = (
+    ".venv/bin/python -m shared to-label {}--target-container labeling --target-folder incoming "
+    "--target-connection-string-env LABELING_CONNECTION_STRING --source-connection-string-env "
+    "AZURE_STORAGE_CONNECTION_STRING"
+)
+
 # What each page's test runs, in page order (whitespace collapsed).
 RUN = {
+    "labeling-loop.md": [TO_LABEL.format("--dry-run "), TO_LABEL.format("")],
     "skill.md": [
         SERVE,
         "curl -s localhost:7071/api/health",
@@ -122,6 +130,16 @@ SKIPPED = {
         ".venv/bin/python scripts/bench.py --quick": BENCH,
         SERVE: "started and answered by skill.md's block (test_the_skill_page_runs_as_written)",
     },
+}
+
+SKIPPED["labeling-loop.md"] = {
+    ".venv/bin/python -m shared to-label --below 0.3 --top 20 --label Rottweiler --model-version AutoML_1a2b3c_HD_4 "
+    "--target-container labeling --target-folder incoming --target-account-url "
+    "https://<account>.blob.core.windows.net": "signs in with DefaultAzureCredential to a real storage account; "
+    "tests/search/test_tolabel.py runs --below, --top, --label and --model-version against Azurite",
+    "azd env set LABELING_STORAGE_ACCOUNT <account>": "azd: NEEDS_AZURE",
+    "azd env set LABELING_CONTAINER <container>": "azd: NEEDS_AZURE",
+    "azd provision": "azd: NEEDS_AZURE",
 }
 
 SKIPPED["video.md"] = {
@@ -514,3 +532,61 @@ def test_the_performance_page_has_only_the_bench_to_run() -> None:
         ".venv/bin/python scripts/bench.py --quick",
     ]
     assert re.search(r"^bench:.*\n\t\$\(BIN\)/python scripts/bench.py$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_labeling_loop_page_runs_as_written(
+    search_service: SearchStub, own_azurite: Azurite, tmp_path: Path
+) -> None:
+    """Two indexed photos of the current model version below 0.5, one above: the dry run sends nothing, the
+    second command copies the two into labeling/incoming with the manifest."""
+    from azure.storage.blob import BlobServiceClient, ContentSettings
+
+    blobs = BlobServiceClient.from_connection_string(own_azurite.connection_string)
+    images = blobs.create_container("images")
+    labeling = blobs.create_container("labeling")
+    store_container = f"models-{uuid.uuid4().hex[:8]}"
+    from shared.core.settings import Settings
+    from shared.modelstore.blobstore import BlobModelStore
+
+    store = BlobModelStore.from_settings(
+        Settings(blob_connection_string=own_azurite.connection_string, blob_container=store_container)
+    )
+    assert store is not None
+    store.ensure_container()
+    store.publish(tiny_bundle(tmp_path / "model", seed=5), version="v-current")
+    documents = []
+    for name, score in (("coffee.png", 0.22), ("chelsea.png", 0.41), ("sure.png", 0.93)):
+        source = "coffee.png" if name == "sure.png" else name
+        client = images.upload_blob(
+            name, (SAMPLES / source).read_bytes(), content_settings=ContentSettings(content_type="image/png")
+        )
+        documents.append(
+            {
+                "id": name,
+                "metadata_storage_path": client.url,
+                "metadata_storage_name": name,
+                "metadata_content_type": "image/png",
+                "labels": ["espresso"],
+                "images": [{"label": "espresso", "confidence": score, "labels": ["espresso"],
+                            "modelVersion": "v-current", "pageNumber": None}],
+            }
+        )
+    search_service.add_documents("automl-images-index", documents)
+    env = base_env(tmp_path) | {
+        "AZURE_STORAGE_CONNECTION_STRING": own_azurite.connection_string,
+        "LABELING_CONNECTION_STRING": own_azurite.connection_string,
+        "MODEL_BLOB_CONNECTION_STRING": own_azurite.connection_string,
+        "MODEL_BLOB_CONTAINER": store_container,
+        "SEARCH_ADMIN_KEY": search_service.key,
+        "SEARCH_ENDPOINT": search_service.endpoint,
+    }
+    ran = run_page("labeling-loop.md", env)
+    dry, sent = (out.splitlines() for _, out in ran)
+    assert dry[0] == "2 documents have an image below 0.5 for model version v-current; checking the 2 least confident"
+    assert dry[-1] == (
+        "dry run: would send 2 to labeling/incoming; 0 already there, 0 not images, 0 failed; nothing written"
+    )
+    assert sent[-1] == "sent 2 to labeling/incoming; 0 already there, 0 not images, 0 failed"
+    names = sorted(b.name for b in labeling.list_blobs())
+    assert len(names) == 3 and names[-1] == "incoming/to-label-manifest.jsonl"
+    assert all(n.startswith("incoming/") and n.endswith(".png") for n in names[:2])

@@ -218,3 +218,12 @@ def test_bad_arguments_are_one_line(
     captured = capsys.readouterr()
     assert captured.err.startswith(message)
     assert captured.err.count("\n") == 1
+
+
+def test_the_emulator_shortcut_opens_azurite_whatever_the_storage_sdk_release() -> None:
+    """docs/video.md says `UseDevelopmentStorage=true`; azure-storage-blob 12.27.1 (the newest azureml-mlflow allows)
+    refuses that shortcut by itself."""
+    from shared.video.keyframes import open_service
+
+    service = open_service(connection_string="UseDevelopmentStorage=true")
+    assert service.url.rstrip("/") == "http://127.0.0.1:10000/devstoreaccount1"
