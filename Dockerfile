@@ -23,5 +23,6 @@ COPY ClassifySkill/ /home/site/wwwroot/ClassifySkill/
 COPY ExtractionSkill/ /home/site/wwwroot/ExtractionSkill/
 COPY Health/ /home/site/wwwroot/Health/
 COPY RefreshModel/ /home/site/wwwroot/RefreshModel/
+COPY VectorizeImage/ /home/site/wwwroot/VectorizeImage/
 COPY shared/ /home/site/wwwroot/shared/
 COPY model_cache/sample/ /home/site/wwwroot/model_cache/sample/

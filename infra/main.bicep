@@ -228,6 +228,8 @@ var appSettings = {
   // Empty: the system temp dir (the deployed package is read-only).
   MODEL_CACHE_DIR: ''
   MODEL_POLL_SECONDS: '60'
+  // The vectorizer reads imageUrls from the model store's account (the images' too) and from these accounts.
+  VECTORIZE_IMAGE_ACCOUNTS: ''
 
   // RefreshModel: the labeling project's workspace, reached with the managed identity.
   AML_SUBSCRIPTION_ID: amlEnabled ? amlSubscription : ''

@@ -26,6 +26,12 @@ All figures come from one run on one machine, side by side, as medians:
     other machines load the host, cores that all work at once get less done than one alone, for the
     skill and for its floor alike.
 
+(i) embeddings: ONNX Runtime on the sample model as shipped (logits only) against the same model with its
+    embedding output added (shared.bundle.embedding), fetching the logits only and fetching both, batch 16,
+    one-thread sessions timed with the thread's CPU clock;
+    and ClassifySkill.main on the 16-record request without and with `embedding=true`: images/s and the
+    response's bytes per image.
+
 (h) object detection: a Faster R-CNN ResNet-18 FPN run at AutoML's 800x600 input (seeded random weights,
     built like the tests' AutoML-layout runs), through `run_batch` on the same 2000x1500 JPEGs: images/s
     and ms per image (decode + resize + one ONNX Runtime run per image), next to the bare ONNX run.
@@ -503,6 +509,9 @@ def bench_detection(jpegs: list[bytes], rounds: int = 3) -> dict[str, float]:
 
 # name -> (comparison, bound). Each is printed next to its figure; the bench reports, it does not fail.
 TARGETS: dict[str, tuple[str, float]] = {
+    # Without embedding=true nothing changes: the session with the extra output, asked for the logits only, and
+    # the skill's answer (the same bytes) against the model as shipped.
+    "embedding_graph_logits_over_shipped": (">=", 0.95),
     "skill_over_floor": (">=", 0.9),
     "skill_over_inference": (">=", 0.5),
     "speedup_vs_old_style": (">=", 5.0),
@@ -511,7 +520,61 @@ TARGETS: dict[str, tuple[str, float]] = {
     "blob_cold_start_over_floor": ("<=", 2.5),
     "skill_poll_on_over_off": (">=", 0.95),
 }
-SECTIONS = ("throughput", "cold", "rss", "blob", "detection")
+SECTIONS = ("throughput", "cold", "rss", "blob", "detection", "embedding")
+
+
+def bench_embedding(body: bytes, rounds: int) -> dict[str, float]:
+    """(i): the embedding's cost. Speeds in images/s (medians of interleaved samples); bytes per image."""
+    import azure.functions as func
+    import onnxruntime as ort
+
+    import ClassifySkill
+    from shared.bundle.embedding import edit_model_bytes
+    from shared.bundle.layout import SAMPLE_BUNDLE
+    from shared.inference.session import open_session
+
+    path = SAMPLE_BUNDLE / "model.onnx"
+    # One intra-op thread each, timed with the thread's CPU clock: the two graphs' own cost, not the host's load
+    # (wall-clock medians of multi-threaded runs moved by 10% between neighbouring samplers on a busy host).
+    shipped: ort.InferenceSession = open_session(path, 1, mem_pattern=False)
+    edited: ort.InferenceSession = open_session(
+        path, 1, mem_pattern=False, model_bytes=edit_model_bytes(path.read_bytes())
+    )
+    batch = np.random.default_rng(0).uniform(0, 255, (BATCH, 3, 224, 224)).astype(np.float32)
+
+    def request(params: dict[str, str]) -> Callable[[], bytes]:
+        def one() -> bytes:
+            response = ClassifySkill.main(
+                func.HttpRequest(method="POST", url="/api/classify", body=body, params=params)
+            )
+            assert response.status_code == 200, response.get_body()[:200]
+            return bytes(response.get_body())
+
+        return one
+
+    plain, with_vector = request({}), request({"embedding": "true"})
+    cpu = time.thread_time
+    samples = medians(
+        interleaved(
+            {
+                "shipped": (per_image(lambda: shipped.run(["output1"], {"input1": batch}), BATCH, cpu), 3),
+                "logits": (per_image(lambda: edited.run(["output1"], {"input1": batch}), BATCH, cpu), 3),
+                "both": (per_image(lambda: edited.run(["output1", "embedding"], {"input1": batch}), BATCH, cpu), 3),
+                "skill": (per_image(plain, BATCH), 2),
+                "skill_embedding": (per_image(with_vector, BATCH), 2),
+            },
+            rounds=rounds,
+        )
+    )
+    return {
+        "shipped": 1 / samples["shipped"],
+        "logits": 1 / samples["logits"],
+        "both": 1 / samples["both"],
+        "skill": 1 / samples["skill"],
+        "skill_embedding": 1 / samples["skill_embedding"],
+        "bytes": len(plain()) / BATCH,
+        "bytes_embedding": len(with_vector()) / BATCH,
+    }
 
 
 def verdict(name: str, value: float) -> str:
@@ -689,6 +752,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["detection_images_per_s"] = round(detection["images_per_s"], 2)
         result["detection_ms_per_image"] = round(detection["ms_per_image"])
+    if "embedding" in args.sections:
+        emb = bench_embedding(body, rounds=rounds)
+        rows += [
+            ("(i) embeddings: one-thread session, CPU, model as shipped", f"{1000 / emb['shipped']:.2f} ms/image"),
+            ("    with the embedding output, logits fetched", f"{1000 / emb['logits']:.2f} ms/image"),
+            ("    with the embedding output, both fetched", f"{1000 / emb['both']:.2f} ms/image"),
+            ("    skill without embedding=true", f"{emb['skill']:.1f} images/s, {emb['bytes']:.0f} bytes/image"),
+            (
+                "    skill with embedding=true",
+                f"{emb['skill_embedding']:.1f} images/s, {emb['bytes_embedding']:.0f} bytes/image",
+            ),
+        ]
+        result |= {
+            "embedding_graph_logits_over_shipped": round(emb["logits"] / emb["shipped"], 3),
+            "embedding_both_over_shipped": round(emb["both"] / emb["shipped"], 3),
+            "skill_embedding_over_plain": round(emb["skill_embedding"] / emb["skill"], 3),
+            "response_bytes_per_image": round(emb["bytes"]),
+            "response_bytes_per_image_embedding": round(emb["bytes_embedding"]),
+        }
     ratios = [(name, value) for name, value in result.items() if name in TARGETS]
     rows += [(name, f"{value:g}  {verdict(name, value)}") for name, value in ratios]
     width = max(len(r[0]) for r in rows)

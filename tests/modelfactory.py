@@ -99,3 +99,15 @@ def tiny_bundle(folder: Path, *, classes: int = 4, **kwargs: object) -> Path:
     tiny_classifier(folder / "model.onnx", classes=classes, **kwargs)  # type: ignore[arg-type]
     write_labels(folder / "labels.json", [f"class_{i}" for i in range(classes)])
     return folder
+
+
+def as_stored(path: Path) -> bytes:
+    """The bytes `publish` stores for a bundle file: a classifier's model.onnx gains its embedding output
+    (shared.bundle.embedding), every other file is copied as it is."""
+    from shared.bundle.embedding import manifest_entry
+
+    data = path.read_bytes()
+    if path.name != "model.onnx":
+        return data
+    edited, _ = manifest_entry(data)
+    return edited if edited is not None else data

@@ -46,6 +46,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from tests.odata import ODataError, compile_filter, values_at
@@ -203,6 +204,9 @@ class SearchStub:
     ) -> Indexer:
         self.skillsets[skillset] = list(skills)
         self.indexes.setdefault(index, [])
+        # The index search-setup writes, as a GET of it answers (re-enrichment reads its vector field).
+        template = json.loads((Path(__file__).resolve().parents[1] / "infra" / "search" / "index.json").read_text())
+        self.definitions["indexes"].setdefault(index, {**template, "name": index})
         self.indexers[indexer] = Indexer(skillset=skillset, index=index, cache=cache)
         return self.indexers[indexer]
 
@@ -213,16 +217,15 @@ class SearchStub:
         errors: list[dict[str, Any]] | None = None,
         warnings: list[dict[str, Any]] | None = None,
         processed: int = 12,
+        end: str = "2026-01-01T00:10:00Z",
     ) -> None:
         """End the run in progress: `success`, or `transientFailure` with per-item `errors` (each as the REST API
         writes one: key, errorMessage, statusCode, name, details, documentationLink) and `warnings` (key, message,
-        name, details, documentationLink)."""
+        name, details, documentationLink); it ends at `end` (UTC, "%Y-%m-%dT%H:%M:%SZ")."""
         with self.lock:
             found = self.indexers[indexer]
             found.running = False
-            result = _result(
-                "transientFailure" if errors else "success", found.history[0]["startTime"], "2026-01-01T00:10:00Z"
-            )
+            result = _result("transientFailure" if errors else "success", found.history[0]["startTime"], end)
             result["itemsProcessed"] = processed
             result["itemsFailed"] = len(errors or [])
             result["errors"] = list(errors or [])
@@ -436,6 +439,9 @@ class SearchStub:
                 if docs is None:
                     self._error(404, f"The index '{name}' for service '{stub.service}' was not found.")
                     return
+                if (body or {}).get("vectorQueries"):
+                    self._vector_search(docs, body)
+                    return
                 request = dict(body or {})
                 schema = stub.definitions["indexes"].get(name)
                 fields = {f["name"] for f in schema["fields"]} if schema else None
@@ -484,6 +490,39 @@ class SearchStub:
                     )
                     answer["@search.nextPageParameters"] = following
                 self._answer(200, answer)
+
+            def _vector_search(self, docs: list[dict[str, Any]], body: dict[str, Any]) -> None:
+                """One `kind: vector` query on one field: exhaustive cosine over the documents that have the field,
+                `@search.score` = 1 / (1 + (1 - cosine)) (Learn, "Relevance in vector search"), best `k` first,
+                then `top`; the vector itself is not returned (the field is not retrievable)."""
+                (query,) = body["vectorQueries"]
+                if query.get("kind") != "vector" or not isinstance(query.get("vector"), list):
+                    self._error(400, "The stand-in supports one vector query of kind 'vector'.")
+                    return
+                field = query.get("fields")
+                vector = [float(x) for x in query["vector"]]
+                scored = []
+                for doc in docs:
+                    stored = doc.get(field)
+                    if not isinstance(stored, list):
+                        continue
+                    if len(stored) != len(vector):
+                        self._error(
+                            400,
+                            f"The vector field '{field}' dimensions must match the length of the vector in the query: "
+                            f"expected {len(stored)}, got {len(vector)}.",
+                        )
+                        return
+                    dot = sum(a * b for a, b in zip(stored, vector, strict=True))
+                    norms = (sum(a * a for a in stored) * sum(b * b for b in vector)) ** 0.5 or 1.0
+                    scored.append((1.0 / (2.0 - dot / norms), doc))
+                scored.sort(key=lambda pair: -pair[0])
+                limit = min(int(query.get("k") or 50), int(body.get("top") or 50))
+                hits = [
+                    {"@search.score": score, **{k: v for k, v in doc.items() if k != field}}
+                    for score, doc in scored[:limit]
+                ]
+                self._answer(200, {"value": hits})
 
             def do_GET(self) -> None:
                 self._serve("GET")

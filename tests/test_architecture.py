@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("shared", "ClassifySkill", "ExtractionSkill", "Health", "RefreshModel")
+PACKAGES = ("shared", "ClassifySkill", "ExtractionSkill", "Health", "RefreshModel", "VectorizeImage")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 

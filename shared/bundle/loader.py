@@ -23,6 +23,7 @@ from shared.bundle.detection import (
     read_mlmodel_metadata,
     recognise_detection,
 )
+from shared.bundle.embedding import Embedding, locate
 from shared.bundle.layout import (
     CHECKPOINT_FILE,
     LABELS_FILE,
@@ -93,6 +94,8 @@ class ModelBundle:
     opset: int | None
     manifest: dict[str, Any] | None
     evidence: dict[str, str]
+    # A classifier's embedding (shared.bundle.embedding); None for a detector or a head that is not linear.
+    embedding: Embedding | None = None
 
 
 def find_file(root: Path, name: str) -> Path | None:
@@ -332,6 +335,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
     preprocessing = Preprocessing(resize=resize, crop=crop, mean=mean, std=std, in_graph=in_graph)
     version = _version(manifest, model_bytes, labels, task, preprocessing)
+    embedding = locate([name for name, _ in info.outputs], manifest, classifier=True)
 
     return ModelBundle(
         root=root,
@@ -344,6 +348,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         opset=info.opset,
         manifest=manifest,
         evidence=evidence,
+        embedding=embedding,
     )
 
 
@@ -418,10 +423,12 @@ def build_manifest(
     metric: dict[str, Any] | None = None,
     opset: int | None = None,
     created: str | None = None,
+    embedding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a bundle folder (docs/model-store.md): every file but the manifest itself, with sha256 and size.
 
-    `created` is an ISO 8601 UTC time; the current time when omitted.
+    `created` is an ISO 8601 UTC time; the current time when omitted. `embedding` is a classifier's
+    embedding output (Embedding.as_manifest()); None (written as null) for a model without one.
     """
     from datetime import UTC, datetime
 
@@ -438,6 +445,7 @@ def build_manifest(
         "labels_sha256": file_entry(labels)["sha256"] if labels.is_file() else None,
         "preprocessing": preprocessing.as_dict(),
         "onnx_opset": opset,
+        "embedding": embedding,
         "metric": metric,
         "files": files,
         "created": created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -55,6 +55,7 @@ ROUTES = {
     "/api/classify": ("POST", "ClassifySkill", True),
     "/api/extraction": ("POST", "ExtractionSkill", True),  # the older PowerSkill's route, same service
     "/api/health": ("GET", "Health", False),
+    "/api/vectorize": ("POST", "VectorizeImage", True),
 }
 # Any other method is a 501, as http.server answers a method its handler does not define.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})

@@ -1,5 +1,6 @@
 """`query`: test the index. What it holds (hits, totals, facet buckets), the moments a label appears in the
-keyframes of videos (`--moments`), and the indexer's last run (`--status`)."""
+keyframes of videos (`--moments`), the indexer's last run (`--status`), and the documents whose images look like a
+local photo (`--like`, shared.cli.like)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ def add_query_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status", action="store_true", help="the indexer's last run with its per-item errors and warnings"
     )
+    parser.add_argument(
+        "--like", metavar="PHOTO", help="the documents whose images look most like this local photo (a vector query)"
+    )
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="with --like: embed with this bundle or AutoML run folder (default: the model the vectorizer uses)",
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -74,6 +83,14 @@ def _check(args: argparse.Namespace) -> None:
         )
         if value is not None
     ]
+    if args.like is not None:
+        extra = [f for f in (*given, "--moments" if args.moments else None, "--status" if args.status else None) if f]
+        if extra:
+            raise QueryError(f"--like takes --top, --json and --model only: leave out {', '.join(extra)}")
+        if not args.top:
+            raise QueryError("--like needs --top 1 or more")
+    elif args.model is not None:
+        raise QueryError("--model only applies with --like")
     if args.status and (given or args.moments):
         raise QueryError("--status reads the indexer only: leave out " + ", ".join(given or ["--moments"]))
     if args.moments is not None:
@@ -168,6 +185,10 @@ def main_query(
     out = out or sys.stdout
     err = err or sys.stderr
     _check(args)
+    if args.like is not None:
+        from shared.cli.like import run_like
+
+        return run_like(args, settings, out)
     reader = IndexReader.from_settings(settings)
     if args.status:
         _print_status(reader.indexer_status(), args.json, out)

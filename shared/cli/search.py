@@ -14,7 +14,7 @@ from shared.cli.common import open_store, positive_int
 from shared.core.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.search.templates import ImageAnalysis, SkillAuth
+    from shared.search.templates import ImageAnalysis, SkillAuth, Vectors
 
 
 def cmd_search_setup(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,6 +42,8 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
         else:
             claim = f"; re-enriching with {record.pending} since {record.claimed}" if record.pending else ""
             print(f"last re-enriched with: {record.version} ({record.mode}, {record.recorded}){claim}")
+            if record.embedded != record.version:
+                print(f"not finished yet: the index's vectors, and the vectorizer, are still on {record.embedded}")
         print(f"indexer {settings.search_indexer_name}: {status.indexer.describe()}")
         if status.stale is not None:
             print(f"documents with an image classified by another version than {status.current}: {status.stale}")
@@ -125,6 +127,93 @@ def _image_analysis(args: argparse.Namespace, env: Mapping[str, str]) -> ImageAn
     return ImageAnalysis(billing=billing, features=features)
 
 
+def _current_dimensions(env: Mapping[str, str]) -> int:
+    """The embedding width of the model the skill serves: the store's current version (its manifest) when a
+    store is configured, else AZUREML_MODEL_DIR's or the bundled sample's. SearchSetupError when it has none."""
+    from shared.bundle.layout import SAMPLE_BUNDLE
+    from shared.bundle.loader import load_bundle
+    from shared.core.errors import AppError
+    from shared.core.settings import Settings
+    from shared.modelstore.blobstore import BlobModelStore
+    from shared.modelstore.pointer import Pointer
+    from shared.search.templates import SearchSetupError
+
+    try:
+        settings = Settings.from_env(env)
+        store = BlobModelStore.from_settings(settings) if settings.uses_blob_store else None
+        if store is not None:
+            pointer = store.read_pointer()
+            if not isinstance(pointer, Pointer):
+                raise SearchSetupError(
+                    f"no model is published in {store.description}: publish one first, or give --dimensions"
+                )
+            found = store.read_manifest(pointer.version)
+            embedding = (found[0] if found else {}).get("embedding")
+            where = f"model {pointer.version}"
+            dims = embedding.get("dimensions") if isinstance(embedding, dict) else None
+        else:
+            folder = settings.model_dir or SAMPLE_BUNDLE
+            bundle = load_bundle(folder)
+            where = f"model {bundle.version}"
+            dims = None
+            if bundle.embedding is not None:
+                dims = bundle.embedding.dimensions or _embedding_width(bundle.model_path, bundle.root)
+    except SearchSetupError:
+        raise
+    except AppError as exc:
+        raise SearchSetupError(f"cannot read the current model's embedding width ({exc}); give --dimensions") from None
+    if not isinstance(dims, int):
+        raise SearchSetupError(
+            f"{where} has no embedding (only classification models whose head is a linear layer have one); give "
+            "--dimensions for the model you will serve"
+        )
+    return dims
+
+
+def _embedding_width(model_path: Path, root: Path) -> int | None:
+    """The width of the final linear layer's input, from its weight; else from one run of the model."""
+    from shared.bundle.embedding import find_embedding
+    from shared.inference.factory import load_model
+
+    site = find_embedding(model_path.read_bytes())
+    if site is None:
+        return None
+    if site.dimensions is not None:
+        return site.dimensions
+    model = load_model(root, threads=1)
+    view = getattr(model, "with_embedding", None)
+    return int(view().embedding_dimensions) if view is not None else None
+
+
+def _vectors(args: argparse.Namespace, env: Mapping[str, str], auth: SkillAuth) -> Vectors | None:
+    from shared.search.templates import EntraAuth, SearchSetupError, Vectors
+
+    dimensions: int | None = getattr(args, "dimensions", None)
+    if not getattr(args, "vectors", False):
+        if dimensions is not None or getattr(args, "vectorize_key_env", None):
+            raise SearchSetupError("--dimensions and --vectorize-key-env only apply with --vectors")
+        return None
+    if getattr(args, "detection", False):
+        raise SearchSetupError("--vectors needs a classification model: detection models have no embedding")
+    source: str = getattr(args, "vectorize_key_env", None) or "VECTORIZE_FUNCTION_KEY"
+    if isinstance(auth, EntraAuth):
+        key = env.get(source, "").strip() or None
+    else:
+        key = _env_value(
+            env,
+            source,
+            "VectorizeImage's function key",
+            "for example with `az functionapp function keys list -g <group> -n <app> --function-name "
+            "VectorizeImage`, or pass --auth-resource-id for Entra ID",
+        )
+    return Vectors(
+        dimensions=dimensions or _current_dimensions(env),
+        key=key,
+        source=source,
+        per_image=getattr(args, "vectors", None) == "per-image",
+    )
+
+
 def _search_credential(key_env: str | None, env: Mapping[str, str]) -> Any:
     """The credential for the search service (searchclient.credential(): the one place that makes it): the
     admin key in `key_env` (it must be set), else in SEARCH_ADMIN_KEY, else DefaultAzureCredential (with
@@ -183,6 +272,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
     try:
         auth = _skill_auth(args, env)
         analysis = _image_analysis(args, env)
+        vectors = _vectors(args, env, auth)
         detection = bool(getattr(args, "detection", False))
         cache_account: str | None = getattr(args, "cache_storage_resource_id", None)
         with_cache = bool(getattr(args, "enrichment_cache", False))
@@ -204,6 +294,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             image_analysis=analysis,
             per_page=bool(getattr(args, "per_page", False)),
             enrichment_cache=(cache_account or args.storage_resource_id) if with_cache else None,
+            vectors=vectors,
             template_dir=DETECTION_TEMPLATE_DIR if detection else TEMPLATE_DIR,
             keyframes=keyframes,
         )
@@ -214,7 +305,9 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             ai_key_source = (
                 analysis.billing.source if analysis and isinstance(analysis.billing, AIServicesKey) else None
             )
-            sys.stdout.write(json.dumps(redacted(rendered, auth.source, ai_key_source), indent=2) + "\n")
+            vector_source = vectors.source if vectors is not None else "VECTORIZE_FUNCTION_KEY"
+            shown = redacted(rendered, auth.source, ai_key_source, vector_source)
+            sys.stdout.write(json.dumps(shown, indent=2) + "\n")
             return 0
         credential = _search_credential(key_env, env)
         for line in apply(rendered, args.search_endpoint, credential):
@@ -399,6 +492,22 @@ def register(commands: Any) -> None:
         metavar="ID",
         help="with --enrichment-cache: resource id of the storage account for the cache (default: "
         "--storage-resource-id)",
+    )
+    search.add_argument(
+        "--vectors",
+        nargs="?",
+        const="document",
+        choices=("document", "per-image"),
+        help="the imageEmbedding vector field (HNSW, cosine) with /api/vectorize as its vectorizer: on the document "
+        "(one image per document, the default) or per-image (a second index, one search document per image)",
+    )
+    search.add_argument(
+        "--dimensions", type=int, metavar="N", help="with --vectors: the embedding width (default: the current model's)"
+    )
+    search.add_argument(
+        "--vectorize-key-env",
+        metavar="NAME",
+        help="with --vectors: variable holding VectorizeImage's function key (VECTORIZE_FUNCTION_KEY)",
     )
     search.add_argument("--dry-run", action="store_true", help="print the rendered JSON (key redacted), change nothing")
     search.set_defaults(handler=cmd_search_setup)

@@ -192,6 +192,23 @@ def _blob_connection_string(raw: str | None) -> str | None:
     return raw
 
 
+def _image_accounts(raw: str | None) -> tuple[str, ...]:
+    """VECTORIZE_IMAGE_ACCOUNTS: comma-separated https blob endpoints the vectorizer reads imageUrls from with
+    the app's identity (a token travels only over https)."""
+    accounts = []
+    for part in (p.strip() for p in (raw or "").split(",")):
+        if not part:
+            continue
+        parts = urllib.parse.urlsplit(part)
+        if parts.scheme.lower() != "https" or not parts.hostname or parts.query or parts.path.strip("/"):
+            raise SettingsError(
+                f"setting VECTORIZE_IMAGE_ACCOUNTS is invalid: {part[:80]!r} is not a storage account's blob endpoint; "
+                "expected comma-separated https://<account>.blob.core.windows.net"
+            )
+        accounts.append(part.rstrip("/"))
+    return tuple(accounts)
+
+
 def _search_object_name(raw: str) -> str:
     # Azure AI Search names of indexers, skillsets and indexes: lowercase letters, digits and dashes.
     if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?", raw):
@@ -240,6 +257,8 @@ class Settings:
     blob_connection_string: str | None = field(default=None, repr=False)
     blob_account_url: str | None = None
     blob_container: str = "models"
+    # The vectorizer's imageUrl accounts beside the model store's (shared/skill/vectorizer.py).
+    vectorize_image_accounts: tuple[str, ...] = ()
     azure_client_id: str | None = None
     cache_dir: Path | None = None
     poll_s: float = 60.0
@@ -355,6 +374,7 @@ class Settings:
                 _container_name,
                 "a container name (3-63 lowercase letters, digits and hyphens)",
             ),
+            vectorize_image_accounts=_image_accounts(env.get("VECTORIZE_IMAGE_ACCOUNTS")),
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,
             cache_dir=Path(cache) if (cache := env.get("MODEL_CACHE_DIR", "").strip()) else None,
             poll_s=poll_s,

@@ -3,6 +3,9 @@ threshold, and the skill's answer for one image."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,12 +13,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shared.bundle.embedding import EMBEDDING_OUTPUT, edit_model_bytes
 from shared.bundle.loader import ModelBundle, Preprocessing
+from shared.bundle.onnxinfo import OnnxFormatError
 from shared.core.errors import BundleError
 from shared.inference.model import ImageInfo, ImageOutcome, InferenceOptions
 from shared.inference.session import open_session
 
 _FLOAT_TYPES = ("tensor(float)",)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class ClassificationModel:
 
     def __init__(self, bundle: ModelBundle, threads: int | None = None) -> None:
         self.bundle = bundle
+        self._threads = threads
+        self._upgrade_lock = threading.Lock()
         # Measured on the sample model at batch 16: the same speed without memory-pattern planning and about
         # 30 MB less peak RSS (the plan preallocates every activation of the largest batch at once).
         self.session = open_session(bundle.model_path, threads, mem_pattern=False)
@@ -143,6 +151,19 @@ class ClassificationModel:
             )
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        # The embedding output (shared.bundle.embedding), fetched only by the view with_embedding() returns. A
+        # file without it (a run folder, the sample, a version published before embeddings) gets it when it is
+        # first asked for, so loading and serving without embeddings cost what they did.
+        self.embedding_output: str | None = None
+        self.embedding_dimensions: int | None = None
+        self.fetch_embedding = False
+        self._can_embed = bundle.embedding is not None
+        if bundle.embedding is not None and bundle.embedding.in_file:
+            found = next((o for o in outputs[1:] if o.name == bundle.embedding.output), None)
+            if found is not None and len(found.shape) == 2:
+                self.embedding_output = found.name
+            else:
+                self._can_embed = False
         # A graph exported with a fixed batch of 1 (AutoML's has a dynamic batch axis) runs image by image.
         self.one_at_a_time = shape[0] == 1
         self.max_run: int | None = 1 if self.one_at_a_time else None
@@ -154,7 +175,13 @@ class ClassificationModel:
         # The resize is the first step of AutoML's transform: a JPEG may be decoded at reduced scale down to it.
         self.draft_short_side: int | None = self.preprocessing.resize
 
-        width = self.logits(np.zeros((1, 3, crop, crop), dtype=np.float32)).shape[1]
+        smoke = np.zeros((1, 3, crop, crop), dtype=np.float32)
+        if self.embedding_output is not None:
+            logits, features = self.session.run([self.output_name, self.embedding_output], {self.input_name: smoke})
+            width = np.asarray(logits).shape[1]
+            self.embedding_dimensions = int(np.asarray(features).shape[1])
+        else:
+            width = self.logits(smoke).shape[1]
         if width != len(self.labels):
             raise BundleError(
                 f"{bundle.model_path} outputs {width} classes but labels.json lists {len(self.labels)}; "
@@ -167,6 +194,50 @@ class ClassificationModel:
             return np.concatenate([self.logits(batch[i : i + 1]) for i in range(len(batch))])
         result = self.session.run([self.output_name], {self.input_name: batch})[0]
         return np.asarray(result)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """The embedding output, `[n, dimensions]` float32, not normalised. Needs `embedding_output`."""
+        if self.embedding_output is None:
+            raise BundleError(f"{self.bundle.model_path} has no embedding (its graph does not end in a linear layer)")
+        if self.one_at_a_time and len(batch) > 1:
+            return np.concatenate([self.features(batch[i : i + 1]) for i in range(len(batch))])
+        return np.asarray(self.session.run([self.embedding_output], {self.input_name: batch})[0], dtype=np.float32)
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether with_embedding() can answer (a classifier whose graph ends in a linear layer)."""
+        return self._can_embed
+
+    def with_embedding(self) -> ClassificationModel:
+        """A view of this model (the same session) whose answers carry `embedding` too. The first call on a
+        model whose file lacks the output adds it (a new session over the edited graph replaces this one: the
+        same logits, bit for bit). BundleError when the model has none."""
+        if self.embedding_output is None:
+            self._add_embedding()
+        view = copy.copy(self)
+        view.fetch_embedding = True
+        return view
+
+    def _add_embedding(self) -> None:
+        with self._upgrade_lock:
+            if self.embedding_output is not None:
+                return
+            if not self._can_embed:
+                raise BundleError(f"model {self.version} has no embedding: its graph does not end in a linear layer")
+            try:
+                edited = edit_model_bytes(self.bundle.model_path.read_bytes())
+            except (OSError, OnnxFormatError, ValueError) as exc:
+                self._can_embed = False
+                logger.warning("model %s has no embedding: %s", self.version, exc)
+                raise BundleError(f"model {self.version} has no embedding: {exc}") from None
+            session = open_session(self.bundle.model_path, self._threads, mem_pattern=False, model_bytes=edited)
+            del edited
+            smoke = np.zeros((1, *self.input_shape), dtype=np.float32)
+            features = session.run([EMBEDDING_OUTPUT], {self.input_name: smoke})[0]
+            self.embedding_dimensions = int(np.asarray(features).shape[1])
+            self.session = session
+            self.embedding_output = EMBEDDING_OUTPUT
+            logger.info("model %s: embedding output added (%d dimensions)", self.version, self.embedding_dimensions)
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities `[n, classes]`: softmax for multi-class, sigmoid for multi-label."""
@@ -223,15 +294,28 @@ class ClassificationModel:
     def prepare(self, image: Image.Image, out: np.ndarray) -> None:
         preprocess(image, self.preprocessing, out=out)
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Each image's probabilities, `[classes]`."""
-        return list(self.scores(batch))
+    def run(self, batch: np.ndarray) -> list[Any]:
+        """Each image's probabilities, `[classes]`; from with_embedding()'s view, (probabilities, embedding)."""
+        if not self.fetch_embedding or self.embedding_output is None:
+            return list(self.scores(batch))
+        if self.one_at_a_time and len(batch) > 1:
+            return [pair for i in range(len(batch)) for pair in self.run(batch[i : i + 1])]
+        logits, features = self.session.run([self.output_name, self.embedding_output], {self.input_name: batch})
+        logits = np.asarray(logits)
+        scores = sigmoid(logits) if self.task == "multilabel" else softmax(logits)
+        return list(zip(scores, normalise(np.asarray(features, dtype=np.float32)), strict=True))
 
     def result(self, output: Any, context: Any, image: ImageInfo, options: InferenceOptions) -> ImageOutcome:
         top_k = options.top_k if options.top_k is not None else options.default_top_k
+        embedding = None
+        if isinstance(output, tuple):
+            output, embedding = output
         (found,) = self.interpret(np.asarray(output)[None], top_k, options.threshold)
         warnings = tuple(self._warnings(image, found, options))
-        return ImageOutcome(data=record_data(found, self.version), warnings=warnings)
+        data = record_data(found, self.version)
+        if embedding is not None:
+            data["embedding"] = embedding.tolist()
+        return ImageOutcome(data=data, warnings=warnings)
 
     def _warnings(self, image: ImageInfo, found: Classification, options: InferenceOptions) -> list[str]:
         notes = []
@@ -249,6 +333,13 @@ class ClassificationModel:
                 f"{best[1]:.4f})"
             )
         return notes
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32), so a dot product is the cosine; an all-zero row stays zero."""
+    norms = np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    out: np.ndarray = (features / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return out
 
 
 def record_data(result: Classification, model_version: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from shared.bundle.loader import ModelBundle
+from shared.core.errors import BundleError
 from shared.core.limits import ImageLimits
 
 # Returns the encoded image bytes or raises ImageError (a file that cannot be read, bad base64, ...).
@@ -96,3 +97,16 @@ class Model(Protocol):
     def result(self, output: Any, context: Any, image: ImageInfo, options: InferenceOptions) -> ImageOutcome:
         """The record's answer for one image from its output and what `prepare` returned for it."""
         ...
+
+
+def embedding_view(model: Model) -> Model | None:
+    """The model whose answers carry `embedding` too (a classifier's with_embedding()), or None when `model`
+    has no embedding (a detector, or a classifier whose head is not a linear layer)."""
+    make = getattr(model, "with_embedding", None)
+    if make is None or not getattr(model, "has_embedding", False):
+        return None
+    try:
+        view: Model = make()
+    except BundleError:
+        return None
+    return view

@@ -10,9 +10,12 @@ import onnxruntime as ort
 from shared.core.errors import BundleError
 
 
-def open_session(model_path: Path, threads: int | None, *, mem_pattern: bool) -> ort.InferenceSession:
+def open_session(
+    model_path: Path, threads: int | None, *, mem_pattern: bool, model_bytes: bytes | None = None
+) -> ort.InferenceSession:
     """An ONNX Runtime CPU session with `threads` intra-op threads (None: one per core) and one inter-op
-    thread. Raises BundleError with the first line of ONNX Runtime's message when the file does not load."""
+    thread, over `model_bytes` when given (a graph edited in memory), else the file. Raises BundleError with
+    the first line of ONNX Runtime's message when the model does not load."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
@@ -20,7 +23,8 @@ def open_session(model_path: Path, threads: int | None, *, mem_pattern: bool) ->
     options.log_severity_level = 3
     options.enable_mem_pattern = mem_pattern
     try:
-        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        source: str | bytes = model_bytes if model_bytes is not None else str(model_path)
+        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own unrelated types for bad graphs
         first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
         raise BundleError(f"ONNX Runtime cannot load {model_path}: {first_line}") from None

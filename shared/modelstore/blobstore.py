@@ -399,6 +399,14 @@ class BlobModelStore:
                 origin = origins.get(name, bundle.model_path.parent / name)
                 if origin.is_file():
                     shutil.copyfile(origin, staged / name)
+            embedding: dict[str, Any] | None = None
+            if bundle.embedding is not None:
+                # The stored model carries its embedding output, so every reader serves the same graph.
+                from shared.bundle.embedding import manifest_entry
+
+                edited, embedding = manifest_entry(bundle.model_path.read_bytes())
+                if edited is not None:
+                    (staged / MODEL_FILE).write_bytes(edited)
             chosen_source = (
                 source or (bundle.manifest or {}).get("source") or {"kind": "local", "folder": bundle.root.name}
             )
@@ -412,6 +420,7 @@ class BlobModelStore:
                 source=chosen_source,
                 metric=chosen_metric,
                 opset=bundle.opset,
+                embedding=embedding,
             )
             if version is None and (same := self.same_content(manifest)) is not None:
                 chosen = same

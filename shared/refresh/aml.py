@@ -155,9 +155,7 @@ def _classify(exc: BaseException, where: str, how: str) -> AmlError:
     if name in ("ClientAuthenticationError", "CredentialUnavailableError") or status == 401:
         return AmlError(f"AML refused the credentials of {how} for {where}: {_one_line(exc)}")
     if status == 403:
-        return AmlError(
-            f"{how} may not read {where} (it needs the Reader role on the workspace): {_one_line(exc)}"
-        )
+        return AmlError(f"{how} may not read {where} (it needs the Reader role on the workspace): {_one_line(exc)}")
     if name == "ResourceNotFoundError" or status == 404:
         return AmlError(f"AML {where} was not found or is not accessible: {_one_line(exc)}")
     if name in ("ServiceRequestError", "ServiceResponseError", "ConnectionError", "ConnectTimeout", "ReadTimeout",

@@ -264,6 +264,17 @@ def export_onnx(network: Any, crop: int, path: Path) -> float:
     return diff
 
 
+def _add_embedding(path: Path) -> dict[str, Any] | None:
+    """Give the exported model its embedding output (shared.bundle.embedding) and return the manifest's entry;
+    None when its graph does not end in a linear layer."""
+    from shared.bundle.embedding import manifest_entry
+
+    edited, entry = manifest_entry(path.read_bytes())
+    if edited is not None:
+        path.write_bytes(edited)
+    return entry
+
+
 def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:
     """Convert `model.pt` into a bundle folder `out_dir` (model.onnx, labels.json, manifest.json).
 
@@ -277,6 +288,7 @@ def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=out_dir.parent))
     try:
         diff = export_onnx(network, checkpoint.crop, staging / MODEL_FILE)
+        embedding = _add_embedding(staging / MODEL_FILE)
         (staging / LABELS_FILE).write_text(json.dumps(list(checkpoint.labels)), encoding="utf-8")
         task: Task = "multilabel" if checkpoint.multilabel else "multiclass"
         metric = None
@@ -301,6 +313,7 @@ def convert_checkpoint(model_pt: Path, out_dir: Path) -> Path:
             },
             metric=metric,
             opset=OPSET,
+            embedding=embedding,
         )
         write_manifest(staging, manifest)
         if out_dir.exists():

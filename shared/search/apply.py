@@ -10,7 +10,7 @@ from shared.search import client as searchclient
 from shared.search.templates import (
     AI_SERVICES_BY_IDENTITY,
     DEFAULT_KEY_ENV,
-    KINDS,
+    WRITE_ORDER,
     SearchSetupError,
     search_endpoint_url,
 )
@@ -24,7 +24,13 @@ API_VERSION = "2026-04-01"
 PREVIEW_API_VERSION = searchclient.PREVIEW_API_VERSION
 SEARCH_SCOPE = searchclient.SEARCH_SCOPE
 USER_AGENT = "automl-image-skill-search-setup"
-COLLECTIONS = {"datasource": "datasources", "index": "indexes", "skillset": "skillsets", "indexer": "indexers"}
+COLLECTIONS = {
+    "datasource": "datasources",
+    "index": "indexes",
+    "imageindex": "indexes",
+    "skillset": "skillsets",
+    "indexer": "indexers",
+}
 # Keyless billing (AIServicesByIdentity) is a preview feature: Microsoft Learn ("Attach a billable resource to a
 # skillset") documents it on 2025-11-01-preview. Only the skillset that uses it is written with that version.
 KEYLESS_BILLING_API_VERSION = PREVIEW_API_VERSION
@@ -116,14 +122,16 @@ def apply(
     typed: dict[str, Callable[..., Any]] = {
         "datasource": indexers.create_or_update_data_source_connection,
         "index": indexes.create_or_update_index,
+        "imageindex": indexes.create_or_update_index,
         "skillset": indexers.create_or_update_skillset,
         "indexer": indexers.create_or_update_indexer,
     }
     done: list[str] = []
     with indexers, indexes:
-        for kind in (k for k in KINDS if k in rendered):
+        for kind in (k for k in WRITE_ORDER if k in rendered):
             body = dict(rendered[kind])
             name = str(body.get("name", ""))
+            shown = "index" if kind == "imageindex" else kind
             version = api_version_for(kind, body)
             try:
                 if version == API_VERSION:
@@ -153,13 +161,13 @@ def apply(
                 status_text = f"{code} {phrase}".strip()
                 if code in (401, 403):
                     raise SearchSetupError(
-                        f"search service {endpoint} refused {what} ({status_text}) while writing the {kind} "
+                        f"search service {endpoint} refused {what} ({status_text}) while writing the {shown} "
                         f"{name!r}: {refused_hint}"
                     ) from None
                 detail = _service_message(failed) if failed is not None else ""
                 raise SearchSetupError(
-                    f"search service {endpoint} answered {status_text} to the {kind} {name!r}"
+                    f"search service {endpoint} answered {status_text} to the {shown} {name!r}"
                     + (f": {detail}" if detail else "")
                 ) from None
-            done.append(f"{kind} {name}: {'created' if status == 201 else 'updated'}")
+            done.append(f"{shown} {name}: {'created' if status == 201 else 'updated'}")
     return done

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 
 from shared.modelstore.blobstore import BlobModelStore
+from shared.modelstore.embedded import REINDEX_RECORD
 from shared.modelstore.errors import StoreError
 from shared.modelstore.pointer import POINTER, Pointer, check_version_name, utc_now
 
-REINDEX_RECORD = "reindex.json"
+__all__ = ["REINDEX_RECORD", "ReindexRecord", "pointer_since", "read_reindex_record", "write_reindex_record"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class ReindexRecord:
 
     `version` is the version the index was last re-enriched with (or the baseline); `pending` is the version a
     pass has claimed and is re-enriching, with `claimed` the UTC time of the claim ("%Y-%m-%dT%H:%M:%SZ").
+    `embedded` is the version whose re-enrichment has finished (the indexer's run after the reset ended with
+    success), so every document's vectors come from it: the vectorizer answers with it
+    (shared.modelstore.embedded). It trails `version` while the indexer's run goes on.
     """
 
     version: str
@@ -32,6 +36,11 @@ class ReindexRecord:
     pending: str | None
     claimed: str | None
     etag: str
+    embedded: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.embedded:
+            object.__setattr__(self, "embedded", self.version)
 
 
 def read_reindex_record(store: BlobModelStore) -> ReindexRecord | None:
@@ -57,6 +66,7 @@ def read_reindex_record(store: BlobModelStore) -> ReindexRecord | None:
             pending=check_version_name(str(pending)) if pending else None,
             claimed=str(data["claimed"]) if data.get("claimed") else None,
             etag=downloader.properties.etag,
+            embedded=check_version_name(str(data["embedded"])) if data.get("embedded") else "",
         )
     except (ValueError, KeyError, TypeError, AttributeError, StoreError):
         raise StoreError(
@@ -74,17 +84,27 @@ def write_reindex_record(
     pending: str | None = None,
     claimed: str | None = None,
     recorded: str | None = None,
+    embedded: str | None = None,
 ) -> ReindexRecord:
     """Write the record conditionally: If-Match `expected.etag`, or If-None-Match * when `expected` is None.
+    `embedded` defaults to `version` (a baseline, or a re-enrichment that has finished).
 
     Raises StoreConflict when the record changed since `expected` was read (another pass wrote it), StoreError
     for any other failure.
     """
     check_version_name(version)
+    embedded = check_version_name(embedded or version)
     recorded = recorded or utc_now()
-    data = {"version": version, "recorded": recorded, "mode": mode, "pending": pending, "claimed": claimed}
+    data = {
+        "version": version,
+        "recorded": recorded,
+        "mode": mode,
+        "pending": pending,
+        "claimed": claimed,
+        "embedded": embedded,
+    }
     etag = store.write_json_conditionally(REINDEX_RECORD, data, expected.etag if expected is not None else None)
-    return ReindexRecord(version, recorded, mode, pending, claimed, etag)
+    return ReindexRecord(version, recorded, mode, pending, claimed, etag, embedded)
 
 
 def pointer_since(store: BlobModelStore, pointer: Pointer) -> float:

@@ -50,6 +50,8 @@ PREVIEW_API_VERSION = searchclient.PREVIEW_API_VERSION
 CLAIM_EXPIRES_S = 900
 USER_AGENT = "automl-image-skill-reindex"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# The index field search-setup --vectors renders for the skill's `embedding` (shared.search.templates).
+VECTOR_FIELD = "imageEmbedding"
 
 
 class ReindexError(AppError):
@@ -250,6 +252,48 @@ class SearchService:
         with self.errors(f"running indexer {name!r}", "indexer", name):
             self.client.run_indexer(name)
 
+    def vector_dimensions(self) -> int | None:
+        """The dimensions of the index's vector field VECTOR_FIELD, or None when the index has none."""
+        index = self.settings.search_index_name
+        client = searchclient.index_client(self.endpoint, self.credential, user_agent=USER_AGENT)
+        with self.errors(f"reading index {index!r}", "index", index):
+            definition = client.get_index(index)
+        for field_ in definition.fields or []:
+            if field_.name == VECTOR_FIELD:
+                return int(field_.vector_search_dimensions) if field_.vector_search_dimensions else None
+        return None
+
+    def check_vector_field(self, store: BlobModelStore, version: str, embedded: str) -> None:
+        """Raise ReindexError when the index has a vector field whose dimensions the version's embedding does
+        not have (the service would refuse every document's vector): a vector field's dimensions cannot
+        change, so a new model with another width needs a new index. The index is read only when the width
+        differs from that of `embedded`, the version the index holds; versions published without an
+        `embedding` entry in their manifest are not checked."""
+        found = store.read_manifest(version)
+        if found is None or "embedding" not in found[0]:
+            return
+        before = store.read_manifest(embedded) if embedded != version else found
+        if before is not None and before[0].get("embedding") == found[0]["embedding"]:
+            return
+        wanted = self.vector_dimensions()
+        if wanted is None:
+            return
+        embedding = found[0]["embedding"]
+        width = embedding.get("dimensions") if isinstance(embedding, dict) else None
+        index = self.settings.search_index_name
+        if width is None:
+            raise ReindexError(
+                f"model {version} has no embedding, but index {index!r} has the vector field {VECTOR_FIELD!r}: "
+                "nothing was re-enriched; promote a classification model, or set up an index without --vectors"
+            )
+        if width != wanted:
+            raise ReindexError(
+                f"model {version} embeds images in {width} dimensions but {VECTOR_FIELD!r} of index {index!r} holds "
+                f"{wanted}: a vector field's dimensions cannot change, so nothing was re-enriched; create a new "
+                "index with `python -m shared search-setup --vectors --prefix <new prefix>` and point "
+                "SEARCH_INDEX_NAME at it"
+            )
+
     def stale_documents(self, version: str) -> int:
         """How many documents hold an image classified by a version other than `version` (a `$count` query)."""
         index = self.settings.search_index_name
@@ -267,7 +311,8 @@ class SearchService:
 
 @dataclass(frozen=True)
 class ReindexOutcome:
-    """What a pass did. `action`: off, no-model, baseline, nothing, waiting, deferred, would, done."""
+    """What a pass did. `action`: off, no-model, baseline, nothing, waiting, deferred, would, done, running
+    (the indexer's run after a reset goes on), finished (it ended: the vectorizer switches)."""
 
     action: str
     message: str
@@ -309,9 +354,14 @@ def run_pass(
             "baseline", f"took {current} as the baseline: the index is re-enriched from the next version on", current
         )
     if record.version == current:
-        return ReindexOutcome(
-            "nothing", f"nothing to do: the index was re-enriched with {current} ({record.recorded})", current, current
-        )
+        if record.embedded == current:
+            return ReindexOutcome(
+                "nothing",
+                f"nothing to do: the index was re-enriched with {current} ({record.recorded})",
+                current,
+                current,
+            )
+        return _follow_run(settings, store, service, record, current, dry_run=dry_run)
     age = clock() - pointer_since(store, pointer)
     if age < settings.reindex_delay_s and not now:
         return ReindexOutcome(
@@ -342,6 +392,7 @@ def run_pass(
             current,
             record.version,
         )
+    service.check_vector_field(store, current, record.embedded)
     what = (
         f"reset indexer {settings.search_indexer_name!r} and run it"
         if mode == "full"
@@ -364,6 +415,7 @@ def run_pass(
             pending=current,
             claimed=_utc(clock()),
             recorded=record.recorded,
+            embedded=record.embedded,
         )
     except StoreConflict:
         return ReindexOutcome(
@@ -386,7 +438,9 @@ def run_pass(
                 record.version,
             )
         raise
-    write_reindex_record(store, version=current, mode=mode, expected=claim, recorded=_utc(clock()))
+    write_reindex_record(
+        store, version=current, mode=mode, expected=claim, recorded=_utc(clock()), embedded=record.embedded
+    )
     done = (
         f"reset indexer {settings.search_indexer_name!r} and started a run"
         if mode == "full"
@@ -397,11 +451,64 @@ def run_pass(
     )
 
 
+def _follow_run(
+    settings: Settings,
+    store: BlobModelStore,
+    service: SearchService,
+    record: ReindexRecord,
+    current: str,
+    *,
+    dry_run: bool,
+) -> ReindexOutcome:
+    """A re-enrichment was started (`record.version` is current): record it as finished once the indexer's
+    last run ended with success after the pass that started it (`record.recorded`). Until then the vectorizer
+    answers with `record.embedded`, the version the indexed vectors come from."""
+    state = service.state()
+    started = _parse_utc(record.recorded)
+    ended = _parse_utc(state.last_end)
+    name = settings.search_indexer_name
+    if state.running or state.last_status != "success" or started is None or ended is None or ended < started:
+        return ReindexOutcome(
+            "running",
+            f"re-enriching with {current}: indexer {name!r} is {state.describe()}; the vectorizer answers with "
+            f"{record.embedded} until a run started after {record.recorded} ends with success",
+            current,
+            record.version,
+        )
+    if dry_run:
+        return ReindexOutcome(
+            "would",
+            f"would record that re-enrichment with {current} finished (indexer {name!r} {state.describe()})",
+            current,
+            record.version,
+        )
+    try:
+        write_reindex_record(
+            store, version=current, mode=record.mode, expected=record, recorded=record.recorded, embedded=current
+        )
+    except StoreConflict:
+        return ReindexOutcome("deferred", "deferred: another pass updated the re-enrichment record", current, current)
+    return ReindexOutcome(
+        "finished",
+        f"re-enrichment with {current} finished (indexer {name!r} {state.describe()}): the vectorizer answers "
+        f"with {current} from now on",
+        current,
+        current,
+    )
+
+
 def _release(store: BlobModelStore, claim: ReindexRecord, record: ReindexRecord) -> None:
     """Put the record back as it was before the claim, so the next pass retries at once; if even that fails,
     the claim expires after CLAIM_EXPIRES_S."""
     try:
-        write_reindex_record(store, version=record.version, mode=record.mode, expected=claim, recorded=record.recorded)
+        write_reindex_record(
+            store,
+            version=record.version,
+            mode=record.mode,
+            expected=claim,
+            recorded=record.recorded,
+            embedded=record.embedded,
+        )
     except AppError as exc:
         logger.warning("could not release the re-enrichment claim (%s); it expires in %d s", exc, CLAIM_EXPIRES_S)
 

@@ -52,6 +52,10 @@ TEMPLATE_DIR = APP_ROOT / "infra" / "search"
 DETECTION_TEMPLATE_DIR = TEMPLATE_DIR / "detection"
 # Creation order: each object names the ones before it.
 KINDS = ("datasource", "index", "skillset", "indexer")
+# search-setup --vectors per-image adds a second index, one search document per image (index projections); the
+# skillset names it, so it is written before the skillset.
+IMAGE_INDEX = "imageindex"
+WRITE_ORDER = ("datasource", "index", IMAGE_INDEX, "skillset", "indexer")
 DEFAULT_PREFIX = "automl-images"
 DEFAULT_CONTAINER = "images"
 DEFAULT_KEY_ENV = "SEARCH_ADMIN_KEY"
@@ -190,6 +194,28 @@ class AIServicesKey:
 
 
 @dataclass(frozen=True)
+class Vectors:
+    """The index's image vector field and its vectorizer (docs/vectors.md): `dimensions` of the current model's
+    embedding; the vectorizer calls /api/vectorize with VectorizeImage's function key `key` (a secret, never shown;
+    `source` names its variable), or with the skill's Entra ID app registration when the skill uses one.
+    `per_image`: one search document per image in a second index (`<prefix>-image-index`, index projections)
+    instead of one vector field on the document (for documents with one image)."""
+
+    dimensions: int
+    key: str | None = field(default=None, repr=False)
+    source: str = "VECTORIZE_FUNCTION_KEY"
+    per_image: bool = False
+
+
+VECTOR_FIELD = "imageEmbedding"
+VECTOR_PROFILE = "image-embedding-profile"
+VECTOR_ALGORITHM = "image-embedding-hnsw"
+VECTORIZER = "image-vectorizer"
+# Azure AI Search's vector fields hold 2 to 4,096 dimensions (Learn, "Create a vector index").
+MAX_VECTOR_DIMENSIONS = 4096
+
+
+@dataclass(frozen=True)
 class ImageAnalysis:
     """The built-in ImageAnalysisSkill beside the classifier: its visual features and who pays for it."""
 
@@ -271,6 +297,7 @@ def render(
     image_analysis: ImageAnalysis | None = None,
     per_page: bool = False,
     enrichment_cache: str | None = None,
+    vectors: Vectors | None = None,
     template_dir: Path = TEMPLATE_DIR,
     keyframes: bool = False,
 ) -> dict[str, dict[str, Any]]:
@@ -349,8 +376,132 @@ def render(
             "storageConnectionString": f"ResourceId={enrichment_cache.strip()};",
             "enableReprocessing": True,
         }
+    if vectors is not None:
+        _add_vectors(rendered, vectors, uri[: -len("/api/classify")], auth, f"{names.index[: -len('-index')]}")
     complex_elements_per_document(rendered["index"], rendered["indexer"], rendered["skillset"])
     return rendered
+
+
+def _add_vectors(
+    rendered: dict[str, dict[str, Any]], vectors: Vectors, base: str, auth: SkillAuth, prefix: str
+) -> None:
+    """The skill answers `embedding` (`?embedding=true`); the index gets the vector field, an HNSW profile with
+    cosine and the customWebApi vectorizer on /api/vectorize. One image per document (an image file): the
+    indexer maps the document's image's embedding (`/document/normalized_images/0/embedding`) to the field.
+    Per image: a second index holds one search document per image, written by the skillset's index projection
+    (GA; the parent documents still go to the first index). Learn: "Create a vector index" (field, profile,
+    HNSW), "Custom Web API vectorizer" (parameters), "Define an index projection" (two indexes)."""
+    if not 2 <= vectors.dimensions <= MAX_VECTOR_DIMENSIONS:
+        raise SearchSetupError(
+            f"embedding dimensions {vectors.dimensions} are invalid: a vector field holds 2 to {MAX_VECTOR_DIMENSIONS}"
+        )
+    skill = _web_api_skills(rendered["skillset"])[0]
+    skill["uri"] = f"{skill['uri']}?embedding=true"
+    skill.setdefault("outputs", []).append({"name": "embedding", "targetName": "embedding"})
+    if vectors.per_image:
+        index = _image_index(f"{prefix}-image-index")
+        rendered[IMAGE_INDEX] = index
+        rendered["skillset"]["indexProjections"] = _image_projection(index["name"])
+    else:
+        index = rendered["index"]
+    if any(f.get("name") == VECTOR_FIELD for f in index["fields"]):
+        raise SearchSetupError(f"the index template already has a field {VECTOR_FIELD!r}")
+    index["fields"].append(
+        {
+            "name": VECTOR_FIELD,
+            "type": "Collection(Edm.Single)",
+            "searchable": True,
+            "filterable": False,
+            "sortable": False,
+            "facetable": False,
+            "retrievable": False,
+            "dimensions": vectors.dimensions,
+            "vectorSearchProfile": VECTOR_PROFILE,
+        }
+    )
+    parameters: dict[str, Any] = {"uri": f"{base}/api/vectorize", "httpMethod": "POST", "timeout": "PT60S"}
+    if vectors.key is not None:
+        parameters["httpHeaders"] = {"x-functions-key": vectors.key}
+    if isinstance(auth, EntraAuth):
+        parameters["authResourceId"] = auth.resource_id
+    index["vectorSearch"] = {
+        "algorithms": [
+            {
+                "name": VECTOR_ALGORITHM,
+                "kind": "hnsw",
+                "hnswParameters": {"metric": "cosine", "m": 4, "efConstruction": 400, "efSearch": 500},
+            }
+        ],
+        "profiles": [{"name": VECTOR_PROFILE, "algorithm": VECTOR_ALGORITHM, "vectorizer": VECTORIZER}],
+        "vectorizers": [{"name": VECTORIZER, "kind": "customWebApi", "customWebApiParameters": parameters}],
+    }
+    if not vectors.per_image:
+        rendered["indexer"].setdefault("outputFieldMappings", []).append(
+            {"sourceFieldName": "/document/normalized_images/0/embedding", "targetFieldName": VECTOR_FIELD}
+        )
+
+
+# The per-image index: its key (Edm.String, keyword analyzer, as index projections need), the parent document's
+# key and name, and the skill's answer for the image.
+_IMAGE_FIELDS: tuple[tuple[str, str, str | None], ...] = (
+    ("parentId", "Edm.String", None),
+    ("metadata_storage_name", "Edm.String", "/document/metadata_storage_name"),
+    ("metadata_storage_path", "Edm.String", "/document/metadata_storage_path"),
+    ("label", "Edm.String", f"{PER_IMAGE}/label"),
+    ("confidence", "Edm.Double", f"{PER_IMAGE}/confidence"),
+    ("labels", "Collection(Edm.String)", f"{PER_IMAGE}/labels"),
+    ("modelVersion", "Edm.String", f"{PER_IMAGE}/modelVersion"),
+    ("pageNumber", "Edm.Int32", f"{PER_IMAGE}/pageNumber"),
+)
+
+
+def _image_index(name: str) -> dict[str, Any]:
+    fields: list[dict[str, Any]] = [
+        {
+            "name": "id",
+            "type": "Edm.String",
+            "key": True,
+            "searchable": True,
+            "filterable": True,
+            "sortable": False,
+            "facetable": False,
+            "retrievable": True,
+            "analyzer": "keyword",
+        }
+    ]
+    for field_name, kind, _ in _IMAGE_FIELDS:
+        text = kind in ("Edm.String", "Collection(Edm.String)") and field_name not in (
+            "parentId",
+            "metadata_storage_path",
+        )
+        fields.append(
+            {
+                "name": field_name,
+                "type": kind,
+                "searchable": text,
+                "filterable": True,
+                "sortable": kind in ("Edm.Double", "Edm.Int32") or field_name == "metadata_storage_name",
+                "facetable": field_name in ("label", "labels", "modelVersion"),
+                "retrievable": True,
+            }
+        )
+    return {"name": name, "fields": fields}
+
+
+def _image_projection(index_name: str) -> dict[str, Any]:
+    mappings = [{"name": VECTOR_FIELD, "source": f"{PER_IMAGE}/embedding"}]
+    mappings += [{"name": n, "source": source} for n, _, source in _IMAGE_FIELDS if source is not None]
+    return {
+        "selectors": [
+            {
+                "targetIndexName": index_name,
+                "parentKeyFieldName": "parentId",
+                "sourceContext": PER_IMAGE,
+                "mappings": mappings,
+            }
+        ],
+        "parameters": {"projectionMode": "includeIndexingParentDocuments"},
+    }
 
 
 def add_keyframes(rendered: dict[str, dict[str, Any]]) -> None:
@@ -568,6 +719,7 @@ def redacted(
     rendered: Mapping[str, dict[str, Any]],
     source: str = DEFAULT_FUNCTION_KEY_ENV,
     ai_services_key_source: str | None = None,
+    vectorize_source: str = "VECTORIZE_FUNCTION_KEY",
 ) -> dict[str, Any]:
     """A copy safe to print: every skill header value (the function key) and the AI Services key replaced
     by where they come from."""
@@ -576,6 +728,17 @@ def redacted(
         headers = skill.get("httpHeaders")
         if isinstance(headers, dict):
             skill["httpHeaders"] = {name: f"<redacted: ${source}>" for name in headers}
+    vectorizers = [
+        v
+        for kind in ("index", IMAGE_INDEX)
+        for v in shown.get(kind, {}).get("vectorSearch", {}).get("vectorizers") or []
+    ]
+    for vectorizer in vectorizers:
+        headers = (vectorizer.get("customWebApiParameters") or {}).get("httpHeaders")
+        if isinstance(headers, dict):
+            vectorizer["customWebApiParameters"]["httpHeaders"] = {
+                name: f"<redacted: ${vectorize_source}>" for name in headers
+            }
     billing = shown.get("skillset", {}).get("cognitiveServices")
     if isinstance(billing, dict) and billing.get("key"):
         source_text = ai_services_key_source or "the AI Services key"

@@ -42,10 +42,12 @@ class SkillRecord:
 class QueryOptions:
     top_k: int | None
     threshold: float | None
+    embedding: bool = False
 
 
 def parse_query(query: Mapping[str, str]) -> QueryOptions:
-    """`topK` (1-1000) and `threshold` (0-1) from the skill URI; InvalidEnvelope for a bad value."""
+    """`topK` (1-1000), `threshold` (0-1) and `embedding` (true or false) from the skill URI; InvalidEnvelope
+    for a bad value."""
     top_k: int | None = None
     threshold: float | None = None
     raw_k = query.get("topK")
@@ -64,7 +66,13 @@ def parse_query(query: Mapping[str, str]) -> QueryOptions:
             threshold = -1.0
         if not 0.0 <= threshold <= 1.0:
             raise InvalidEnvelope(f"query parameter threshold must be a number from 0 to 1, got {raw_t!r}")
-    return QueryOptions(top_k=top_k, threshold=threshold)
+    raw_e = query.get("embedding")
+    embedding = False
+    if raw_e not in (None, ""):
+        if str(raw_e).lower() not in ("true", "false"):
+            raise InvalidEnvelope(f"query parameter embedding must be true or false, got {raw_e!r}")
+        embedding = str(raw_e).lower() == "true"
+    return QueryOptions(top_k=top_k, threshold=threshold, embedding=embedding)
 
 
 def _describe(value: Any) -> str:

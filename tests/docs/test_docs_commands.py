@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration  # see tests/conftest.py
 
 PAGES = (
     "skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md", "video.md",
-    "labeling-loop.md",
+    "labeling-loop.md", "vectors.md",
 )  # fmt: skip
 SERVE = ".venv/bin/python -m shared serve"
 SEARCH_SETUP = (
@@ -46,6 +46,10 @@ REQUEST = (
     'base64.b64encode(open("samples/coffee.png","rb").read()).decode()}}]}))\' > /tmp/req.json'
 )
 DETECTION_SERVE = f"AZUREML_MODEL_DIR=path/to/run {SERVE}"
+VECTOR_QUERY = (
+    'python3 -c \'import base64,json;print(json.dumps({"values":[{"recordId":"q","data":{"imageBinary":{"data": '
+    'base64.b64encode(open("samples/chelsea.png","rb").read()).decode()}}}]}))\' > /tmp/query.json'
+)
 KEYFRAMES_SETUP = (
     ".venv/bin/python -m shared search-setup --keyframes \\ --search-endpoint https://<search>.search.windows.net \\ "
     '--function-url "$(azd env get-value FUNCTION_URL)" \\ --storage-resource-id "$(azd env get-value '
@@ -88,13 +92,23 @@ RUN = {
         ".venv/bin/python -m shared reindex --status",
     ],
     "deploy.md": [
-        "zip -r app.zip host.json requirements.txt ClassifySkill ExtractionSkill Health RefreshModel shared "
-        "model_cache/sample -x '*__pycache__*'",
+        "zip -r app.zip host.json requirements.txt ClassifySkill ExtractionSkill Health RefreshModel VectorizeImage "
+        "shared model_cache/sample -x '*__pycache__*'",
         ".venv/bin/python -m shared publish model_cache/sample --version sample-1",
         'curl -s "$(azd env get-value FUNCTION_URL)/api/health"',
     ],
     "performance.md": [],
     "architecture.md": [],
+    "vectors.md": [
+        SERVE,
+        REQUEST,
+        'curl -s -X POST "localhost:7071/api/classify?embedding=true" --data-binary @/tmp/req.json',
+        VECTOR_QUERY,
+        "curl -s -X POST localhost:7071/api/vectorize --data-binary @/tmp/query.json",
+        SEARCH_SETUP.replace(" --dry-run", " --vectors --dry-run"),
+        "SEARCH_ENDPOINT=https://<search>.search.windows.net .venv/bin/python -m shared query --like "
+        "samples/chelsea.png",
+    ],
     "video.md": [
         ".venv/bin/python -m shared keyframes --connection-string-env AZURE_STORAGE_CONNECTION_STRING",
         KEYFRAMES_SETUP,
@@ -125,6 +139,7 @@ SKIPPED = {
         "make lint": "ruff, mypy and lint-imports: tests/test_architecture.py runs the same import check",
         '.venv/bin/python -m pytest -m "not integration"': "the test suite itself, run by `make test`",
     },
+    "vectors.md": {"make bench": BENCH},
     "performance.md": {
         "make bench": BENCH,
         ".venv/bin/python scripts/bench.py --quick": BENCH,
@@ -191,6 +206,7 @@ SUBSTITUTED = {
     "localhost:7071": "`serve` gets `--port N` (a free port) and N replaces 7071 in the commands after it: "
     "7071 may be taken on a shared machine (tests/docs/test_readme.py runs the README's tour on 7071 itself)",
     "/tmp/req.json": "a file in the test's own folder, so parallel runs do not share it",
+    "/tmp/query.json": "a file in the test's own folder, so parallel runs do not share it",
     "cp local.settings.json.sample local.settings.json": "copied into the test's folder: in the checkout, "
     "`serve` would read it in every later test",
     "https://<search>.search.windows.net": "tests/searchstub.py's http://127.0.0.1:N, with its admin key in "
@@ -494,7 +510,10 @@ def test_the_reindex_page_runs_as_written(search_service: SearchStub, azurite: A
     assert outputs[1] == (
         "re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run\n"
     )
-    assert outputs[2].startswith("nothing to do: the index was re-enriched with v2 (")
+    assert outputs[2].startswith(
+        "re-enriching with v2: indexer 'automl-images-indexer' is running, a run is in progress; the vectorizer "
+        "answers with v1 until a run started after "
+    )
     lines = outputs[3].splitlines()
     assert lines[0] == "current version: v2"
     assert lines[-1] == "documents with an image classified by another version than v2: 0"
@@ -567,8 +586,15 @@ def test_the_labeling_loop_page_runs_as_written(
                 "metadata_storage_name": name,
                 "metadata_content_type": "image/png",
                 "labels": ["espresso"],
-                "images": [{"label": "espresso", "confidence": score, "labels": ["espresso"],
-                            "modelVersion": "v-current", "pageNumber": None}],
+                "images": [
+                    {
+                        "label": "espresso",
+                        "confidence": score,
+                        "labels": ["espresso"],
+                        "modelVersion": "v-current",
+                        "pageNumber": None,
+                    }
+                ],
             }
         )
     search_service.add_documents("automl-images-index", documents)
@@ -590,3 +616,57 @@ def test_the_labeling_loop_page_runs_as_written(
     names = sorted(b.name for b in labeling.list_blobs())
     assert len(names) == 3 and names[-1] == "incoming/to-label-manifest.jsonl"
     assert all(n.startswith("incoming/") and n.endswith(".png") for n in names[:2])
+
+
+def test_the_vectors_page_runs_as_written(search_service: SearchStub, tmp_path: Path) -> None:
+    """The skill with embedding=true and /api/vectorize on the dev server give the same vector for the same photo;
+    search-setup --vectors renders the field, profile and vectorizer; query --like finds that photo first in an
+    index (the stand-in's) holding the sample photos' vectors."""
+    import base64 as b64
+
+    from shared.core.settings import Settings
+    from shared.skill.service import SkillService
+
+    def vector_of(name: str) -> list[float]:
+        data = b64.b64encode((SAMPLES / name).read_bytes()).decode()
+        body = json.dumps({"values": [{"recordId": "0", "data": {"imageBinary": {"data": data}}}]}).encode()
+        return list(json.loads(SkillService(Settings()).vectorize(body)[1])["values"][0]["data"]["vector"])
+
+    search_service.add_pipeline()
+    search_service.indexes["automl-images-index"] = [
+        {"id": name, "metadata_storage_name": name, "labels": [name.split(".")[0]], "imageEmbedding": vector_of(name)}
+        for name in ("chelsea.png", "coffee.png", "rocket.jpg")
+    ]
+    env = base_env(tmp_path) | {
+        "SKILL_FUNCTION_KEY": "test-function-key-not-a-secret",
+        "VECTORIZE_FUNCTION_KEY": "test-vectorize-key-not-a-secret",
+        "SEARCH_ADMIN_KEY": search_service.key,
+        "FUNCTION_URL": "https://func-test.azurewebsites.net",
+        "STORAGE_ACCOUNT_ID": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-skill/providers/"
+        "Microsoft.Storage/storageAccounts/stskill",
+    }
+    fake_azd(tmp_path, env)
+    ran = dict(
+        run_page(
+            "vectors.md",
+            env,
+            places={
+                "/tmp/req.json": str(tmp_path / "req.json"),
+                "/tmp/query.json": str(tmp_path / "query.json"),
+                "https://<search>.search.windows.net": search_service.endpoint,
+            },
+        )
+    )
+    (classified,) = json.loads(ran[RUN["vectors.md"][2]])["values"]
+    assert classified["data"]["label"] == "espresso" and len(classified["data"]["embedding"]) == 1280
+    (vectorized,) = json.loads(ran[RUN["vectors.md"][4]])["values"]
+    assert vectorized["recordId"] == "q" and vectorized["data"]["vector"] == vector_of("chelsea.png")
+    rendered = json.loads(ran[RUN["vectors.md"][5]])
+    assert rendered["index"]["fields"][-1]["dimensions"] == 1280
+    assert rendered["index"]["vectorSearch"]["vectorizers"][0]["customWebApiParameters"]["uri"] == (
+        "https://func-test.azurewebsites.net/api/vectorize"
+    )
+    assert "test-vectorize-key-not-a-secret" not in ran[RUN["vectors.md"][5]]
+    lines = ran[RUN["vectors.md"][6]].splitlines()
+    assert lines[0].startswith("nearest to samples/chelsea.png (model sample-efficientnet-lite0-imagenet, 1280 ")
+    assert lines[2].split()[1:] == ["chelsea.png", "chelsea"] and len(lines) == 5

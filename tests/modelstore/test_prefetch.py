@@ -21,7 +21,7 @@ from shared.modelstore.reads import store_cache_dir
 from shared.skill.service import SkillService
 from tests.azurite import ACCOUNT, DEV_KEY
 from tests.conftest import ROOT
-from tests.modelfactory import tiny_bundle
+from tests.modelfactory import as_stored, tiny_bundle
 
 
 def store_for(settings: Settings) -> BlobModelStore:
@@ -147,7 +147,7 @@ def test_the_prefetch_reads_what_the_store_reads(blob_settings: Settings, tmp_pa
     assert blob_settings.cache_dir is not None
     assert found.path == store_cache_dir(blob_settings.cache_dir, store.description) / "v1"
     for name in ("model.onnx", "labels.json"):
-        assert (found.path / name).read_bytes() == (tmp_path / "tiny" / name).read_bytes()
+        assert (found.path / name).read_bytes() == as_stored(tmp_path / "tiny" / name)
     assert prefetch.take(blob_settings) is None  # taken once
     assert store.read_blob("v9/manifest.json", "reading") is None  # what the prefetch's reads take for "absent"
 

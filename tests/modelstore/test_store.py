@@ -23,7 +23,7 @@ from shared.modelstore.reads import PARTIAL_PREFIX, clean_partials, store_cache_
 from shared.skill.service import SkillService
 from tests.azurite import Azurite
 from tests.conftest import ROOT, SAMPLES, encode
-from tests.modelfactory import tiny_bundle
+from tests.modelfactory import as_stored, tiny_bundle
 
 PHOTO = encode(__import__("PIL.Image", fromlist=["Image"]).open(SAMPLES / "coffee.png").resize((96, 64)), "PNG")
 BODY = json.dumps({"values": [{"recordId": "1", "data": {"image": base64.b64encode(PHOTO).decode()}}]}).encode()
@@ -269,7 +269,7 @@ def test_two_publishers_racing_end_at_one_complete_version(
     assert sha == pointer.manifest_sha256
     folder = store.download_version(pointer.version, tmp_path / "cache", pointer.manifest_sha256)
     index = int(pointer.version[1])
-    assert (folder / "model.onnx").read_bytes() == (bundles[index] / "model.onnx").read_bytes()
+    assert (folder / "model.onnx").read_bytes() == as_stored(bundles[index] / "model.onnx")
 
 
 def test_store_stopped_the_loaded_model_keeps_serving_and_health_says_so(
@@ -627,7 +627,7 @@ def test_the_first_health_check_after_a_promote_shows_the_new_version_when_a_pol
 def test_uploads_and_downloads_report_their_progress_in_bytes(
     store: BlobModelStore, bundles: list[Path], tmp_path: Path
 ) -> None:
-    sizes = {p.name: p.stat().st_size for p in bundles[0].iterdir()}
+    sizes = {p.name: len(as_stored(p)) for p in bundles[0].iterdir()}
     uploaded: list[tuple[int, int]] = []
     store.publish(bundles[0], version="v1", progress=lambda n, total: uploaded.append((n, total)))
     assert sum(n for n, _ in uploaded) == sum(sizes.values()) and {t for _, t in uploaded} == {sum(sizes.values())}

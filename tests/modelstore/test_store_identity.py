@@ -35,7 +35,7 @@ from shared.modelstore.errors import StoreError, StoreUnreachable
 from shared.modelstore.reads import store_cache_dir
 from shared.skill.service import SkillService
 from tests.azurite import ACCOUNT, DEV_KEY, Azurite
-from tests.modelfactory import tiny_bundle
+from tests.modelfactory import as_stored, tiny_bundle
 
 CONTAINER = "models"
 TENANT = "0d3a5b1e-7c2f-4e55-9a1d-3f6b2c8e4a70"
@@ -99,7 +99,7 @@ def test_a_sas_connection_string_reads_and_its_token_is_never_shown(
     assert service.holder.current().version == "v1"
     cached = store_cache_dir(tmp_path / "sas-cache", store.description) / "v1"
     for name in ("model.onnx", "labels.json"):
-        assert (cached / name).read_bytes() == (bundle / name).read_bytes()
+        assert (cached / name).read_bytes() == as_stored(bundle / name)
     shown = json.dumps(service.holder.status())
     assert '"version": "v1"' in shown and service.holder.status()["lastError"] is None
     # A read-only SAS may not write: the refusal names the container, not the SAS.
@@ -333,7 +333,7 @@ def test_the_managed_identity_downloads_the_current_version(
     assert found.description == f"{server.account_url}/{CONTAINER}"
     assert found.path == store_cache_dir(tmp_path / "cache", found.description) / "v1"
     for name in ("model.onnx", "labels.json"):
-        assert (found.path / name).read_bytes() == (bundle / name).read_bytes()
+        assert (found.path / name).read_bytes() == as_stored(bundle / name)
     # One token for the pointer, the manifest and every file, asked for the storage resource and the identity.
     assert identity.asked == [(asked_for(client_id), identity.secret)]
     [token] = identity.issued

@@ -59,6 +59,47 @@ def test_every_architecture_converts_and_matches_torch(tmp_path: Path, model_nam
     scale = max(1.0, float(np.abs(expected).max()))
     assert float(np.abs(expected).std()) > 0.1  # real outputs, not a vacuous zero-vs-zero comparison
     assert float(np.abs(got - expected).max()) / scale <= 1e-4
+    # The embedding: recorded in the manifest, in the file, and equal to the head's input as torch computes it.
+    assert manifest["embedding"]["output"] == "embedding"
+    assert bundle.embedding is not None and bundle.embedding.in_file
+    assert manifest["embedding"]["dimensions"] == engine.embedding_dimensions  # type: ignore[attr-defined]
+    assert_embeddings_match(engine, model_pt, batch)
+
+
+def head_input(model_pt: Path, batch: np.ndarray) -> np.ndarray:
+    """The input of the network's final nn.Linear for `batch`, caught with a forward hook (not from any graph)."""
+    from shared.refresh.checkpoint import load_network
+
+    network = load_network(read_checkpoint(model_pt), model_pt)
+    head = [m for m in network.modules() if isinstance(m, torch.nn.Linear)][-1]
+    caught: list[np.ndarray] = []
+    handle = head.register_forward_hook(lambda module, args, output: caught.append(args[0].detach().numpy()))
+    with torch.no_grad():
+        network(torch.from_numpy(batch))
+    handle.remove()
+    features = caught[-1].reshape(len(batch), -1).astype(np.float64)
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def assert_embeddings_match(engine: object, model_pt: Path, batch: np.ndarray) -> None:
+    view = engine.with_embedding()  # type: ignore[attr-defined]
+    got = np.array([embedding for _, embedding in view.run(batch)], dtype=np.float64)
+    expected = head_input(model_pt, batch)
+    assert got.shape == expected.shape and float(np.abs(expected).std()) > 1e-3
+    assert float(np.abs(got - expected).max()) <= 1e-4
+
+
+@pytest.mark.parametrize("model_name", ["resnet18", "mobilenetv2", "vits16r224"])
+def test_automls_own_onnx_export_in_a_run_folder_gets_its_embedding_when_loaded(
+    tmp_path: Path, model_name: str
+) -> None:
+    model_pt = automl_checkpoint(tmp_path / "model.pt", model_name, LABELS)
+    run = export_twin(model_pt, tmp_path / "run")
+    bundle = load_bundle(run)
+    assert bundle.embedding is not None and not bundle.embedding.in_file  # added in memory, the file unchanged
+    engine = open_model(bundle)
+    batch = engine.preprocess_batch([Image.open(p).convert("RGB") for p in SAMPLE_PHOTOS])  # type: ignore[attr-defined]
+    assert_embeddings_match(engine, model_pt, batch)
 
 
 def test_multilabel_specs_give_a_multilabel_bundle(tmp_path: Path) -> None:

@@ -94,9 +94,7 @@ def pointer(store: BlobModelStore) -> Pointer | None:
     return found
 
 
-def test_best_child_by_tag_wins_over_score(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_best_child_by_tag_wins_over_score(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     high = automl_child("AutoML_1_HD_0", run_artifacts(tmp_path / "a", 1), 0.95)
     tagged = automl_child("AutoML_1_HD_1", run_artifacts(tmp_path / "b", 2), 0.80)
     fake_aml(monkeypatch, tmp_path, training_run("AutoML_1", [high, tagged], best="AutoML_1_HD_1"))
@@ -135,9 +133,7 @@ def test_best_child_by_metric_when_the_tag_is_missing(
 def test_the_primary_metric_follows_the_task_or_the_parents_tag(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    detector = automl_child(
-        "AutoML_2_HD_0", run_artifacts(tmp_path / "a", 1), 0.61, metric="mean_average_precision"
-    )
+    detector = automl_child("AutoML_2_HD_0", run_artifacts(tmp_path / "a", 1), 0.61, metric="mean_average_precision")
     fake_aml(monkeypatch, tmp_path, training_run("AutoML_2", [detector], best="AutoML_2_HD_0"))
     (candidate,) = candidates(settings)
     assert candidate.metric == {"name": "mean_average_precision", "value": 0.61}
@@ -159,10 +155,12 @@ def test_failed_running_and_unusable_runs_are_skipped_with_a_reason(
     fake_aml(
         monkeypatch,
         tmp_path,
-        training_run("AutoML_4", [automl_child("AutoML_4_HD_0", run_artifacts(tmp_path / "r", 4), 0.9)],
-                     status="RUNNING"),
-        training_run("AutoML_3", [automl_child("AutoML_3_HD_0", run_artifacts(tmp_path / "f", 3), 0.9)],
-                     status="FAILED"),
+        training_run(
+            "AutoML_4", [automl_child("AutoML_4_HD_0", run_artifacts(tmp_path / "r", 4), 0.9)], status="RUNNING"
+        ),
+        training_run(
+            "AutoML_3", [automl_child("AutoML_3_HD_0", run_artifacts(tmp_path / "f", 3), 0.9)], status="FAILED"
+        ),
         training_run("AutoML_2", [automl_child("AutoML_2_HD_0", run_artifacts(tmp_path / "p", 2, onnx=False), 0.9)]),
         training_run("AutoML_1", [automl_child("AutoML_1_HD_0", run_artifacts(tmp_path / "ok", 1), 0.7)]),
     )
@@ -341,9 +339,13 @@ def test_a_workspace_in_any_region_is_read_through_its_v2_tracking_uri(
         arm=FakeArm({"ws-labeling": "swedencentral"}),
     )  # fmt: skip
     experiment = aml.open_experiment(settings)
-    assert experiment.tracking_uri == tracking_uri_v2("swedencentral") == (
-        "azureml://swedencentral.api.azureml.ms/mlflow/v2.0/subscriptions/00000000-0000-0000-0000-000000000000/"
-        "resourceGroups/rg-labeling/providers/Microsoft.MachineLearningServices/workspaces/ws-labeling"
+    assert (
+        experiment.tracking_uri
+        == tracking_uri_v2("swedencentral")
+        == (
+            "azureml://swedencentral.api.azureml.ms/mlflow/v2.0/subscriptions/00000000-0000-0000-0000-000000000000/"
+            "resourceGroups/rg-labeling/providers/Microsoft.MachineLearningServices/workspaces/ws-labeling"
+        )
     )
     assert fake.service.uris == [experiment.tracking_uri] and REGION != "swedencentral"
     assert [c.run_id for c in aml.find_candidates(experiment)] == ["AutoML_1_HD_0"]

@@ -172,11 +172,15 @@ def test_a_full_pass_resets_and_runs_the_indexer_once(
         assert request.body is None
     record = read_reindex_record(store)
     assert record is not None and (record.version, record.mode, record.pending) == ("v2", "full", None)
-    # Exactly once: the next passes, during and after the run, call nothing but find nothing to do.
+    # Exactly once: the passes during the run only read its status, the first after it records it as finished
+    # (the vectorizer's switch), and the next ones call nothing.
     stub.requests.clear()
-    assert a_pass(settings, store, clock).action == "nothing"
-    stub.finish_run()
+    assert a_pass(settings, store, clock).action == "running"
+    assert stub.calls() == [STATUS]
+    stub.finish_run(end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.t + 600)))
     clock.t += 3600
+    assert a_pass(settings, store, clock).action == "finished"
+    stub.requests.clear()
     assert a_pass(settings, store, clock).action == "nothing"
     assert stub.requests == [] and stub.indexers["automl-images-indexer"].resets == 1
 
@@ -606,7 +610,10 @@ def test_cli_pass_now_dry_run_and_status(
         "re-enriching the index with v2 (was v1): reset indexer 'automl-images-indexer' and started a run\n"
     )
     assert cli.main(["reindex", "--now"]) == 0
-    assert capsys.readouterr().out.startswith("nothing to do: the index was re-enriched with v2 (")
+    assert capsys.readouterr().out.startswith(
+        "re-enriching with v2: indexer 'automl-images-indexer' is running, a run is in progress; the vectorizer "
+        "answers with v1 until a run started after "
+    )
 
 
 @pytest.mark.parametrize(
@@ -653,3 +660,38 @@ def test_cli_unreachable_service(
     err = capsys.readouterr().err
     assert err.startswith(f"error: search service {nowhere} is unreachable while reading the status of indexer ")
     assert err.count("\n") == 1
+
+
+def test_a_new_width_of_embedding_stops_the_pass_in_one_line(
+    settings: Settings, store: BlobModelStore, stub: SearchStub, tmp_path: Path
+) -> None:
+    """The index's vector field holds the old model's width: re-enriching with a model of another width would have
+    every document's vector refused, so the pass says what to do and changes nothing."""
+    clock = Clock()
+    store.publish(tiny_bundle(tmp_path / "v1", seed=1), version="v1")  # 3-wide embedding (its 3 channels)
+    assert a_pass(settings, store, clock).action == "baseline"
+    stub.definitions["indexes"]["automl-images-index"]["fields"].append(
+        {"name": "imageEmbedding", "type": "Collection(Edm.Single)", "searchable": True, "dimensions": 3,
+         "vectorSearchProfile": "image-embedding-profile"}
+    )  # fmt: skip
+    store.publish(tiny_bundle(tmp_path / "v2", rank=2), version="v2")  # 16-wide
+    after_delay(store, clock)
+    stub.requests.clear()
+    with pytest.raises(ReindexError) as raised:
+        a_pass(settings, store, clock)
+    assert str(raised.value) == (
+        "model v2 embeds images in 16 dimensions but 'imageEmbedding' of index 'automl-images-index' holds 3: a "
+        "vector field's dimensions cannot change, so nothing was re-enriched; create a new index with `python -m "
+        "shared search-setup --vectors --prefix <new prefix>` and point SEARCH_INDEX_NAME at it"
+    )
+    assert stub.calls() == [STATUS, ("GET", "/indexes('automl-images-index')")]
+    assert recorded(store) == ("v1", None) and stub.indexers["automl-images-indexer"].resets == 0
+
+
+def test_the_same_width_reads_no_index(
+    settings: Settings, store: BlobModelStore, stub: SearchStub, tmp_path: Path
+) -> None:
+    clock = Clock()
+    baseline(settings, store, tmp_path, clock, stub)  # v1 and v2: both 3 wide
+    assert a_pass(settings, store, clock).action == "done"
+    assert stub.calls() == [STATUS, RESET, RUN]

@@ -1104,3 +1104,43 @@ def test_rendered_enum_values_are_the_sdks() -> None:
         for field in rendered["index"]["fields"]:
             inner = field["type"].removeprefix("Collection(").removesuffix(")")
             assert inner in {v.value for v in sm.SearchFieldDataType}, field["name"]
+
+
+def test_vectors_per_image_writes_the_image_index_before_the_skillset(
+    search_service: SearchStub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--vectors per-image: the second index (the index projection's target) is written after the first and before
+    the skillset that names it; the width is the current model's (here the bundled sample: 1280)."""
+    for name in ("MODEL_BLOB_CONNECTION_STRING", "MODEL_BLOB_ACCOUNT_URL", "AZUREML_MODEL_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"MY_SEARCH_KEY": ADMIN_KEY, "SKILL_FUNCTION_KEY": FUNCTION_KEY, "VECTORIZE_FUNCTION_KEY": "vec-key"}
+    args = namespace(search_endpoint=search_service.endpoint, key_env="MY_SEARCH_KEY", vectors="per-image")
+    assert main_search_setup(args, env) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "datasource automl-images-datasource: created",
+        "index automl-images-index: created",
+        "index automl-images-image-index: created",
+        "skillset automl-images-skillset: created",
+        "indexer automl-images-indexer: created",
+    ]
+    image_index = search_service.definitions["indexes"]["automl-images-image-index"]
+    vector = next(f for f in image_index["fields"] if f["name"] == "imageEmbedding")
+    assert vector["dimensions"] == 1280
+    vectorizer = image_index["vectorSearch"]["vectorizers"][0]["customWebApiParameters"]
+    assert vectorizer["httpHeaders"] == {"x-functions-key": "vec-key"}
+    skillset = search_service.definitions["skillsets"]["automl-images-skillset"]
+    assert skillset["indexProjections"]["selectors"][0]["targetIndexName"] == "automl-images-image-index"
+
+
+def test_vectors_need_the_vectorizers_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_search_setup(namespace(dry_run=True, vectors="document"), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 1
+    assert capsys.readouterr().err == (
+        "error: environment variable VECTORIZE_FUNCTION_KEY is not set: put VectorizeImage's function key there, for "
+        "example with `az functionapp function keys list -g <group> -n <app> --function-name VectorizeImage`, or "
+        "pass --auth-resource-id for Entra ID\n"
+    )
+    args = namespace(dry_run=True, vectors="document", dimensions=7, detection=True)
+    assert main_search_setup(args, {"SKILL_FUNCTION_KEY": FUNCTION_KEY, "VECTORIZE_FUNCTION_KEY": "v"}) == 1
+    assert capsys.readouterr().err == (
+        "error: --vectors needs a classification model: detection models have no embedding\n"
+    )

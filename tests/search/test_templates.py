@@ -17,7 +17,10 @@ from shared.search.templates import (
     EntraAuth,
     FunctionKeyAuth,
     ImageAnalysis,
+    SearchSetupError,
     SkillAuth,
+    Vectors,
+    redacted,
     render,
 )
 from tests import searchmodels
@@ -48,6 +51,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         ),
     },
     "enrichment-cache": {"auth": FunctionKeyAuth("k-123"), "enrichment_cache": STORAGE_ID},
+    # search-setup --vectors (docs/vectors.md): the vector field, HNSW profile and customWebApi vectorizer.
+    "vectors-function-key": {"auth": FunctionKeyAuth("k-123"), "vectors": Vectors(1280, key="v-123")},
+    "vectors-entra": {"auth": EntraAuth(APP_ID), "vectors": Vectors(768)},
     # search-setup --detection: infra/search/detection/ (objects per image as parallel primitive collections).
     "detection": {"auth": FunctionKeyAuth("k-123"), "template_dir": DETECTION_TEMPLATE_DIR},
 }
@@ -200,3 +206,87 @@ def test_the_check_reports_injected_defects(inject: Any, message: str) -> None:
     kind = inject(objects)
     errors = searchmodels.check(kind, objects[kind])
     assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_vectors_render_the_field_profile_and_vectorizer() -> None:
+    objects = rendered(FunctionKeyAuth("k-123"), vectors=Vectors(1280, key="v-123"))
+    index = objects["index"]
+    assert index["fields"][-1] == {
+        "name": "imageEmbedding",
+        "type": "Collection(Edm.Single)",
+        "searchable": True,
+        "filterable": False,
+        "sortable": False,
+        "facetable": False,
+        "retrievable": False,
+        "dimensions": 1280,
+        "vectorSearchProfile": "image-embedding-profile",
+    }
+    search = index["vectorSearch"]
+    assert search["algorithms"] == [
+        {
+            "name": "image-embedding-hnsw",
+            "kind": "hnsw",
+            "hnswParameters": {"metric": "cosine", "m": 4, "efConstruction": 400, "efSearch": 500},
+        }
+    ]
+    assert search["profiles"] == [
+        {"name": "image-embedding-profile", "algorithm": "image-embedding-hnsw", "vectorizer": "image-vectorizer"}
+    ]
+    assert search["vectorizers"] == [
+        {
+            "name": "image-vectorizer",
+            "kind": "customWebApi",
+            "customWebApiParameters": {
+                "uri": f"{FUNCTION}/api/vectorize",
+                "httpMethod": "POST",
+                "timeout": "PT60S",
+                "httpHeaders": {"x-functions-key": "v-123"},
+            },
+        }
+    ]
+    skill = objects["skillset"]["skills"][0]
+    assert skill["uri"] == f"{FUNCTION}/api/classify?embedding=true"
+    assert {"name": "embedding", "targetName": "embedding"} in skill["outputs"]
+    assert {"sourceFieldName": "/document/normalized_images/0/embedding", "targetFieldName": "imageEmbedding"} in (
+        objects["indexer"]["outputFieldMappings"]
+    )
+    shown = redacted(objects, "SKILL_FUNCTION_KEY", None, "VECTORIZE_FUNCTION_KEY")
+    assert "v-123" not in json.dumps(shown) and "k-123" not in json.dumps(shown)
+    entra = rendered(EntraAuth(APP_ID), vectors=Vectors(768))["index"]["vectorSearch"]["vectorizers"][0]
+    assert entra["customWebApiParameters"]["authResourceId"] == f"{APP_ID}/.default"
+    assert "httpHeaders" not in entra["customWebApiParameters"]
+    with pytest.raises(SearchSetupError, match="a vector field holds 2 to 4096"):
+        rendered(FunctionKeyAuth("k-123"), vectors=Vectors(5000, key="v"))
+
+
+def test_per_image_vectors_project_one_document_per_image_into_a_second_index() -> None:
+    """Documents with many images (PDFs): the skillset's index projection (GA) writes one search document per
+    image into `<prefix>-image-index`; the parents stay in the first index. Both indexes and the skillset
+    match the SDK's models and go out unchanged."""
+    from azure.search.documents._utils.model_base import SdkJSONEncoder
+    from azure.search.documents.indexes import models
+
+    objects = rendered(FunctionKeyAuth("k-123"), vectors=Vectors(1280, key="v-123", per_image=True))
+    image_index = objects["imageindex"]
+    assert image_index["name"] == "automl-images-image-index"
+    assert not any(f["name"] == "imageEmbedding" for f in objects["index"]["fields"])
+    key = image_index["fields"][0]
+    assert (key["name"], key["key"], key["analyzer"]) == ("id", True, "keyword")
+    assert image_index["vectorSearch"]["vectorizers"][0]["customWebApiParameters"]["uri"] == f"{FUNCTION}/api/vectorize"
+    (selector,) = objects["skillset"]["indexProjections"]["selectors"]
+    assert (selector["targetIndexName"], selector["parentKeyFieldName"], selector["sourceContext"]) == (
+        "automl-images-image-index",
+        "parentId",
+        "/document/normalized_images/*",
+    )
+    assert {"name": "imageEmbedding", "source": "/document/normalized_images/*/embedding"} in selector["mappings"]
+    fields = {f["name"] for f in image_index["fields"]}
+    assert {m["name"] for m in selector["mappings"]} <= fields
+    assert objects["skillset"]["indexProjections"]["parameters"] == {"projectionMode": "includeIndexingParentDocuments"}
+    assert not any(m["targetFieldName"] == "imageEmbedding" for m in objects["indexer"]["outputFieldMappings"])
+    for kind, body in (("index", image_index), ("index", objects["index"]), ("skillset", objects["skillset"])):
+        assert searchmodels.check(kind, body) == []
+        model = getattr(models, searchmodels.MODELS[kind].__name__)(copy.deepcopy(body))
+        assert json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True) == json.dumps(body)
+    assert "v-123" not in json.dumps(redacted(objects, "SKILL_FUNCTION_KEY", None, "VECTORIZE_FUNCTION_KEY"))

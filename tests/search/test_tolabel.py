@@ -60,8 +60,13 @@ class World:
                 "metadata_content_type": index_type or content_type,
                 "labels": sorted({label for label, _, _ in images if label}),
                 "images": [
-                    {"label": label, "confidence": score, "labels": [label] if label else [], "modelVersion": version,
-                     "pageNumber": None}
+                    {
+                        "label": label,
+                        "confidence": score,
+                        "labels": [label] if label else [],
+                        "modelVersion": version,
+                        "pageNumber": None,
+                    }
                     for label, score, version in images
                 ],
             }
@@ -184,8 +189,10 @@ def test_top_label_and_order(world: World, env: dict[str, str], capsys: pytest.C
     world.document("cat.png", photo("chelsea.png"), "image/png", ("tabby", 0.01, VERSION))
     assert main([*args(world), "--model-version", VERSION, "--top", "2", "--label", "espresso"]) == 0
     (query,) = searches(world.stub)
-    assert query["filter"] == low_confidence_filter(VERSION, 0.5, "espresso") == (
-        f"images/any(i: i/modelVersion eq '{VERSION}' and i/confidence lt 0.5 and i/label eq 'espresso')"
+    assert (
+        query["filter"]
+        == low_confidence_filter(VERSION, 0.5, "espresso")
+        == (f"images/any(i: i/modelVersion eq '{VERSION}' and i/confidence lt 0.5 and i/label eq 'espresso')")
     )
     sent = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sent http")]
     assert [line.split(" ")[1].rsplit("/", 1)[-1] for line in sent] == ["p1.png", "p3.png"]  # 0.05, then 0.15
