@@ -261,7 +261,8 @@ def recognise_detection(
     model_name = settings.get("model_name") if isinstance(settings.get("model_name"), str) else None
     if family in ("faster_rcnn", "mask_rcnn") and (not labels or labels[0] != BG_LABEL):
         raise BundleError(
-            f"{model_path} is a {'Mask' if family == 'mask_rcnn' else 'Faster'} R-CNN model, whose labels.json must start with {BG_LABEL!r} (label id k "
+            f"{model_path} is a {'Mask' if family == 'mask_rcnn' else 'Faster'} R-CNN model, whose labels.json must "
+            f"start with {BG_LABEL!r} (label id k "
             "names labels[k]); use the labels.json of the same run"
         )
     return DetectionSpec(

@@ -67,10 +67,15 @@ def nearest_edges(source: int, target: int) -> np.ndarray:
     (0..source) is the first target pixel whose source index is k or more (target for k = source).
 
     OpenCV maps target pixel x to source `min(floor(x * (1 / (target / source))), source - 1)`, in doubles."""
-    scale = 1.0 / (target / source)
-    index = np.minimum(np.floor(np.arange(target, dtype=np.float64) * scale).astype(np.int64), source - 1)
-    edges: np.ndarray = np.searchsorted(index, np.arange(source + 1), side="left")
+    edges: np.ndarray = np.searchsorted(_nearest_index(source, target), np.arange(source + 1), side="left")
     return edges
+
+
+def _nearest_index(source: int, target: int) -> np.ndarray:
+    """The source index of each target pixel under INTER_NEAREST (see nearest_edges)."""
+    scale = 1.0 / (target / source)
+    index: np.ndarray = np.minimum(np.floor(np.arange(target, dtype=np.float64) * scale).astype(np.int64), source - 1)
+    return index
 
 
 def resize_nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -93,10 +98,10 @@ def trace_boundaries(mask: np.ndarray) -> list[np.ndarray]:
     inside = padded[1:, 1:-1]
     above = padded[:-1, 1:-1]
     east = np.argwhere(inside & ~above)  # (r, c): from (r, c) to (r, c + 1)
-    west = np.argwhere(above & ~inside) + [0, 1]  # from (r, c + 1) to (r, c)
+    west = np.argwhere(above & ~inside) + np.array([0, 1])  # from (r, c + 1) to (r, c)
     right = padded[1:-1, 1:]
     left = padded[1:-1, :-1]
-    north = np.argwhere(right & ~left) + [1, 0]  # from (r + 1, c) to (r, c)
+    north = np.argwhere(right & ~left) + np.array([1, 0])  # from (r + 1, c) to (r, c)
     south = np.argwhere(left & ~right)  # from (r, c) to (r + 1, c)
     starts = np.concatenate([east, south, west, north])
     if not len(starts):

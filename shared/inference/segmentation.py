@@ -143,10 +143,10 @@ class SegmentationModel:
                 f"expected [{len(scores)}, 1, {self.spec.height}, {self.spec.width}]"
             )
         instances = []
-        for i, (box, index, score) in enumerate(
+        for i, (box, label_id, score) in enumerate(
             zip(np.asarray(boxes, np.float64).reshape(-1, 4), np.ravel(label_ids), np.ravel(scores), strict=True)
         ):
-            index = int(index)
+            index = int(label_id)
             if not 0 <= index < len(labels):
                 raise BundleError(f"the model returned label id {index} but labels.json lists {len(labels)} labels")
             if labels[index] == BG_LABEL or not math.isfinite(float(score)):
