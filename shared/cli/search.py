@@ -168,6 +168,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         DETECTION_BATCH_SIZE,
         DETECTION_DEGREE_OF_PARALLELISM,
         DETECTION_TEMPLATE_DIR,
+        SEGMENTATION_TEMPLATE_DIR,
         TEMPLATE_DIR,
         AIServicesKey,
         ResourceNames,
@@ -181,7 +182,11 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
     try:
         auth = _skill_auth(args, env)
         analysis = _image_analysis(args, env)
-        detection = bool(getattr(args, "detection", False))
+        segmentation = bool(getattr(args, "segmentation", False))
+        if segmentation and getattr(args, "detection", False):
+            raise SearchSetupError("--detection and --segmentation exclude each other: pick the model's task")
+        # Segmentation answers are detection's plus polygons: the same batch sizes apply.
+        detection = bool(getattr(args, "detection", False)) or segmentation
         cache_account: str | None = getattr(args, "cache_storage_resource_id", None)
         with_cache = bool(getattr(args, "enrichment_cache", False))
         if cache_account and not with_cache:
@@ -199,7 +204,11 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             image_analysis=analysis,
             per_page=bool(getattr(args, "per_page", False)),
             enrichment_cache=(cache_account or args.storage_resource_id) if with_cache else None,
-            template_dir=DETECTION_TEMPLATE_DIR if detection else TEMPLATE_DIR,
+            template_dir=SEGMENTATION_TEMPLATE_DIR
+            if segmentation
+            else DETECTION_TEMPLATE_DIR
+            if detection
+            else TEMPLATE_DIR,
         )
         key_env: str | None = getattr(args, "key_env", None)
         if dry_run:
@@ -341,6 +350,12 @@ def register(commands: Any) -> None:
         "--detection",
         action="store_true",
         help="for an object detection model: index objects and objectLabels (infra/search/detection/)",
+    )
+    search.add_argument(
+        "--segmentation",
+        action="store_true",
+        help="for an instance segmentation model: --detection's index plus each object's polygons "
+        "(infra/search/segmentation/)",
     )
     search.add_argument(
         "--batch-size", type=positive_int, metavar="N", help="images per skill call (8; 4 with --detection)"
