@@ -8,10 +8,11 @@ resized to the image (nearest neighbour) and cut at `mask_pixel_score_threshold`
 schemas to train computer vision models with automated ML", instance segmentation) gives each object its
 `polygon`: a list of flat [x0, y0, x1, y1, ...] lists, fractions of the image (shared.inference.polygons).
 
-Memory: the masks are n x H x W float32 planes (100 objects at 600 x 800 are 192 MB). The session runs in
-`prepare`, under the decode budget that the scheduler holds while an image is prepared, and each mask is
-reduced there to its pixels above the threshold, cropped and packed 8 to a byte; only those reach `result`.
-So `run` has nothing left to do, and the scheduler stays the same for every task.
+Memory: the masks are n x H x W float32 planes (100 objects at 600 x 800 are 192 MB, and a run peaks at
+several times that). The session runs in `prepare`, under the decode budget that the scheduler holds while an
+image is prepared, and each mask is reduced there to its pixels above the threshold, cropped and packed 8 to a
+byte; only those reach `result`. So `run` has nothing left to do, and the scheduler stays the same for every
+task (its log line counts segmentation's inference time under decoding).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from shared.inference.polygons import PackedMask, mask_polygons, pack_mask
 from shared.inference.session import open_session
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")
-# ONNX Runtime's peak for the masks output: torchvision's exported paste loop writes each object's (H, W)
-# plane, then concatenates them into the output (two copies at the end of the run).
-_MASK_COPIES = 2
+# A run's peak memory, in masks outputs: torchvision's exported paste loop builds each object's (H, W) plane
+# from several full-size intermediates, then concatenates them. Measured: 790 MB above the loaded session for
+# 100 objects at 600 x 800 (4.3 outputs of 183 MiB; ONNX Runtime 1.30, ResNet-18 FPN).
+_MASK_COPIES = 5
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,9 @@ class SegmentationModel:
             raise BundleError(f"{bundle.model_path} is not an instance segmentation (Mask R-CNN) bundle")
         self.bundle = bundle
         self.spec: DetectionSpec = spec
-        self.session = open_session(bundle.model_path, threads, mem_pattern=True)
+        # Without the arena a run's buffers (hundreds of MB, see _MASK_COPIES) go back when it ends, and the
+        # decode budget's trim returns them to the OS; the arena would keep its largest run's for good.
+        self.session = open_session(bundle.model_path, threads, mem_pattern=False, arena=False)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise BundleError(
@@ -120,8 +124,9 @@ class SegmentationModel:
         return self.spec.box_score_thresh
 
     def prepare_bytes(self, width: int, height: int) -> int:
-        """What `prepare` allocates: detection's resized copy and float64 normalization, and the run's masks
-        output at its largest (box_detections_per_img planes of H x W float32, `_MASK_COPIES` times)."""
+        """What `prepare` allocates: detection's resized copy and float64 normalization, and the run's peak at
+        its largest (box_detections_per_img planes of H x W float32, `_MASK_COPIES` times): 915 MiB at AutoML's
+        defaults, more than the largest default budget, so such an image runs alone."""
         h, w = self.spec.height, self.spec.width
         return 4 * h * w + 2 * 8 * 3 * h * w + _MASK_COPIES * self.spec.box_detections_per_img * 4 * h * w
 
