@@ -11,8 +11,8 @@ contours and simplify each to at most `max_number_of_polygon_points` points. Her
 - The boundary is traced along pixel edges at the model's size, and each edge is moved to where the nearest
   resize puts it in the image (`nearest_edges`): the polygon's filled area is exactly the resized mask's pixels
   before simplification, whatever the image size, without making an image-sized array.
-- Collinear points go first; then Ramer-Douglas-Peucker with a growing tolerance (in image pixels) until the
-  contour has at most the allowed points, as AutoML's loop does.
+- Collinear points go first; then Ramer-Douglas-Peucker at the smallest tolerance (in image pixels) that leaves
+  at most the allowed points (AutoML's loop tries 0, 1, ... 24 pixels and may stop above the limit).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# AutoML's mask tools try at most 25 tolerances (0, 1, ... 24 pixels); past that we double it, so a contour
-# always ends within the limit.
-_STEPS = 25
 # Directions of a boundary edge, turning clockwise on screen (y down): east, south, west, north.
 _STEP = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]], dtype=np.int64)  # (row, column)
 
@@ -157,57 +154,59 @@ def _drop_redundant(points: np.ndarray) -> np.ndarray:
     return kept
 
 
-def _rdp_open(points: np.ndarray, tolerance: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker on an open chain: a bool mask of the points kept (both ends always)."""
-    keep = np.zeros(len(points), dtype=bool)
-    keep[0] = keep[-1] = True
-    stack = [(0, len(points) - 1)]
-    while stack:
-        first, last = stack.pop()
-        if last - first < 2:
-            continue
-        start, end = points[first], points[last]
-        inner = points[first + 1 : last]
-        span = end - start
-        length = float(np.hypot(span[0], span[1]))
-        if length == 0.0:
-            distances = np.hypot(inner[:, 0] - start[0], inner[:, 1] - start[1])
-        else:
-            distances = np.abs(span[0] * (inner[:, 1] - start[1]) - span[1] * (inner[:, 0] - start[0])) / length
-        worst = int(np.argmax(distances))
-        if distances[worst] > tolerance:
-            split = first + 1 + worst
-            keep[split] = True
-            stack.append((first, split))
-            stack.append((split, last))
-    return keep
+def _significance(points: np.ndarray) -> np.ndarray:
+    """Ramer-Douglas-Peucker on an open chain, for every tolerance at once: entry i is the largest tolerance
+    at which point i survives (inf for both ends). RDP splits a segment at its interior point farthest from
+    the chord whatever the tolerance, so the splits form one tree; at tolerance t a point is kept when its own
+    distance and every ancestor's exceed t, i.e. when the minimum along its path does. Computed level by level
+    over all segments at once."""
+    n = len(points)
+    significance = np.full(n, np.inf)
+    starts = np.array([0])
+    ends = np.array([n - 1])
+    caps = np.array([np.inf])
+    while len(starts):
+        interior = ends - starts - 1
+        busy = interior > 0
+        starts, ends, caps, interior = starts[busy], ends[busy], caps[busy], interior[busy]
+        if not len(starts):
+            break
+        segment = np.repeat(np.arange(len(starts)), interior)
+        first = np.cumsum(interior) - interior
+        index = starts[segment] + 1 + (np.arange(len(segment)) - first[segment])
+        a, b = points[starts][segment], points[ends][segment]
+        span = b - a
+        length = np.hypot(span[:, 0], span[:, 1])
+        offset = points[index] - a
+        cross = np.abs(span[:, 0] * offset[:, 1] - span[:, 1] * offset[:, 0])
+        distance = np.where(length > 0, cross / np.where(length > 0, length, 1.0), np.hypot(offset[:, 0], offset[:, 1]))
+        farthest = np.maximum.reduceat(distance, first)
+        is_far = distance == farthest[segment]
+        chosen_segment, at = np.unique(segment[is_far], return_index=True)
+        split = index[is_far][at]
+        value = np.minimum(farthest[chosen_segment], caps[chosen_segment])
+        significance[split] = value
+        starts = np.concatenate([starts[chosen_segment], split])
+        ends = np.concatenate([split, ends[chosen_segment]])
+        caps = np.concatenate([value, value])
+    return significance
 
 
-def simplify_closed(points: np.ndarray, tolerance: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker on a closed polygon (no repeated last point), split at its first point and the
-    point farthest from it."""
-    if len(points) <= 3:
+def limit_points(points: np.ndarray, max_points: int) -> np.ndarray:
+    """A closed polygon (no repeated last point) with at most `max_points` points: Ramer-Douglas-Peucker at
+    the smallest tolerance that leaves that few, split at the first point and the point farthest from it
+    (both always kept)."""
+    if len(points) <= max_points:
         return points
     far = int(np.argmax(np.hypot(points[:, 0] - points[0, 0], points[:, 1] - points[0, 1])))
     if far == 0:
         return points[:1]
-    first = _rdp_open(points[: far + 1], tolerance)
-    second = _rdp_open(np.concatenate([points[far:], points[:1]]), tolerance)
-    keep = np.concatenate([first[:-1], second[:-1]])
-    simplified: np.ndarray = points[keep]
-    return simplified
-
-
-def limit_points(points: np.ndarray, max_points: int) -> np.ndarray:
-    """Simplify a closed polygon with tolerances 1, 2, ... 24 pixels (then doubling) until it has at most
-    `max_points` points."""
-    tolerance = 1.0
-    step = 0
-    while len(points) > max_points:
-        points = simplify_closed(points, tolerance)
-        step += 1
-        tolerance = tolerance + 1.0 if step < _STEPS - 1 else tolerance * 2.0
-    return points
+    first = _significance(points[: far + 1].astype(np.float64))
+    second = _significance(np.concatenate([points[far:], points[:1]]).astype(np.float64))
+    significance = np.concatenate([first[:-1], second[:-1]])
+    cut = np.sort(significance)[::-1][max(max_points, 2)]
+    kept: np.ndarray = points[significance > cut]
+    return kept
 
 
 def mask_polygons(
