@@ -33,11 +33,16 @@ DETECTIONS = 10
 
 
 @pytest.fixture(scope="session")
-def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An AutoML instance segmentation run folder, exported once per session."""
+def seg_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """An AutoML instance segmentation run folder, exported once per session, and its torch module."""
     folder = tmp_path_factory.mktemp("segmentation-run") / "mask_rcnn"
-    build_mask_rcnn(folder, CLASSES, height=HEIGHT, width=WIDTH, detections=DETECTIONS, proposals=100)
-    return folder
+    module = build_mask_rcnn(folder, CLASSES, height=HEIGHT, width=WIDTH, detections=DETECTIONS, proposals=100)
+    return folder, module
+
+
+@pytest.fixture(scope="session")
+def seg_run(seg_build: tuple[Path, Any]) -> Path:
+    return seg_build[0]
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +149,26 @@ def test_a_mask_rcnn_without_the_background_label_is_refused(tmp_path: Path) -> 
 
 
 # ------------------------------------------------------------------------------------- the documented recipe
+
+
+def test_the_onnx_export_matches_torch(seg_build: tuple[Path, Any], seg_model: SegmentationModel) -> None:
+    """The exported graph answers what the torch module does: the same objects, boxes within 1e-3 pixels,
+    scores within 1e-4, masks within 1e-3."""
+    import torch
+
+    folder, module = seg_build
+    session = ort.InferenceSession(str(folder / "train_artifacts" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for path in PHOTO_PATHS[:2]:
+        tensor = np.empty((1, *seg_model.input_shape), dtype=np.float32)
+        seg_model.prepare(Image.open(path).convert("RGB"), tensor[0])
+        with torch.no_grad():
+            want = [t.numpy() for t in module(torch.from_numpy(tensor))]
+        got = session.run(None, {"input": tensor})
+        assert len(got[0]) == len(want[0]) == DETECTIONS
+        np.testing.assert_allclose(got[0], want[0], atol=1e-3)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[2], want[2], atol=1e-4)
+        np.testing.assert_allclose(got[3], want[3], atol=1e-3)
 
 
 def test_answers_match_the_recipe_on_real_photos(seg_model: SegmentationModel, recipe: dict[str, Any]) -> None:
