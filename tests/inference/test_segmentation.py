@@ -292,31 +292,38 @@ def test_publish_and_serve_a_segmentation_bundle_through_azurite(
     assert service.holder.status()["task"] == "instance-segmentation"
 
 
-def test_refresh_picks_the_segmentation_run_by_mean_average_precision(seg_run: Path, blob_settings: Any) -> None:
+def test_refresh_picks_the_segmentation_run_by_mean_average_precision(
+    seg_run: Path, blob_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from shared.core.settings import Settings
     from shared.modelstore.blobstore import BlobModelStore
     from shared.refresh.policy import refresh_model
-    from tests.fakeaml import FakeExperiment, automl_child, training_run
+    from tests.fakeaml import FakeAml, FakeTrackingService, automl_child, training_run
 
+    experiment = "labeling_Training_is"
     settings = Settings(
         **{
             **blob_settings.__dict__,
             "aml_subscription_id": "00000000-0000-0000-0000-000000000000",
             "aml_resource_group": "rg-labeling",
             "aml_workspace_name": "ws-labeling",
-            "aml_experiment_name": "labeling_Training_is",
+            "aml_experiment_name": experiment,
         }
     )
     store = BlobModelStore.from_settings(settings)
     assert store is not None
     store.ensure_container()
-    child = automl_child("AutoML_is_0", seg_run, None, metrics={"mean_average_precision": 0.52})
-    parent = training_run("AutoML_is", [child], primary_metric="mean_average_precision")
-    outcome = refresh_model(settings, store=store, experiment=FakeExperiment("labeling_Training_is", [parent]))
-    assert outcome.candidate == "AutoML_is_0"
+    # No best-child tag: the trials are compared by the task's primary metric.
+    weak = automl_child("AutoML_is_HD_0", seg_run, 0.31, metric="mean_average_precision")
+    strong = automl_child("AutoML_is_HD_1", seg_run, 0.52, metric="mean_average_precision")
+    runs = training_run("AutoML_is", [weak, strong])
+    FakeAml(FakeTrackingService({experiment: runs}, tmp_path / "empty-artifacts")).install(monkeypatch)
+    outcome = refresh_model(settings, store=store)
+    assert outcome.candidate == "AutoML_is_HD_1"
     assert outcome.metric == {"name": "mean_average_precision", "value": 0.52}
     manifest, _ = store.read_manifest(outcome.version or "") or ({}, "")
     assert manifest["task"] == "instance-segmentation"
+    assert manifest["preprocessing"]["detection"]["family"] == "mask_rcnn"
 
 
 # ----------------------------------------------------------------------------------------- CLI and dev server
