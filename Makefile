@@ -20,7 +20,7 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt requirements-torch.txt $(VENV)/.runtime
+$(VENV)/.dev: requirements-dev.txt requirements-torch.txt requirements-video.txt $(VENV)/.runtime
 	@echo "installing the test tools and torch into $(VENV) (the first time takes a few minutes: torch is large)"
 	$(PIP) -r requirements-dev.txt
 	touch $@

@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.cli import classify, refresh, search, serve, store
+from shared.cli import classify, keyframes, query, refresh, search, serve, store, tolabel
 from shared.core.errors import AppError
 from shared.core.settings import Settings
 
-COMMAND_GROUPS = (classify, serve, store, refresh, search)
+COMMAND_GROUPS = (classify, serve, store, refresh, search, query, keyframes, tolabel)
 
 
 def build_parser() -> argparse.ArgumentParser:
