@@ -36,9 +36,13 @@ All figures come from one run on one machine, side by side, as medians:
     built like the tests' AutoML-layout runs), through `run_batch` on the same 2000x1500 JPEGs: images/s
     and ms per image (decode + resize + one ONNX Runtime run per image), next to the bare ONNX run.
 
+(i) instance segmentation: a Mask R-CNN ResNet-18 FPN run at AutoML's 800x600 input (built like the tests'
+    runs, AutoML's 1,000 proposals and 100 detections per image), through `run_batch` on four of the JPEGs:
+    images/s and ms per image, and of those the ms spent turning masks into polygons (`result`).
+
 Targets live here, in TARGETS, and each figure is printed next to its target. The last line printed is
 one JSON object with the figures. `--quick` cuts the rounds for iterating (noisier); `--only` runs some
-sections (throughput, cold, rss, blob, detection).
+sections (throughput, cold, rss, blob, detection, segmentation).
 """
 
 from __future__ import annotations
@@ -507,6 +511,51 @@ def bench_detection(jpegs: list[bytes], rounds: int = 3) -> dict[str, float]:
     return {"ms_per_image": per_image * 1000, "images_per_s": 1 / per_image, "bare_ms": statistics.median(bare) * 1000}
 
 
+def bench_segmentation(jpegs: list[bytes], rounds: int = 2) -> dict[str, float]:
+    """(i): median ms per image through the skill's batch path for a Mask R-CNN ResNet-18 FPN at 800x600, and
+    the share of it spent in `result` (masks to polygons); needs torch to build the model."""
+    from shared.bundle.loader import load_bundle
+    from shared.inference.factory import open_model
+    from shared.inference.model import InferenceOptions
+    from shared.inference.scheduler import run_batch
+    from shared.inference.segmentation import SegmentationModel
+    from tests.detection_models import build_mask_rcnn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_mask_rcnn(Path(tmp) / "mrcnn", ["can", "carton", "milk_bottle", "water_bottle"])
+        engine = open_model(load_bundle(Path(tmp) / "mrcnn"))
+        assert isinstance(engine, SegmentationModel)
+        loaders = [lambda data=data: data for data in jpegs[:4]]
+        spent: list[float] = []
+        real_result = engine.result
+
+        def timed_result(*args: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return real_result(*args)
+            finally:
+                spent.append(time.perf_counter() - began)
+
+        engine.result = timed_result  # type: ignore[method-assign]
+        run_batch(engine, loaders[:1], InferenceOptions())  # warm-up
+        skill, polygons, objects = [], [], []
+        for _ in range(rounds):
+            spent.clear()
+            began = time.perf_counter()
+            outcomes = run_batch(engine, loaders, InferenceOptions())
+            skill.append((time.perf_counter() - began) / len(loaders))
+            polygons.append(sum(spent) / len(loaders))
+            assert all(o.data is not None for o in outcomes)
+            objects.append(statistics.fmean(len(o.data["objects"]) for o in outcomes if o.data is not None))
+    per_image = statistics.median(skill)
+    return {
+        "ms_per_image": per_image * 1000,
+        "images_per_s": 1 / per_image,
+        "polygon_ms": statistics.median(polygons) * 1000,
+        "objects": statistics.median(objects),
+    }
+
+
 # name -> (comparison, bound). Each is printed next to its figure; the bench reports, it does not fail.
 TARGETS: dict[str, tuple[str, float]] = {
     # Without embedding=true nothing changes: the session with the extra output, asked for the logits only, and
@@ -520,11 +569,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "blob_cold_start_over_floor": ("<=", 2.5),
     "skill_poll_on_over_off": (">=", 0.95),
 }
-SECTIONS = ("throughput", "cold", "rss", "blob", "detection", "embedding")
+SECTIONS = ("throughput", "cold", "rss", "blob", "detection", "segmentation", "embedding")
 
 
 def bench_embedding(body: bytes, rounds: int) -> dict[str, float]:
-    """(i): the embedding's cost. Speeds in images/s (medians of interleaved samples); bytes per image."""
+    """(j): the embedding's cost. Speeds in images/s (medians of interleaved samples); bytes per image."""
     import azure.functions as func
     import onnxruntime as ort
 
@@ -752,10 +801,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["detection_images_per_s"] = round(detection["images_per_s"], 2)
         result["detection_ms_per_image"] = round(detection["ms_per_image"])
+    if "segmentation" in args.sections:
+        segmentation = bench_segmentation(jpegs, rounds=1 if args.quick else 2)
+        rows.append(
+            (
+                "(i) segmentation: Mask R-CNN R18-FPN 800x600, skill path",
+                f"{segmentation['images_per_s']:.2f} images/s, {segmentation['ms_per_image']:.0f} ms/image "
+                f"(polygons {segmentation['polygon_ms']:.0f} ms for {segmentation['objects']:.0f} objects)",
+            )
+        )
+        result["segmentation_images_per_s"] = round(segmentation["images_per_s"], 3)
+        result["segmentation_ms_per_image"] = round(segmentation["ms_per_image"])
+        result["segmentation_polygon_ms_per_image"] = round(segmentation["polygon_ms"])
     if "embedding" in args.sections:
         emb = bench_embedding(body, rounds=rounds)
         rows += [
-            ("(i) embeddings: one-thread session, CPU, model as shipped", f"{1000 / emb['shipped']:.2f} ms/image"),
+            ("(j) embeddings: one-thread session, CPU, model as shipped", f"{1000 / emb['shipped']:.2f} ms/image"),
             ("    with the embedding output, logits fetched", f"{1000 / emb['logits']:.2f} ms/image"),
             ("    with the embedding output, both fetched", f"{1000 / emb['both']:.2f} ms/image"),
             ("    skill without embedding=true", f"{emb['skill']:.1f} images/s, {emb['bytes']:.0f} bytes/image"),

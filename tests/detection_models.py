@@ -227,3 +227,83 @@ def build_mask_rcnn_shaped(folder: Path, classes: list[str]) -> None:
     _write_run(folder, ["--bg--", *classes], {"min_size": 32, "box_score_thresh": 0.3}, "maskrcnn_resnet50_fpn",
                task="image-instance-segmentation")  # fmt: skip
     onnx.save(model, str(folder / "train_artifacts" / "model.onnx"))
+
+
+def build_mask_rcnn(
+    folder: Path,
+    classes: list[str],
+    *,
+    height: int = 600,
+    width: int = 800,
+    seed: int = 0,
+    box_score_thresh: float = 0.05,
+    detections: int = 100,
+    mask_pixel_score_threshold: float = 0.5,
+    max_number_of_polygon_points: int = 100,
+    proposals: int = 1000,
+) -> nn.Module:
+    """Write an instance segmentation run folder the way AutoML exports Mask R-CNN: torchvision's MaskRCNN
+    (here on a ResNet-18 FPN backbone, `maskrcnn_resnet18_fpn`), its transform disabled, exported at batch size 1
+    with AutoML's names and dynamic axes (input `input` [batch, channel, height, width]; outputs `boxes`,
+    `labels`, `scores`, `masks` [prediction, 1, height, width]). The mask head's last layer is re-initialised so
+    the random masks are blobs with smooth edges, as a trained head's are, rather than noise. Returns the torch
+    module (input [1, 3, H, W] -> boxes, labels, scores, masks). `proposals`: the RPN's proposals per image
+    after NMS (torchvision's and AutoML's 1000; fewer keep the tests fast, the outputs' contract is the same)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(seed)
+    labels = ["--bg--", *classes]
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    model: Any = MaskRCNN(
+        backbone,
+        num_classes=len(labels),
+        box_score_thresh=box_score_thresh,
+        box_detections_per_img=detections,
+        rpn_pre_nms_top_n_test=max(proposals, 1000),
+        rpn_post_nms_top_n_test=proposals,
+    )
+    with torch.no_grad():
+        # Each class's mask logit: the mean of the head's 256 features (about 0.7 on photos), sharpened; a
+        # smooth field over the box instead of per-pixel noise.
+        logits = model.roi_heads.mask_predictor.mask_fcn_logits
+        nn.init.constant_(logits.weight, 40.0 / logits.in_channels)
+        nn.init.constant_(logits.bias, -28.0)
+    _disable_transform(model, height, width)
+    model.eval()
+    order = ("boxes", "labels", "scores", "masks")
+    wrapped = _Unbatch(model, order).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_run(
+        folder,
+        labels,
+        {
+            "min_size": height,
+            "max_size": 1333,
+            "box_score_thresh": box_score_thresh,
+            "nms_iou_thresh": 0.5,
+            "box_detections_per_img": detections,
+            "mask_pixel_score_threshold": mask_pixel_score_threshold,
+            "max_number_of_polygon_points": max_number_of_polygon_points,
+        },
+        "maskrcnn_resnet18_fpn",
+        task="image-instance-segmentation",
+    )
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            (torch.zeros(1, 3, height, width),),
+            str(folder / "train_artifacts" / "model.onnx"),
+            dynamo=False,
+            opset_version=11,
+            input_names=["input"],
+            output_names=list(order),
+            dynamic_axes={
+                "input": {0: "batch", 1: "channel", 2: "height", 3: "width"},
+                "boxes": {0: "prediction"},
+                "labels": {0: "prediction"},
+                "scores": {0: "prediction"},
+                "masks": {0: "prediction", 2: "height", 3: "width"},
+            },
+        )
+    return wrapped

@@ -34,7 +34,8 @@ def test_an_unknown_section_is_one_error_line(capsys: pytest.CaptureFixture[str]
         bench.parse_args(["--only", "throughput,speed"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "bench.py: error: unknown section(s) speed; choose from throughput, cold, rss, blob, detection, embedding"
+        "bench.py: error: unknown section(s) speed; choose from throughput, cold, rss, blob, detection, segmentation, "
+        "embedding"
     )
 
 

@@ -9,6 +9,10 @@ computer vision models from AutoML" and of AutoML's ONNX helper (`yolo_onnx_prep
   (unless the graph normalizes itself); outputs `boxes` [n, 4] (x_min, y_min, x_max, y_max in input pixels),
   `labels` [n], `scores` [n] (RetinaNet: boxes, scores, labels). Score cut and NMS ran inside the graph.
   Faster R-CNN's labels.json starts with "--bg--" (AutoML's BG_LABEL), so a label id indexes it directly.
+- Mask R-CNN (instance segmentation): Faster R-CNN's input and outputs plus `masks` [n, 1, H, W] (each
+  object's pixel scores over the whole input); AutoML exports it with a dynamic input size, served at height
+  `min_size` and width 4/3 of it (600 x 800 by default) like a Faster R-CNN. Its settings
+  `mask_pixel_score_threshold` (0.5) and `max_number_of_polygon_points` (100) say how masks become polygons.
 - YOLOv5: input `input` [1, 3, S, S]; letterbox (aspect kept, never upscaled, padding 114, the odd pixel
   at the bottom/right), scaled to [0, 1], no mean/std; output `output` [1, N, 5 + classes] (cx, cy, w, h,
   objectness, class scores); confidence = objectness x class score, per-class NMS, then the padding is
@@ -24,10 +28,11 @@ from typing import Any, Literal
 
 from shared.core.errors import BundleError
 
-Family = Literal["faster_rcnn", "retinanet", "yolov5"]
-FAMILIES: tuple[Family, ...] = ("faster_rcnn", "retinanet", "yolov5")
+Family = Literal["faster_rcnn", "retinanet", "yolov5", "mask_rcnn"]
+FAMILIES: tuple[Family, ...] = ("faster_rcnn", "retinanet", "yolov5", "mask_rcnn")
 
 DETECTION_TASK: Literal["object-detection"] = "object-detection"
+SEGMENTATION_TASK: Literal["instance-segmentation"] = "instance-segmentation"
 # AutoML's task names (scoring file TASK_TYPE, MLmodel metadata finetuning_task).
 AML_DETECTION = "image-object-detection"
 AML_SEGMENTATION = "image-instance-segmentation"
@@ -36,7 +41,11 @@ BG_LABEL = "--bg--"
 
 # AutoML's defaults (object detection: box_score_thresh 0.3, nms_iou_thresh 0.5, box_detections_per_img 100;
 # YOLOv5: box_score_thresh 0.1, nms_iou_thresh 0.5, img_size 640) and the helper's NMS constants.
-DEFAULT_SCORE = {"faster_rcnn": 0.3, "retinanet": 0.3, "yolov5": 0.1}
+DEFAULT_SCORE = {"faster_rcnn": 0.3, "retinanet": 0.3, "yolov5": 0.1, "mask_rcnn": 0.3}
+# AutoML's mask tools (instance segmentation): a pixel belongs to the object above this score; a polygon has
+# at most this many points.
+DEFAULT_MASK_PIXEL_SCORE = 0.5
+DEFAULT_POLYGON_POINTS = 100
 DEFAULT_NMS_IOU = 0.5
 DEFAULT_DETECTIONS = 100
 DEFAULT_RCNN_SIZE = (600, 800)
@@ -44,10 +53,8 @@ DEFAULT_YOLO_SIZE = 640
 YOLO_MAX_WH = 4096
 YOLO_MAX_DET = 300
 
-_SEGMENTATION_REFUSAL = (
-    "is an instance segmentation model (Mask R-CNN: a `masks` output); only image classification and "
-    "object detection models are served"
-)
+_RCNN_OUTPUTS = ("boxes", "labels", "scores")
+_MASK_RCNN_OUTPUTS = (*_RCNN_OUTPUTS, "masks")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,13 @@ class DetectionSpec:
     nms_iou_thresh: float = DEFAULT_NMS_IOU
     box_detections_per_img: int = DEFAULT_DETECTIONS
     model_name: str | None = None
+    mask_pixel_score_threshold: float = DEFAULT_MASK_PIXEL_SCORE
+    max_number_of_polygon_points: int = DEFAULT_POLYGON_POINTS
+
+    @property
+    def task(self) -> Literal["object-detection", "instance-segmentation"]:
+        """The bundle's task: instance segmentation for Mask R-CNN, else object detection."""
+        return SEGMENTATION_TASK if self.family == "mask_rcnn" else DETECTION_TASK
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,6 +96,9 @@ class DetectionSpec:
         }
         if self.model_name:
             out["model_name"] = self.model_name
+        if self.family == "mask_rcnn":
+            out["mask_pixel_score_threshold"] = self.mask_pixel_score_threshold
+            out["max_number_of_polygon_points"] = self.max_number_of_polygon_points
         return out
 
     @classmethod
@@ -106,7 +123,19 @@ class DetectionSpec:
             nms_iou_thresh=_fraction(data.get("nms_iou_thresh"), "nms_iou_thresh", source, DEFAULT_NMS_IOU),
             box_detections_per_img=_count(data.get("box_detections_per_img"), "box_detections_per_img", source),
             model_name=name if isinstance(name, str) else None,
+            mask_pixel_score_threshold=_fraction(
+                data.get("mask_pixel_score_threshold"), "mask_pixel_score_threshold", source, DEFAULT_MASK_PIXEL_SCORE
+            ),
+            max_number_of_polygon_points=_polygon_points(data.get("max_number_of_polygon_points"), source),
         )
+
+
+def _polygon_points(value: Any, source: Path) -> int:
+    if value is None:
+        return DEFAULT_POLYGON_POINTS
+    if isinstance(value, bool) or not isinstance(value, int) or not 3 <= value <= 10000:
+        raise BundleError(f"{source}: max_number_of_polygon_points must be an integer from 3 to 10000, got {value!r}")
+    return int(value)
 
 
 def _pixels(value: Any, key: str, source: Path) -> int | None:
@@ -160,9 +189,20 @@ def _family_from_outputs(outputs: tuple[tuple[str, tuple[int | str | None, ...]]
     # named "output" is not one.
     if any(name == "output" and len(shape) == 3 for name, shape in outputs):
         return "yolov5"
-    if {"boxes", "labels", "scores"} <= set(names):
+    if set(_MASK_RCNN_OUTPUTS) <= set(names):
+        return "mask_rcnn"
+    if set(_RCNN_OUTPUTS) <= set(names):
         return "retinanet" if names.index("scores") < names.index("labels") else "faster_rcnn"
     return None
+
+
+# A task name as AutoML (scoring file, MLmodel) or our manifest writes it -> the task we serve.
+_TASK_NAMES = {
+    AML_DETECTION: DETECTION_TASK,
+    DETECTION_TASK: DETECTION_TASK,
+    AML_SEGMENTATION: SEGMENTATION_TASK,
+    SEGMENTATION_TASK: SEGMENTATION_TASK,
+}
 
 
 def recognise_detection(
@@ -175,37 +215,54 @@ def recognise_detection(
     settings_path: Path | None,
     labels: tuple[str, ...],
 ) -> DetectionSpec | None:
-    """Decide whether a run is a detection model and how to serve it; None for a classifier.
+    """Decide whether a run is a detection or instance segmentation model and how to serve it; None for a
+    classifier (the spec's `task` says which of the two).
 
     `task_hints` maps each place that named a task (manifest, scoring file TASK_TYPE, MLmodel
     finetuning_task) to that name; `settings` is settings.json (AutoML's inference settings). Raises
-    BundleError for instance segmentation (refused) and for a run that says detection but whose ONNX
-    outputs match no known family.
+    BundleError for a run that says detection or segmentation but whose ONNX outputs match no known family,
+    or whose files disagree on the task.
     """
     names = tuple(name for name, _ in outputs)
-    if "masks" in names or any(v == AML_SEGMENTATION for v in task_hints.values()):
-        raise BundleError(f"{model_path} {_SEGMENTATION_REFUSAL}")
     family = _family_from_outputs(outputs)
-    said_detection = {k for k, v in task_hints.items() if v in (AML_DETECTION, DETECTION_TASK)}
-    said_classification = {k for k, v in task_hints.items() if v not in (AML_DETECTION, DETECTION_TASK)}
+    said = {k: v for k, v in task_hints.items() if v in _TASK_NAMES}
+    said_segmentation = sorted(k for k, v in said.items() if _TASK_NAMES[v] == SEGMENTATION_TASK)
+    said_detection = sorted(k for k, v in said.items() if _TASK_NAMES[v] == DETECTION_TASK)
+    said_classification = sorted(k for k in task_hints if k not in said)
     if family is None:
+        if said_segmentation:
+            raise BundleError(
+                f"{model_path} is an instance segmentation model per {', '.join(said_segmentation)} but its "
+                f"outputs {list(names)} are not Mask R-CNN's {list(_MASK_RCNN_OUTPUTS)}"
+            )
         if said_detection:
             raise BundleError(
-                f"{model_path} is an object detection model per {', '.join(sorted(said_detection))} but its "
+                f"{model_path} is an object detection model per {', '.join(said_detection)} but its "
                 f"outputs {list(names)} match no AutoML family (boxes/labels/scores, or YOLOv5's output)"
             )
         return None
-    if said_classification and not said_detection:
+    if family == "mask_rcnn" and said_detection and not said_segmentation:
+        raise BundleError(
+            f"{model_path} has Mask R-CNN's outputs {list(names)} but {', '.join(said_detection)} says the task is "
+            "object detection; the files must come from the same run"
+        )
+    if family != "mask_rcnn" and said_segmentation:
+        raise BundleError(
+            f"{model_path} is an instance segmentation model per {', '.join(said_segmentation)} but has no "
+            f"`masks` output (outputs {list(names)}); the files must come from the same run"
+        )
+    if said_classification and not said:
         raise BundleError(
             f"{model_path} has object detection outputs {list(names)} but "
-            f"{', '.join(sorted(said_classification))} says the task is classification"
+            f"{', '.join(said_classification)} says the task is classification"
         )
     where = settings_path or model_path
     height, width = _input_size(input_shape, family, settings, where)
     model_name = settings.get("model_name") if isinstance(settings.get("model_name"), str) else None
-    if family == "faster_rcnn" and (not labels or labels[0] != BG_LABEL):
+    if family in ("faster_rcnn", "mask_rcnn") and (not labels or labels[0] != BG_LABEL):
         raise BundleError(
-            f"{model_path} is a Faster R-CNN model, whose labels.json must start with {BG_LABEL!r} (label id k "
+            f"{model_path} is a {'Mask' if family == 'mask_rcnn' else 'Faster'} R-CNN model, whose labels.json must "
+            f"start with {BG_LABEL!r} (label id k "
             "names labels[k]); use the labels.json of the same run"
         )
     return DetectionSpec(
@@ -223,6 +280,10 @@ def recognise_detection(
             YOLO_MAX_DET if family == "yolov5" else DEFAULT_DETECTIONS,
         ),
         model_name=model_name,
+        mask_pixel_score_threshold=_fraction(
+            settings.get("mask_pixel_score_threshold"), "mask_pixel_score_threshold", where, DEFAULT_MASK_PIXEL_SCORE
+        ),
+        max_number_of_polygon_points=_polygon_points(settings.get("max_number_of_polygon_points"), where),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from shared.bundle.detection import (
     DETECTION_TASK,
     MLMODEL_FILE,
+    SEGMENTATION_TASK,
     DetectionSpec,
     read_mlmodel_metadata,
     recognise_detection,
@@ -35,7 +36,7 @@ from shared.bundle.layout import (
 from shared.bundle.onnxinfo import OnnxFormatError, read_onnx_info
 from shared.core.errors import BundleError
 
-Task = Literal["multiclass", "multilabel", "object-detection"]
+Task = Literal["multiclass", "multilabel", "object-detection", "instance-segmentation"]
 
 
 # Where AutoML puts each file in a run's artifacts, relative to the run folder; a bundle has them at its root.
@@ -57,8 +58,8 @@ class Preprocessing:
 
     resize: the shorter side is resized to this many pixels (bilinear); crop: then a centered square of
     this side is cut; in_graph: the graph normalizes itself and wants raw 0-255 floats, otherwise the
-    input is (x/255 - mean) / std. detection: set for an object detection model, whose input is made as
-    its spec says (shared.bundle.detection); resize and crop then hold the input's shorter side.
+    input is (x/255 - mean) / std. detection: set for an object detection or instance segmentation model,
+    whose input is made as its spec says (shared.bundle.detection); resize and crop then hold the input's shorter side.
     """
 
     resize: int
@@ -217,12 +218,13 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if manifest is not None and manifest_path is not None:
         declared = manifest.get("task")
         if declared is not None:
-            if declared not in ("multiclass", "multilabel", DETECTION_TASK):
+            if declared not in ("multiclass", "multilabel", DETECTION_TASK, SEGMENTATION_TASK):
                 raise BundleError(
-                    f"{manifest_path}: task must be 'multiclass', 'multilabel' or '{DETECTION_TASK}', got {declared!r}"
+                    f"{manifest_path}: task must be 'multiclass', 'multilabel', '{DETECTION_TASK}' or "
+                    f"'{SEGMENTATION_TASK}', got {declared!r}"
                 )
             task_hints[MANIFEST_FILE] = declared
-            if declared != DETECTION_TASK:
+            if declared not in (DETECTION_TASK, SEGMENTATION_TASK):
                 task = declared
                 evidence["task"] = MANIFEST_FILE
         pre = manifest.get("preprocessing") or {}
@@ -290,6 +292,10 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if detection is not None:
         if manifest_detection is not None and manifest_path is not None:
             detection = DetectionSpec.from_dict(manifest_detection, manifest_path)
+            if detection.family != "mask_rcnn" and any(name == "masks" for name, _ in info.outputs):
+                raise BundleError(
+                    f"{manifest_path}: preprocessing.detection.family must be mask_rcnn for a `masks` output"
+                )
         elif "Div" in info.first_ops() and detection.family != "yolov5":
             # AutoML's enable_onnx_normalization: the graph divides and normalizes itself.
             detection = replace(detection, normalize=False)
@@ -302,9 +308,9 @@ def load_bundle(path: str | Path) -> ModelBundle:
             model_path=model_path,
             labels_path=labels_path,
             labels=labels,
-            task=DETECTION_TASK,
+            task=detection.task,
             preprocessing=preprocessing,
-            version=_version(manifest, model_bytes, labels, DETECTION_TASK, preprocessing),
+            version=_version(manifest, model_bytes, labels, detection.task, preprocessing),
             opset=info.opset,
             manifest=manifest,
             evidence=evidence,

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from PIL import Image
 
-from shared.bundle.detection import DETECTION_TASK
+from shared.bundle.detection import DETECTION_TASK, SEGMENTATION_TASK
 from shared.bundle.layout import SAMPLE_BUNDLE
 from shared.cli.common import positive_int, probability, servable
 from shared.core.errors import AppError, ImageError
@@ -147,7 +147,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         raise AppError(problem)
     files = list(_image_files(args.paths))
     model = open_cli_model(args.model, settings)
-    detection = model.task == DETECTION_TASK
+    detection = model.task in (DETECTION_TASK, SEGMENTATION_TASK)
     if args.boxes and not detection:
         raise AppError(f"--boxes needs an object detection model; {model.bundle.root} is a {model.task} classifier")
     top_k: int | None = args.top_k
@@ -220,17 +220,49 @@ def object_summary(data: dict[str, Any], shown: int = 3) -> str:
     return f"{len(objects)} object{'s' if len(objects) != 1 else ''}" + (f": {best}{more}" if objects else "")
 
 
+# A mask's fill lets the photo show through (alpha out of 255).
+MASK_ALPHA = 110
+
+
+def _draw_masks(image: Image.Image, objects: Sequence[dict[str, Any]], colours: dict[str, str]) -> Image.Image:
+    """`image` with each object's `polygon` (instance segmentation) filled in its label's colour, translucent;
+    a contour inside another (a hole) is cut out (even-odd)."""
+    from PIL import ImageChops, ImageDraw
+
+    width, height = image.size
+    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    for obj in reversed(objects):
+        contours = obj.get("polygon") or []
+        if not contours:
+            continue
+        mask = Image.new("1", image.size, 0)
+        for flat in contours:
+            shape = Image.new("1", image.size, 0)
+            points = [(x * width, y * height) for x, y in zip(flat[0::2], flat[1::2], strict=True)]
+            ImageDraw.Draw(shape).polygon(points, fill=1)
+            mask = ImageChops.logical_xor(mask, shape)
+        colour = Image.new("RGBA", image.size, colours[obj["label"]])
+        colour.putalpha(mask.convert("L").point(lambda v: MASK_ALPHA if v else 0))
+        overlay = Image.alpha_composite(overlay, colour)
+    return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+
+
 def draw_boxes(image_path: Path, objects: Sequence[dict[str, Any]], target: Path) -> Path:
-    """Write `image_path` as PNG to `target` with each object's box and "label score" drawn on it."""
+    """Write `image_path` as PNG to `target` with each object's box and "label score" drawn on it, and its
+    mask as a translucent fill when the object has a `polygon` (instance segmentation)."""
     from PIL import ImageDraw
 
     with Image.open(image_path) as opened:
         image = opened.convert("RGB")
+    palette = ("#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#00c7be")
+    colours: dict[str, str] = {}
+    for obj in objects:
+        colours.setdefault(obj["label"], palette[len(colours) % len(palette)])
+    if any(obj.get("polygon") for obj in objects):
+        image = _draw_masks(image, objects, colours)
     draw = ImageDraw.Draw(image)
     width, height = image.size
     line = max(2, round(min(width, height) / 300))
-    palette = ("#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de", "#00c7be")
-    colours: dict[str, str] = {}
     for obj in reversed(objects):  # the best object is drawn last, on top
         colour = colours.setdefault(obj["label"], palette[len(colours) % len(palette)])
         box = obj["box"]
@@ -265,7 +297,9 @@ def register(commands: Any) -> None:
         "--json", action="store_true", help='one JSON object per image per line (failed files: {"file", "errors"})'
     )
     classify.add_argument(
-        "--boxes", metavar="OUT_DIR", help="detection models: write each image with its boxes drawn to OUT_DIR"
+        "--boxes",
+        metavar="OUT_DIR",
+        help="detection and segmentation models: write each image with its boxes (and masks) drawn to OUT_DIR",
     )
     classify.add_argument(
         "--fast",

@@ -259,6 +259,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         DETECTION_TEMPLATE_DIR,
         KEYFRAMES_CONTAINER,
         KEYFRAMES_PREFIX,
+        SEGMENTATION_TEMPLATE_DIR,
         TEMPLATE_DIR,
         AIServicesKey,
         ResourceNames,
@@ -273,7 +274,11 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         auth = _skill_auth(args, env)
         analysis = _image_analysis(args, env)
         vectors = _vectors(args, env, auth)
-        detection = bool(getattr(args, "detection", False))
+        segmentation = bool(getattr(args, "segmentation", False))
+        if segmentation and getattr(args, "detection", False):
+            raise SearchSetupError("--detection and --segmentation exclude each other: pick the model's task")
+        # Segmentation answers are detection's plus polygons: the same batch sizes apply.
+        detection = bool(getattr(args, "detection", False)) or segmentation
         cache_account: str | None = getattr(args, "cache_storage_resource_id", None)
         with_cache = bool(getattr(args, "enrichment_cache", False))
         if cache_account and not with_cache:
@@ -295,7 +300,11 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             per_page=bool(getattr(args, "per_page", False)),
             enrichment_cache=(cache_account or args.storage_resource_id) if with_cache else None,
             vectors=vectors,
-            template_dir=DETECTION_TEMPLATE_DIR if detection else TEMPLATE_DIR,
+            template_dir=SEGMENTATION_TEMPLATE_DIR
+            if segmentation
+            else DETECTION_TEMPLATE_DIR
+            if detection
+            else TEMPLATE_DIR,
             keyframes=keyframes,
         )
         key_env: str | None = getattr(args, "key_env", None)
@@ -446,6 +455,12 @@ def register(commands: Any) -> None:
         "--detection",
         action="store_true",
         help="for an object detection model: index objects and objectLabels (infra/search/detection/)",
+    )
+    search.add_argument(
+        "--segmentation",
+        action="store_true",
+        help="for an instance segmentation model: --detection's index plus each object's polygons "
+        "(infra/search/segmentation/)",
     )
     search.add_argument(
         "--batch-size", type=positive_int, metavar="N", help="images per skill call (8; 4 with --detection)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.bundle.detection import DETECTION_TASK
+from shared.bundle.detection import DETECTION_TASK, SEGMENTATION_TASK
 from shared.bundle.loader import ModelBundle, load_bundle
 from shared.inference.classification import ClassificationModel
 from shared.inference.model import Model
@@ -18,6 +18,10 @@ def open_model(bundle: ModelBundle, threads: int | None = None) -> Model:
         from shared.inference.detection import DetectionModel
 
         return DetectionModel(bundle, threads)
+    if bundle.task == SEGMENTATION_TASK:
+        from shared.inference.segmentation import SegmentationModel
+
+        return SegmentationModel(bundle, threads)
     return ClassificationModel(bundle, threads)
 
 

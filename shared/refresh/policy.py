@@ -186,6 +186,15 @@ def _fetch_from_aml(candidate: Any, folder: Path, settings: Settings) -> Path:
     return folder
 
 
+# AutoML's primary metric per task (its defaults: accuracy, iou, mean_average_precision for both box tasks).
+_PRIMARY_METRIC = {
+    "multiclass": "accuracy",
+    "multilabel": "iou",
+    "object-detection": "mean_average_precision",
+    "instance-segmentation": "mean_average_precision",
+}
+
+
 def checkpoint_metric(run_dir: Path, task: str | None) -> dict[str, Any] | None:
     """The primary metric AutoML saved in model.pt (`score`, from about 1.40), if torch is installed.
     `task` None: the checkpoint's own `specs['multilabel']` says which metric it is."""
@@ -214,7 +223,7 @@ def checkpoint_metric(run_dir: Path, task: str | None) -> dict[str, Any] | None:
     if task is None:
         specs = checkpoint.get("specs") if isinstance(checkpoint, dict) else None
         task = "multilabel" if isinstance(specs, dict) and specs.get("multilabel") else "multiclass"
-    return {"name": "iou" if task == "multilabel" else "accuracy", "value": value}
+    return {"name": _PRIMARY_METRIC.get(task, "accuracy"), "value": value}
 
 
 def refresh_from_run_dir(

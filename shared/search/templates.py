@@ -50,6 +50,9 @@ from shared.core.settings import APP_ROOT, is_loopback
 TEMPLATE_DIR = APP_ROOT / "infra" / "search"
 # Object detection models (docs/detection.md): `objects` (one entry per detected object) and `objectLabels`.
 DETECTION_TEMPLATE_DIR = TEMPLATE_DIR / "detection"
+# Instance segmentation models (docs/segmentation.md): the detection shape plus `polygons` (one JSON string per
+# object) in each image's element.
+SEGMENTATION_TEMPLATE_DIR = TEMPLATE_DIR / "segmentation"
 # Creation order: each object names the ones before it.
 KINDS = ("datasource", "index", "skillset", "indexer")
 # search-setup --vectors per-image adds a second index, one search document per image (index projections); the

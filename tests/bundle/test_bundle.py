@@ -129,7 +129,8 @@ def bad(tmp_path: Path, name: str, content: str) -> Path:
         (lambda t: bad(t, "manifest.json", "{"), "{t}/b/manifest.json is not valid JSON"),
         (
             lambda t: bad(t, "manifest.json", '{"task": "detection"}'),
-            "{t}/b/manifest.json: task must be 'multiclass', 'multilabel' or 'object-detection', got 'detection'",
+            "{t}/b/manifest.json: task must be 'multiclass', 'multilabel', 'object-detection' or "
+            "'instance-segmentation', got 'detection'",
         ),
         (lambda t: bad(t, "settings.json", "[1]"), "{t}/b/settings.json must be a JSON object"),
         (

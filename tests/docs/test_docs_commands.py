@@ -1,5 +1,5 @@
-"""The commands of docs/skill.md, search.md, detection.md, reindex.md, deploy.md, performance.md and video.md, run as
-written.
+"""The commands of docs/skill.md, search.md, detection.md, segmentation.md, reindex.md, deploy.md, performance.md
+and video.md, run as written.
 
 Every command a page shows (tests/docs_commands.py finds them: shell blocks, ```python blocks, inline spans
 that start with a program) is either run here by bash from the repository root, or skipped: by program when it
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration  # see tests/conftest.py
 
 PAGES = (
     "skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md", "video.md",
-    "labeling-loop.md", "vectors.md",
+    "labeling-loop.md", "vectors.md", "segmentation.md",
 )  # fmt: skip
 SERVE = ".venv/bin/python -m shared serve"
 SEARCH_SETUP = (
@@ -85,6 +85,12 @@ RUN = {
         ".venv/bin/python -m shared classify --model path/to/run --boxes out/ photos/",
         DETECTION_SERVE,
     ],
+    "segmentation.md": [
+        ".venv/bin/python -m shared classify --model path/to/run photos/",
+        ".venv/bin/python -m shared classify --model path/to/run --json photos/",
+        ".venv/bin/python -m shared classify --model path/to/run --boxes out/ photos/",
+        DETECTION_SERVE,
+    ],
     "reindex.md": [
         ".venv/bin/python -m shared reindex",
         ".venv/bin/python -m shared reindex --now",
@@ -129,6 +135,14 @@ SKIPPED = {
         "back into objects is tests/search/test_detection_search.py's)",
         ".venv/bin/python -m shared search-setup --detection ...": "options elided (`...`): search.md's "
         "search-setup runs whole; tests/search/test_detection_search.py renders --detection",
+        "make bench": BENCH,
+    },
+    "segmentation.md": {
+        "import json": "a query against a search service holding indexed documents; tests/searchstub.py answers "
+        "only the count query re-enrichment makes (the zip of the lists back into objects is "
+        "tests/search/test_segmentation_search.py's)",
+        ".venv/bin/python -m shared search-setup --segmentation ...": "options elided (`...`): search.md's "
+        "search-setup runs whole; tests/search/test_segmentation_search.py renders --segmentation",
         "make bench": BENCH,
     },
     "reindex.md": {
@@ -216,8 +230,8 @@ SUBSTITUTED = {
     "FUNCTION_URL (the dev server), STORAGE_ACCOUNT_ID",
     "export MODEL_BLOB_ACCOUNT_URL=$(azd ...)": "skipped (azd); the test sets MODEL_BLOB_CONNECTION_STRING to its "
     "Azurite (an account URL signs in with DefaultAzureCredential, which Azurite serves only over HTTPS)",
-    "path/to/run, photos/, out/": "a Faster R-CNN run built by tests/detection_models.py, two sample photos, "
-    "and a folder of the test's",
+    "path/to/run, photos/, out/": "a Faster R-CNN run (detection.md) or a Mask R-CNN run (segmentation.md) built "
+    "by tests/detection_models.py, two sample photos, and a folder of the test's",
     "app.zip": "written to the test's folder",
     "SEARCH_ENDPOINT, SEARCH_INDEX_NAME": "search.md's queries read an index of the stand-in service named "
     "photos-index (its own names, so search-setup's objects are still created), holding four documents",
@@ -670,3 +684,26 @@ def test_the_vectors_page_runs_as_written(search_service: SearchStub, tmp_path: 
     lines = ran[RUN["vectors.md"][6]].splitlines()
     assert lines[0].startswith("nearest to samples/chelsea.png (model sample-efficientnet-lite0-imagenet, 1280 ")
     assert lines[2].split()[1:] == ["chelsea.png", "chelsea"] and len(lines) == 5
+
+
+def test_the_segmentation_page_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from tests.detection_models import build_mask_rcnn
+
+    run = tmp_path / "run"
+    build_mask_rcnn(run, ["can", "carton", "milk_bottle"], height=128, width=160, detections=5, proposals=50)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut.png", "coffee.png"):
+        shutil.copy(SAMPLES / name, photos / name)
+    places = {"path/to/run": str(run), " photos/": f" {photos}/", " out/": f" {tmp_path / 'out'}/"}
+    ran = run_page("segmentation.md", base_env(tmp_path), places=places)
+    assert "astronaut.png" in ran[0][1] and "coffee.png" in ran[0][1]
+    rows = [json.loads(line) for line in ran[1][1].splitlines()]
+    assert sorted(Path(row["file"]).name for row in rows) == ["astronaut.png", "coffee.png"]
+    assert all(all("polygon" in o for o in row["objects"]) and "polygons" in row for row in rows)
+    assert any(o["polygon"] for row in rows for o in row["objects"])
+    health = json.loads(ran[3][1])
+    assert health["status"] == "ready" and health["model"]["task"] == "instance-segmentation"
+    drawn = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert drawn == [f"{photos / name}.boxes.png".replace("/", "_") for name in ("astronaut.png", "coffee.png")]

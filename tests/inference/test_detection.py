@@ -225,14 +225,11 @@ def test_outputs_alone_identify_a_detection_model(runs: dict[str, Path], tmp_pat
     assert bundle.preprocessing.detection == DetectionSpec(family="retinanet", height=192, width=256)
 
 
-def test_mask_rcnn_is_refused_with_one_line(tmp_path: Path) -> None:
+def test_a_masks_output_makes_an_instance_segmentation_model(tmp_path: Path) -> None:
     build_mask_rcnn_shaped(tmp_path / "mask", CLASSES)
-    with pytest.raises(BundleError) as caught:
-        load_bundle(tmp_path / "mask")
-    assert str(caught.value) == (
-        f"{tmp_path}/mask/train_artifacts/model.onnx is an instance segmentation model (Mask R-CNN: a `masks` "
-        "output); only image classification and object detection models are served"
-    )
+    bundle = load_bundle(tmp_path / "mask")
+    assert bundle.task == "instance-segmentation"
+    assert bundle.preprocessing.detection is not None and bundle.preprocessing.detection.family == "mask_rcnn"
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
