@@ -262,3 +262,82 @@ def test_convert_accepts_a_run_folder_and_names_the_version_as_classify_and_publ
     # One name everywhere: the converted manifest's is the content name that publish defaults to.
     assert bundle.version == bundle_content_version(bundle) and bundle.version.startswith("m-")
     assert default_version(bundle, (bundle.manifest or {})["source"]) == bundle.version
+
+
+LONG_NAME = "a" * 300
+LONG_SHOWN = f"{'a' * 38}...{'a' * 38}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (
+            ["classify", f"{LONG_NAME}.png"],
+            {},
+            f"cannot use {'a' * 38}...{'a' * 34}.png: a name in it is 304 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["classify", "--model", LONG_NAME, str(SAMPLES / "coffee.png")],
+            {},
+            f"cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["classify", str(SAMPLES / "coffee.png")],
+            {"AZUREML_MODEL_DIR": LONG_NAME},
+            f"AZUREML_MODEL_DIR: cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is "
+            "255 bytes per name",
+        ),
+        (
+            ["serve", "--model", LONG_NAME, "--port", "0"],
+            {},
+            f"cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["publish", LONG_NAME],
+            {"MODEL_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"},  # refused before the store is asked
+            f"cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["convert", LONG_NAME, "out"],
+            {},
+            f"cannot use {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["convert", f"{LONG_NAME}/model.pt", "out"],
+            {},
+            f"cannot use {'a' * 38}...{'a' * 29}/model.pt: a name in it is 300 bytes long; the limit is 255 bytes per "
+            "name",
+        ),
+    ],
+    ids=["classify PATH", "classify --model", "AZUREML_MODEL_DIR", "serve --model", "publish", "convert", "model.pt"],
+)
+def test_a_path_with_a_name_over_255_bytes_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert err == f"error: {message}\n"
+
+
+def test_a_path_too_long_among_good_ones_is_that_files_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, "classify", f"{LONG_NAME}.png", "empty", str(SAMPLES / "coffee.png"))
+    assert code == 1
+    assert f"{SAMPLES / 'coffee.png'}" in out and "espresso" in out
+    assert err.splitlines() == [
+        "warning: no image files in empty (looked recursively for .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)",
+        f"error: {'a' * 38}...{'a' * 34}.png: cannot use the path: a name in it is 304 bytes long; the limit is 255 "
+        "bytes per name",
+        "1 classified, 1 failed in " + err.splitlines()[-1].split(" failed in ")[1],
+    ]
