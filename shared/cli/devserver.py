@@ -27,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.client import responses
 from pathlib import Path
@@ -50,14 +51,41 @@ REPO_ROOT = APP_ROOT
 LOCAL_SETTINGS = REPO_ROOT / "local.settings.json"
 Main = Callable[[func.HttpRequest], func.HttpResponse]
 
-# route (lower case) -> (method, function folder, needs the function key)
-ROUTES = {
-    "/api/classify": ("POST", "ClassifySkill", True),
-    "/api/extraction": ("POST", "ExtractionSkill", True),  # the older PowerSkill's route, same service
-    "/api/health": ("GET", "Health", False),
-}
 # Any other method is a 501, as http.server answers a method its handler does not define.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One function's HTTP route as its function.json declares it."""
+
+    folder: str
+    methods: frozenset[str]
+    needs_key: bool
+
+
+def function_routes(root: Path = REPO_ROOT) -> dict[str, Route]:
+    """The routes of the app's function folders, read from each `function.json` the way the Functions host maps
+    them (azure-functions-host, WebScriptHostHttpRoutesManager): `/api/<route>` (the folder's name when there
+    is no route), lower case; the methods its httpTrigger lists, matched exactly (ASP.NET Core's
+    HttpMethodRouteConstraint: HEAD is not GET), every method when it lists none; the function key unless
+    `authLevel` is anonymous."""
+    routes: dict[str, Route] = {}
+    for spec in sorted(root.glob("*/function.json")):
+        try:
+            bindings = json.loads(spec.read_text(encoding="utf-8")).get("bindings", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for binding in bindings:
+            if isinstance(binding, dict) and binding.get("type") == "httpTrigger":
+                route = str(binding.get("route") or spec.parent.name).strip("/").lower()
+                methods = frozenset(str(m).upper() for m in binding.get("methods") or ()) or _METHODS
+                needs_key = str(binding.get("authLevel", "function")).lower() != "anonymous"
+                routes[f"/api/{route}"] = Route(spec.parent.name, methods, needs_key)
+    return routes
+
+
+ROUTES = function_routes()
 
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 64
@@ -306,7 +334,7 @@ class SkillServer(ThreadedWSGIServer):
 
     def __init__(self, sock: socket.socket, settings: Settings) -> None:
         self.settings = settings
-        self.mains = {route: _function_main(folder) for route, (_, folder, _) in ROUTES.items()}
+        self.mains = {path: _function_main(route.folder) for path, route in ROUTES.items()}
         host, port = sock.getsockname()[:2]
         super().__init__(host, port, self.answer, _Handler, fd=sock.fileno())
 
@@ -337,11 +365,12 @@ class SkillServer(ThreadedWSGIServer):
             raise _Refused(501, "NotImplemented", f"Unsupported method ({method!r})")
         if route is None:
             raise _Refused(404, "NotFound", f"no function at {path}; try POST /api/classify or GET /api/health")
-        want_method, _, needs_key = route
-        if method != want_method:
+        needs_key = route.needs_key
+        if method not in route.methods:
             # The Functions host's router answers 404, not 405, for a known route and a method its function.json
             # does not list (Azure/azure-functions-host#10098, #11625); we do too, with a message saying why.
-            raise _Refused(404, "NotFound", f"{path} answers {want_method} only, not {method}")
+            takes = " and ".join(sorted(route.methods))
+            raise _Refused(404, "NotFound", f"{path} answers {takes} only, not {method}")
         params = dict(parse_qsl(environ["QUERY_STRING"], keep_blank_values=True))
         length = _declared_length(environ)
         key, code = self.settings.api_key, params.pop("code", "")

@@ -188,6 +188,8 @@ def parse_request(body: bytes, *, max_request_bytes: int, max_records: int, max_
                 f"recordId {record_id!r} appears more than once (values[{seen[record_id]}] and values[{index}])"
             )
         seen[record_id] = index
+        loader: ImageLoader | None
+        error: str | None
         if "data" not in value:
             loader, error = None, 'record has no "data" object: send {"recordId": ..., "data": {"image": ...}}'
         else:
