@@ -15,9 +15,11 @@ AZURITE_KEY := Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
+$(VENV)/.runtime: requirements.txt pyproject.toml | $(BIN)/python
 	@echo "installing the runtime requirements into $(VENV) (the first time takes a minute or so)"
 	$(PIP) -r requirements.txt
+	@echo "installing this package into $(VENV), editable: the automl-skill command"
+	$(PIP) --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt requirements-torch.txt $(VENV)/.runtime

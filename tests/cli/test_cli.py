@@ -341,3 +341,51 @@ def test_a_path_too_long_among_good_ones_is_that_files_error(
         "bytes per name",
         "1 classified, 1 failed in " + err.splitlines()[-1].split(" failed in ")[1],
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["automl-skill"], ["python", "-m", "shared"]])
+def test_the_cli_runs_from_any_folder_and_prints_its_version(tmp_path: Path, command: list[str]) -> None:
+    """`make` installs the package into .venv (editable, pyproject.toml's [project.scripts]): the console
+    script and `python -m shared` work outside the repository root."""
+    from importlib import metadata
+
+    from shared import __version__
+
+    program = str(ROOT / ".venv" / "bin" / command[0])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    version = subprocess.run(
+        [program, *command[1:], "--version"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert version.returncode == 0, version.stderr
+    shown = "automl-skill" if command == ["automl-skill"] else "python -m shared"
+    assert version.stdout == (
+        f"{shown} {__version__} (ONNX Runtime {metadata.version('onnxruntime')}, "
+        f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro})\n"
+    )
+    (tmp_path / "coffee.png").write_bytes((SAMPLES / "coffee.png").read_bytes())
+    done = subprocess.run(
+        [program, *command[1:], "classify", "coffee.png"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "espresso" in done.stdout
+
+
+def test_version_names_the_product_and_onnx_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("python -m shared 0.") and "(ONNX Runtime 1." in out
