@@ -8,12 +8,14 @@ line on stderr and status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from shared.cli import classify, refresh, search, serve, store
+from shared.core import settings as settings_module
 from shared.core.errors import AppError
-from shared.core.settings import Settings
+from shared.core.settings import Settings, load_local_settings
 
 COMMAND_GROUPS = (classify, serve, store, refresh, search)
 
@@ -75,6 +77,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m shared") -> i
     args = build_parser(prog).parse_args(argv)
     quiet_azure_sdk(args.verbose)
     try:
+        # Like `func start`, every command reads the Values of the app's local.settings.json into its
+        # environment (a setting already there wins), so commands run in one folder agree on their settings.
+        args.local_settings = load_local_settings(settings_module.LOCAL_SETTINGS, os.environ)
         settings = Settings.from_env()
         return int(args.handler(args, settings))
     except AppError as exc:

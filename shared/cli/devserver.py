@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.client import responses
@@ -38,7 +38,6 @@ import azure.functions as func
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.serving import LISTEN_QUEUE, DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler
 
-from shared.core.errors import SettingsError
 from shared.core.settings import APP_ROOT, Settings
 from shared.skill.contract import error_body
 
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = APP_ROOT
-LOCAL_SETTINGS = REPO_ROOT / "local.settings.json"
 Main = Callable[[func.HttpRequest], func.HttpResponse]
 
 # Any other method is a 501, as http.server answers a method its handler does not define.
@@ -91,33 +89,6 @@ _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 64
 # environ keys: the handler's call to make before reading the body, and the flag that the body was read whole
 _START_BODY, _BODY_READ = "devserver.start_body", "devserver.body_read"
-
-
-def load_local_settings(path: Path, environ: MutableMapping[str, str]) -> list[str]:
-    """Copy the `Values` of a local.settings.json into `environ` as `func start` does: a name already in
-    the environment keeps its value. Returns the names set. A missing file sets nothing; SettingsError
-    for a file that is not JSON, encrypted, or has no `Values` object."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise SettingsError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise SettingsError(f"{path} is not valid JSON ({exc}); fix it or remove it") from None
-    if not isinstance(document, dict) or not isinstance(document.get("Values", {}), dict):
-        raise SettingsError(f'{path} must be a JSON object with a "Values" object of setting names and values')
-    if document.get("IsEncrypted") is True:
-        raise SettingsError(f"{path} is encrypted (IsEncrypted: true); run `func settings decrypt` first")
-    applied = []
-    for name, value in (document.get("Values") or {}).items():
-        if name in environ or value is None:
-            continue
-        environ[name] = value if isinstance(value, str) else json.dumps(value)
-        applied.append(name)
-    return applied
 
 
 def _function_main(folder: str) -> Main:

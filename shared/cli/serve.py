@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import logging
 
-    from shared.cli.devserver import LOCAL_SETTINGS, load_local_settings, make_server
+    from shared.cli.devserver import make_server
     from shared.core.errors import ModelNotReady
+    from shared.core.settings import LOCAL_SETTINGS
     from shared.skill.service import SkillService, reset_service
 
-    # Like `func start`: local.settings.json's Values fill in what the environment does not set.
-    applied = load_local_settings(LOCAL_SETTINGS, os.environ)
-    if applied:
-        settings = Settings.from_env()
+    applied: list[str] = getattr(args, "local_settings", [])  # read by shared.cli.main, as every command does
     if args.model:
         served = servable(Path(args.model), settings)
         settings = dataclasses.replace(settings, model_dir=served, blob_connection_string=None, blob_account_url=None)
@@ -62,7 +59,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except ModelNotReady as exc:
         sys.stderr.write(f"warning: {exc}; answering 503 until it loads\n")
     status = service().holder.status()
-    source = f"settings from {LOCAL_SETTINGS.name} ({len(applied)} values); " if applied else ""
+    values = f"{len(applied)} value{'s' if len(applied) != 1 else ''}"
+    source = f"settings from {LOCAL_SETTINGS.name} ({values}); " if applied else ""
     sys.stderr.write(
         f"{source}serving {status['source']} on http://{host!s}:{port}/api/classify (POST) and /api/health (GET)"
         f"{'; function key required' if settings.api_key else ''}\n"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ T = TypeVar("T")
 
 # The app's folder (host.json, the function folders, model_cache/, infra/): the package's parent.
 APP_ROOT = Path(__file__).resolve().parents[2]
+
+# Like `func start`, the command line reads the Values of this file into its environment (load_local_settings).
+LOCAL_SETTINGS = APP_ROOT / "local.settings.json"
 
 # Older names still accepted, each for the setting it stands for.
 LEGACY_ALIASES = {"EXPERIMENT_NAME": "AML_EXPERIMENT_NAME"}
@@ -388,3 +392,30 @@ def setting_names() -> frozenset[str]:
     env = _RecordingEnv()
     Settings.from_env(env)
     return frozenset(env.asked)
+
+
+def load_local_settings(path: Path, environ: MutableMapping[str, str]) -> list[str]:
+    """Copy the `Values` of a local.settings.json into `environ` as `func start` does: a name already in
+    the environment keeps its value. Returns the names set. A missing file sets nothing; SettingsError
+    for a file that is not JSON, encrypted, or has no `Values` object."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"{path} is not valid JSON ({exc}); fix it or remove it") from None
+    if not isinstance(document, dict) or not isinstance(document.get("Values", {}), dict):
+        raise SettingsError(f'{path} must be a JSON object with a "Values" object of setting names and values')
+    if document.get("IsEncrypted") is True:
+        raise SettingsError(f"{path} is encrypted (IsEncrypted: true); run `func settings decrypt` first")
+    applied = []
+    for name, value in (document.get("Values") or {}).items():
+        if name in environ or value is None:
+            continue
+        environ[name] = value if isinstance(value, str) else json.dumps(value)
+        applied.append(name)
+    return applied

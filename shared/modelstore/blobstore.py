@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.bundle.layout import LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from shared.core.settings import Settings
+from shared.core.settings import Settings, is_loopback
 from shared.modelstore.errors import StoreConflict, StoreError, StoreUnreachable
 from shared.modelstore.pointer import (
     POINTER,
@@ -150,6 +151,16 @@ class BlobModelStore:
             return cls(client)
         return None
 
+    def _hint(self) -> str:
+        """What to do about an unreachable store on a loopback address: it is Azurite, not started."""
+        host = urllib.parse.urlsplit(self.description).hostname
+        if not is_loopback(host):
+            return ""
+        return (
+            "; that is Azurite on this machine: start it with `make azurite`, or remove "
+            "MODEL_BLOB_CONNECTION_STRING (from the environment or local.settings.json) to serve the bundled model"
+        )
+
     @contextmanager
     def errors(self, action: str) -> Iterator[None]:
         """Turn the SDK's exceptions into one clear StoreError line (never a key, never a traceback)."""
@@ -167,7 +178,7 @@ class BlobModelStore:
             raise
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise StoreUnreachable(
-                f"model store {self.description} is unreachable while {action} ({_reason(exc)})"
+                f"model store {self.description} is unreachable while {action} ({_reason(exc)}){self._hint()}"
             ) from None
         except ClientAuthenticationError as exc:
             # azure.identity found no credential at all: CredentialUnavailableError from one credential, or

@@ -389,3 +389,67 @@ def test_version_names_the_product_and_onnx_runtime(capsys: pytest.CaptureFixtur
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("python -m shared 0.") and "(ONNX Runtime 1." in out
+
+
+AZURITE_ACCOUNT_KEY = (  # the emulator's fixed, published development account key: not a secret
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def _closed_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_commands_in_one_folder_read_local_settings_alike_and_a_stopped_azurite_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.skill import service as app
+
+    port = _closed_loopback_port()
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+    local = tmp_path / "local.settings.json"
+    monkeypatch.setattr("shared.core.settings.LOCAL_SETTINGS", local)
+    monkeypatch.delenv("MODEL_BLOB_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("MODEL_BLOB_ACCOUNT_URL", raising=False)
+    hint = (
+        "; that is Azurite on this machine: start it with `make azurite`, or remove MODEL_BLOB_CONNECTION_STRING "
+        "(from the environment or local.settings.json) to serve the bundled model"
+    )
+    code, out, err = run(capsys, "versions")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: no model store is configured")
+
+    local.write_text(json.dumps({"IsEncrypted": False, "Values": {"MODEL_BLOB_CONNECTION_STRING": connection}}))
+    code, out, err = run(capsys, "versions")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: model store http://127.0.0.1:{port}/devstoreaccount1/models is unreachable while ")
+    assert err.endswith(hint + "\n") and err.count("\n") == 1
+
+    class Stopped:
+        server_address = ("127.0.0.1", 7071)
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt
+
+        def server_close(self) -> None:
+            pass
+
+    monkeypatch.delenv("MODEL_BLOB_CONNECTION_STRING")  # set by the versions run above, as func start would
+    monkeypatch.setattr("shared.cli.devserver.make_server", lambda settings, host, port: Stopped())
+    try:
+        code, _, err = run(capsys, "serve")
+        assert code == 0
+        assert err.startswith("warning: no model is loaded yet: model store http://127.0.0.1:")
+        assert hint in err.splitlines()[0]
+        assert "settings from local.settings.json (1 value); serving http://127.0.0.1:" in err
+        health = app.service().holder.status()
+        assert health["store"] == "unreachable" and health["lastError"].endswith(hint)
+    finally:
+        app.reset_service(None)

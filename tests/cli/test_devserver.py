@@ -459,7 +459,7 @@ def test_keep_alive_answers_in_one_send_with_nodelay(server: str) -> None:
 def no_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Point `serve` at a local.settings.json in tmp_path (absent until a test writes it)."""
     path = tmp_path / "local.settings.json"
-    monkeypatch.setattr("shared.cli.devserver.LOCAL_SETTINGS", path)
+    monkeypatch.setattr("shared.core.settings.LOCAL_SETTINGS", path)
     return path
 
 
