@@ -391,6 +391,25 @@ class SkillServer(ThreadedWSGIServer):
         return body
 
 
+def answers(server: SkillServer, timeout_s: float = 60.0) -> bool:
+    """True once `server` answers one `GET /api/health` over a fresh connection (any status: it is serving);
+    False when it does not within `timeout_s` (then `serve` prints no ready line). Call it while another
+    thread runs `serve_forever`."""
+    import http.client
+
+    host, port = server.server_address[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(host), str(host))
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        connection.request("GET", "/api/health", headers={"Connection": "close"})
+        connection.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+    return True
+
+
 def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 7071) -> SkillServer:
     """Bind (port 0 picks a free one; `server.server_address` tells which). Raises OSError when the address
     cannot be bound and OverflowError for a port outside 0-65535."""

@@ -34,8 +34,9 @@ def _bind_error(exc: BaseException, host: str, port: int) -> str:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import logging
+    import threading
 
-    from shared.cli.devserver import make_server
+    from shared.cli.devserver import SkillServer, answers, make_server
     from shared.core.errors import ModelNotReady
     from shared.core.settings import LOCAL_SETTINGS
     from shared.skill.service import SkillService, reset_service
@@ -66,6 +67,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"{'; function key required' if settings.api_key else ''}\n"
     )
     sys.stderr.flush()
+    if isinstance(server, SkillServer):
+        url = f"http://[{host!s}]:{port}" if ":" in str(host) else f"http://{host!s}:{port}"
+
+        def announce() -> None:
+            # One line on stdout once the server has answered a request: a script waits for it (README's tour).
+            if answers(server):
+                print(f"ready on {url}", flush=True)
+
+        threading.Thread(target=announce, name="ready-probe", daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
