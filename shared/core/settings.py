@@ -267,6 +267,28 @@ class Settings:
             return default
         return Path(tempfile.gettempdir()) / "automl-skill-models"
 
+    def usable_cache_dir(self) -> Path:
+        """model_cache_dir(), created if needed and checked writable. SettingsError naming MODEL_CACHE_DIR and the
+        path when it cannot be used (a bad value stops the app with a message naming the setting)."""
+        path = self.model_cache_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            problem = "" if os.access(path, os.W_OK | os.X_OK) else "the folder is not writable"
+        except OSError as exc:
+            problem = f"cannot create the folder ({exc.strerror or exc.__class__.__name__})"
+        except ValueError:
+            problem = "it holds a NUL character"
+        if not problem:
+            return path
+        if self.cache_dir is not None:
+            raise SettingsError(
+                f"setting MODEL_CACHE_DIR={str(self.cache_dir)!r} cannot be used: {problem}; set it to a writable "
+                "folder, or leave it empty for the default"
+            )
+        raise SettingsError(
+            f"the model cache {path} cannot be used: {problem}; set MODEL_CACHE_DIR to a writable folder"
+        )
+
     def decode_budget_bytes(self) -> int:
         """DECODE_MEMORY_MB in bytes; 0 means a quarter of the instance's memory, at most 512 MiB."""
         return self.decode_memory_mb << 20 if self.decode_memory_mb else default_decode_budget_bytes()
