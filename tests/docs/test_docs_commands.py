@@ -123,6 +123,8 @@ SKIPPED |= {
         "python -m shared versions": SYNOPSIS,
         "python -m shared promote VERSION": SYNOPSIS,
         "python -m shared --verbose COMMAND": SYNOPSIS,
+        "python -m shared publish PATH --dry-run": SYNOPSIS,
+        "python -m shared prune --keep N": SYNOPSIS,
         "make test": "the whole suite, of which this test is part",
         "npm ci": "installs Azurite into node_modules/ from the npm registry; `make dev` did it for the suite",
         "make azurite": AZURITE,
@@ -130,6 +132,7 @@ SKIPPED |= {
         "make dev": DEV,
     },
     "migrating.md": {"python -m shared serve": SYNOPSIS},
+    "skill.md": {"make azurite": AZURITE},
 }
 
 # Where a run differs from the page, and why.
