@@ -1,9 +1,11 @@
 """A local HTTP server that calls the same function entry points as the Functions host (no Core Tools).
 
-`POST /api/classify` goes to `ClassifySkill.main` and `GET /api/health` to `Health.main`, each with an
-`azure.functions.HttpRequest`, on werkzeug's threaded WSGI server (one thread per connection). With
-SKILL_API_KEY set, /api/classify wants the key as the `x-functions-key` header or the `code` query
-parameter, as the host's function-level authorization does; /api/health is anonymous, as deployed.
+`POST /api/classify` goes to `ClassifySkill.main` and `GET /api/health` to `Health.main` (the routes and
+methods each function folder's function.json declares), each with an `azure.functions.HttpRequest`, on
+werkzeug's threaded WSGI server (one thread per connection). With SKILL_API_KEY set, /api/classify wants the
+key as the `x-functions-key` header or the `code` query parameter, as the host's function-level authorization
+does; /api/health is anonymous, as deployed. `GET /` is a page to try images on (shared/cli/static/), the dev
+server's own: it calls /api/classify like any other client.
 
 In front of the functions it behaves like the host's own front end (Kestrel) where a caller could hurt
 it: routes are case-insensitive; the key and the declared length are checked before any body byte is
@@ -84,6 +86,33 @@ def function_routes(root: Path = REPO_ROOT) -> dict[str, Route]:
 
 
 ROUTES = function_routes()
+
+# The page to try images (GET / and HEAD /): the dev server's own, not a function; plain files of this package.
+PAGE_DIR = Path(__file__).resolve().parent / "static"
+PAGE_FILES = {
+    "/": ("index.html", "text/html"),
+    "/page.css": ("page.css", "text/css"),
+    "/page.js": ("page.js", "text/javascript"),
+    "/icon.svg": ("icon.svg", "image/svg+xml"),
+}
+# The page loads its own script and style and talks to this server only (nothing from elsewhere); the
+# images it shows are the user's own files (blob: URLs).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _page(path: str) -> func.HttpResponse | None:
+    """The page's file at `path`, or None when `path` is not one of them."""
+    found = PAGE_FILES.get(path)
+    if found is None:
+        return None
+    name, mimetype = found
+    body = (PAGE_DIR / name).read_bytes()
+    return func.HttpResponse(body, status_code=200, headers=dict(PAGE_HEADERS), mimetype=mimetype, charset="utf-8")
 
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 64
@@ -316,6 +345,9 @@ class SkillServer(ThreadedWSGIServer):
         try:
             response = self._call(environ, method, path)
             status, body, headers = response.status_code, response.get_body(), list(response.headers.items())
+            if response.mimetype and not any(k.lower() == "content-type" for k, _ in headers):
+                # As the host does: the response's mimetype and charset are its Content-Type.
+                headers.append(("Content-Type", f"{response.mimetype}; charset={response.charset or 'utf-8'}"))
         except _Refused as refusal:
             logger.warning("refused %s %s: %d %s: %s", method, path, refusal.status, refusal.code, refusal)
             status, body, headers = refusal.status, error_body(refusal.code, str(refusal)), []
@@ -334,6 +366,8 @@ class SkillServer(ThreadedWSGIServer):
         route = ROUTES.get(route_key)
         if method not in _METHODS:
             raise _Refused(501, "NotImplemented", f"Unsupported method ({method!r})")
+        if method in ("GET", "HEAD") and (page := _page(path)) is not None:
+            return page
         if route is None:
             raise _Refused(404, "NotFound", f"no function at {path}; try POST /api/classify or GET /api/health")
         needs_key = route.needs_key

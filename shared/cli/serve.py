@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     source = f"settings from {LOCAL_SETTINGS.name} ({values}); " if applied else ""
     sys.stderr.write(
         f"{source}serving {status['source']} on http://{host!s}:{port}/api/classify (POST) and /api/health (GET)"
-        f"{'; function key required' if settings.api_key else ''}\n"
+        f"{'; function key required' if settings.api_key else ''}; a page to try images at http://{host!s}:{port}/\n"
     )
     sys.stderr.flush()
     if isinstance(server, SkillServer):
