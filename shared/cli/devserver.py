@@ -114,6 +114,7 @@ def _page(path: str) -> func.HttpResponse | None:
     body = (PAGE_DIR / name).read_bytes()
     return func.HttpResponse(body, status_code=200, headers=dict(PAGE_HEADERS), mimetype=mimetype, charset="utf-8")
 
+
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 64
 # environ keys: the handler's call to make before reading the body, and the flag that the body was read whole
