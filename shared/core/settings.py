@@ -130,6 +130,26 @@ def _blob_account_url(raw: str | None) -> str | None:
 # BlobEndpoint or DefaultEndpointsProtocol+EndpointSuffix is https on core.windows.net.
 DEVELOPMENT_STORAGE_BLOB_URL = "http://127.0.0.1:10000/devstoreaccount1"
 SERVICE_HOST_BASE = "core.windows.net"
+# The storage emulator's fixed, published development account (Learn, "Use the Azurite emulator", connection
+# strings): the same for every Azurite, not a secret. Spelled out because azure-storage-blob releases before
+# 12.28 (azureml-mlflow caps it at 12.27.1) refuse the `UseDevelopmentStorage=true` shortcut.
+DEVELOPMENT_STORAGE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    f"BlobEndpoint={DEVELOPMENT_STORAGE_BLOB_URL};"
+)
+
+
+def storage_connection_string(text: str) -> str:
+    """`text` for azure-storage-blob's from_connection_string: `UseDevelopmentStorage=true` (the key in any case,
+    with or without a trailing `;`, as connection_string_blob_url reads it) becomes the emulator's full connection
+    string; anything else is returned as it is."""
+    pairs = [item.split("=", 1) for item in text.rstrip(";").split(";")]
+    if len(pairs) == 1 and len(pairs[0]) == 2:
+        key, value = pairs[0]
+        if key.upper() == "USEDEVELOPMENTSTORAGE" and value == "true":
+            return DEVELOPMENT_STORAGE_CONNECTION_STRING
+    return text
 
 
 def connection_string_blob_url(text: str) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.bundle.layout import LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from shared.core.settings import Settings, is_loopback
+from shared.core.settings import Settings, is_loopback, storage_connection_string
 from shared.modelstore.errors import StoreConflict, StoreError, StoreUnreachable
 from shared.modelstore.pointer import (
     POINTER,
@@ -194,7 +194,9 @@ class BlobModelStore:
         if settings.blob_connection_string:
             try:
                 client = ContainerClient.from_connection_string(
-                    settings.blob_connection_string, settings.blob_container, **client_options(retries)
+                    storage_connection_string(settings.blob_connection_string),
+                    settings.blob_container,
+                    **client_options(retries),
                 )
             except ValueError:
                 raise StoreError("MODEL_BLOB_CONNECTION_STRING is not a valid storage connection string") from None

@@ -287,9 +287,34 @@ def test_the_endpoint_checked_is_the_one_the_storage_sdk_uses(text: str) -> None
 
     from azure.storage.blob import ContainerClient
 
-    from shared.core.settings import connection_string_blob_url
+    from shared.core.settings import connection_string_blob_url, storage_connection_string
 
     ours = connection_string_blob_url(text)
     assert ours is not None
-    sdk = urlsplit(ContainerClient.from_connection_string(text, "models").url)
+    sdk = urlsplit(ContainerClient.from_connection_string(storage_connection_string(text), "models").url)
     assert (urlsplit(ours).scheme.lower(), urlsplit(ours).hostname) == (sdk.scheme.lower(), sdk.hostname)
+
+
+@pytest.mark.parametrize(
+    "text", ["UseDevelopmentStorage=true", "UseDevelopmentStorage=true;", "usedevelopmentstorage=true"]
+)
+def test_the_development_storage_shortcut_is_spelled_out_for_every_storage_sdk(text: str) -> None:
+    """azure-storage-blob before 12.28 (the newest azureml-mlflow allows) refuses the shortcut; the store must
+    not depend on which release is installed."""
+    from azure.storage.blob import ContainerClient
+
+    from shared.core.settings import DEVELOPMENT_STORAGE_BLOB_URL, storage_connection_string
+
+    expanded = storage_connection_string(text)
+    assert "AccountName=devstoreaccount1" in expanded and f"BlobEndpoint={DEVELOPMENT_STORAGE_BLOB_URL};" in expanded
+    client = ContainerClient.from_connection_string(expanded, "models")
+    assert client.url == f"{DEVELOPMENT_STORAGE_BLOB_URL}/models"
+
+
+def test_other_connection_strings_are_left_as_they_are() -> None:
+    from shared.core.settings import storage_connection_string
+
+    text = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net"
+    assert storage_connection_string(text) == text
+    for other in ("UseDevelopmentStorage=false", "UseDevelopmentStorage=TRUE"):  # as connection_string_blob_url
+        assert storage_connection_string(other) == other

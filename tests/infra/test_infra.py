@@ -578,7 +578,7 @@ def test_the_parameter_cases_reach_the_conditional_branches() -> None:
     for case in CASES:
         resources = bicepeval.evaluate(case)
         symbols = {f"{r.file}:{r.symbol}" for r in resources}
-        for symbol in ("modules/aml-role.bicep:dataScientist", "modules/storage-roles.bicep:searchImagesReader",
+        for symbol in ("modules/aml-role.bicep:workspaceReader", "modules/storage-roles.bicep:searchImagesReader",
                        "modules/storage-roles.bicep:deployerModelsContributor",
                        "modules/search-roles.bicep:appServiceContributor",
                        "modules/search-roles.bicep:deployerIndexDataReader",
