@@ -551,13 +551,13 @@ def test_publish_and_serve_a_detection_bundle_through_azurite(
 
 
 def test_refresh_picks_the_detection_run_by_mean_average_precision(
-    runs: dict[str, Path], blob_settings: Any, tmp_path: Path
+    runs: dict[str, Path], blob_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shared.core.settings import Settings
     from shared.modelstore.blobstore import BlobModelStore
     from shared.refresh import aml
     from shared.refresh.policy import refresh_model
-    from tests.fakeaml import FakeExperiment, automl_child, training_run
+    from tests.fakeaml import FakeAml, FakeTrackingService, automl_child, training_run
 
     settings = Settings(
         **{
@@ -572,13 +572,17 @@ def test_refresh_picks_the_detection_run_by_mean_average_precision(
     assert store is not None
     store.ensure_container()
     # No best-child tag: the children are compared by their score, which is the primary metric's value.
-    weak = automl_child("AutoML_od_0", runs["yolov5"], None, metrics={"mean_average_precision": 0.41})
-    strong = automl_child("AutoML_od_1", runs["faster_rcnn"], None, metrics={"mean_average_precision": 0.63})
-    parent = training_run("AutoML_od", [weak, strong], primary_metric="mean_average_precision")
-    outcome = refresh_model(settings, store=store, experiment=FakeExperiment("labeling_Training_od", [parent]))
-    assert outcome.candidate == "AutoML_od_1"
-    assert outcome.metric == {"name": "mean_average_precision", "value": 0.63}
-    assert "outputs/mlflow-model/MLmodel" in strong.downloads and not weak.downloads
+    metric = "mean_average_precision"
+    weak = automl_child("AutoML_od_HD_0", runs["yolov5"], 0.41, metric=metric)
+    strong = automl_child("AutoML_od_HD_1", runs["faster_rcnn"], 0.63, metric=metric)
+    job = training_run("AutoML_od", [weak, strong], primary_metric=metric)
+    service = FakeTrackingService({"labeling_Training_od": job}, tmp_path / "empty-artifacts")
+    FakeAml(service).install(monkeypatch)
+    outcome = refresh_model(settings, store=store)
+    assert outcome.candidate == "AutoML_od_HD_1"
+    assert outcome.metric == {"name": metric, "value": 0.63}
+    assert "AutoML_od_HD_1/outputs/mlflow-model/MLmodel" in service.downloads
+    assert not [name for name in service.downloads if name.startswith("AutoML_od_HD_0/")]
     manifest, _ = store.read_manifest(outcome.version or "") or ({}, "")
     assert manifest["task"] == "object-detection"
     assert manifest["preprocessing"]["detection"]["family"] == "faster_rcnn"
