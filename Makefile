@@ -22,7 +22,7 @@ $(VENV)/.runtime: requirements.txt pyproject.toml | $(BIN)/python
 	$(PIP) --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt requirements-torch.txt $(VENV)/.runtime
+$(VENV)/.dev: requirements-dev.txt requirements-torch.txt requirements-video.txt $(VENV)/.runtime
 	@echo "installing the test tools and torch into $(VENV) (the first time takes a few minutes: torch is large)"
 	$(PIP) -r requirements-dev.txt
 	touch $@

@@ -74,6 +74,15 @@ param amlSubscriptionId string = ''
 @description('The labeling project\'s training experiment, like labeling_Training_<id>.')
 param amlExperimentName string = ''
 
+@description('Storage account of the labeling project\'s dataset (to-label copies images there). Empty: no role on it.')
+param labelingStorageAccountName string = ''
+
+@description('Resource group of that account; empty means this resource group.')
+param labelingStorageResourceGroup string = ''
+
+@description('The container of the labeling project\'s dataset in that account.')
+param labelingContainerName string = ''
+
 @description('RefreshModel\'s NCRONTAB schedule (six fields, with seconds).')
 param modelRefreshSchedule string = '0 */30 * * * *'
 
@@ -96,6 +105,8 @@ var deploymentContainerName = 'app-package-${resourceToken}'
 var amlEnabled = !empty(amlWorkspaceName)
 var amlSubscription = empty(amlSubscriptionId) ? subscription().subscriptionId : amlSubscriptionId
 var amlGroup = empty(amlResourceGroup) ? resourceGroup().name : amlResourceGroup
+var labelingEnabled = !empty(labelingStorageAccountName) && !empty(labelingContainerName)
+var labelingGroup = empty(labelingStorageResourceGroup) ? resourceGroup().name : labelingStorageResourceGroup
 var searchEnabled = !empty(searchServiceName)
 var searchGroup = empty(searchServiceResourceGroup) ? resourceGroup().name : searchServiceResourceGroup
 // The public cloud's search domain; elsewhere (Azure Government, Azure China) set SEARCH_ENDPOINT in
@@ -175,6 +186,16 @@ module amlRole 'modules/aml-role.bicep' = if (amlEnabled) {
   scope: resourceGroup(amlSubscription, amlGroup)
   params: {
     workspaceName: amlWorkspaceName
+    principalId: identity.outputs.principalId
+  }
+}
+
+module labelingRole 'modules/labeling-role.bicep' = if (labelingEnabled) {
+  name: 'labeling-role'
+  scope: resourceGroup(labelingGroup)
+  params: {
+    storageAccountName: labelingStorageAccountName
+    containerName: labelingContainerName
     principalId: identity.outputs.principalId
   }
 }

@@ -638,6 +638,9 @@ SAMPLE_STRINGS = {
     "amlResourceGroup": "rg-ml",
     "amlSubscriptionId": "00000000-0000-0000-0000-0000000000c3",
     "amlExperimentName": "labeling_Training_0123abcd",
+    "labelingStorageAccountName": "stlabeling",
+    "labelingStorageResourceGroup": "rg-labeling-data",
+    "labelingContainerName": "labeling-dataset",
 }
 SAMPLE_OBJECTS = {"appSettingOverrides": {"SKILL_DEFAULT_TOP_K": "3"}, "tags": {"team": "search"}}
 

@@ -13,8 +13,17 @@ reference documents them, in both URL forms (`/indexers/{name}/reset` and the SD
 - `GET /indexers('{name}')` 200 with the definition; its `cache` only on a `-preview` api-version (GA
   versions do not have the property);
 - `POST /skillsets/{name}/resetskills` or `/skillsets('{name}')/search.resetskills` 204, preview versions only;
-- `POST /indexes('{name}')/docs/search.post.search` with `count: true` and the one filter shape
-  `images/any(i: i/modelVersion ne null and i/modelVersion ne '<v>')`: `@odata.count` of matching documents;
+- `POST /indexes('{name}')/docs/search.post.search` or `/indexes/{name}/docs/search` (Search Documents, REST):
+  `filter` (the OData subset of tests/odata.py; a field the index schema lacks is the service's 400), `select`,
+  `orderby`, `count` (`@odata.count`), `facets` (`field,count:N`: `@search.facets` buckets `{value, count}`, by
+  count descending; a field of a complex collection counts each document once per value), `skip` and `top` with
+  the service's server-side paging: without `top` at most 50 documents, with `top` above 1000 at most 1000, and
+  when more remain `@odata.nextLink` and `@search.nextPageParameters` (the same request with `skip` moved on and
+  `top` lowered), which the SDK follows; `skip` above 100,000 is refused. Documents are put in with
+  add_documents() (what an indexer would have written);
+- the status's `lastResult` carries the run's per-item `errors` (`key`, `errorMessage`, `statusCode`, `name`,
+  `details`, `documentationLink`) and `warnings` (`key`, `message`, `name`, `details`, `documentationLink`) as
+  finish_run() was given them;
 - `PUT /{datasources|indexes|skillsets|indexers}/{name}` or `('{name}')` (what search-setup writes): 201 and
   the stored definition when it is new, 200 when it replaces one (Create or Update, `Prefer:
   return=representation`); 400 when the body's name is not the URL's; an indexer with a `cache` on a GA
@@ -39,7 +48,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FILTER = re.compile(r"^images/any\(i: i/modelVersion ne null and i/modelVersion ne '((?:[^']|'')*)'\)$")
+from tests.odata import ODataError, compile_filter, values_at
+
 ROUTES = [
     # (method, pattern, operation); both the classic and the OData-style URL forms.
     ("GET", re.compile(r"^/indexers/([^/]+)/status$"), "status"),
@@ -72,6 +82,41 @@ NOT_FOUND = "No {kind} with the name '{name}' was found in a service named '{ser
 BUSY = "Another indexer invocation is currently in progress; concurrent invocations are not allowed."
 STATUS_TYPE = "Microsoft.Azure.Search.V2019_05_06.IndexerExecutionInfo"
 LIMITS = {"maxRunTime": "PT2H", "maxDocumentExtractionSize": 16777216, "maxDocumentContentCharactersToExtract": 32768}
+
+
+def _names(value: Any) -> list[str]:
+    """A POST body's comma-separated list (`select`, `orderby`) or JSON array, as names."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _order(clause: str) -> tuple[str, bool]:
+    parts = clause.split()
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("asc", "desc")):
+        raise ODataError(f"Invalid expression: '{clause}' is not a valid $orderby clause.")
+    return parts[0], len(parts) == 2 and parts[1] == "desc"
+
+
+def _facet(spec: str) -> tuple[str, int]:
+    field_name, *options = [part.strip() for part in str(spec).split(",")]
+    count = 10
+    for option in options:
+        key, _, value = option.partition(":")
+        if key != "count" or not value.isdigit():
+            raise ODataError(f"Invalid facet expression '{spec}' (the stand-in knows count:N only).")
+        count = int(value)
+    return field_name, count
+
+
+def _buckets(documents: list[dict[str, Any]], path: str, count: int) -> list[dict[str, Any]]:
+    counts: dict[Any, int] = {}
+    for document in documents:
+        for value in set(values_at(document, path)):
+            counts[value] = counts.get(value, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+    return [{"value": value, "count": number} for value, number in ordered[:count]]
 
 
 class _Server(ThreadingHTTPServer):
@@ -161,11 +206,33 @@ class SearchStub:
         self.indexers[indexer] = Indexer(skillset=skillset, index=index, cache=cache)
         return self.indexers[indexer]
 
-    def finish_run(self, indexer: str = "automl-images-indexer") -> None:
+    def finish_run(
+        self,
+        indexer: str = "automl-images-indexer",
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        warnings: list[dict[str, Any]] | None = None,
+        processed: int = 12,
+    ) -> None:
+        """End the run in progress: `success`, or `transientFailure` with per-item `errors` (each as the REST API
+        writes one: key, errorMessage, statusCode, name, details, documentationLink) and `warnings` (key, message,
+        name, details, documentationLink)."""
         with self.lock:
             found = self.indexers[indexer]
             found.running = False
-            found.history[0] = _result("success", found.history[0]["startTime"], "2026-01-01T00:10:00Z")
+            result = _result(
+                "transientFailure" if errors else "success", found.history[0]["startTime"], "2026-01-01T00:10:00Z"
+            )
+            result["itemsProcessed"] = processed
+            result["itemsFailed"] = len(errors or [])
+            result["errors"] = list(errors or [])
+            result["warnings"] = list(warnings or [])
+            found.history[0] = result
+
+    def add_documents(self, index: str, documents: list[dict[str, Any]]) -> None:
+        """Documents an indexer would have written into `index` (each a dict of the index's fields)."""
+        with self.lock:
+            self.indexes.setdefault(index, []).extend(documents)
 
     def set_running(self, indexer: str = "automl-images-indexer") -> None:
         with self.lock:
@@ -369,19 +436,53 @@ class SearchStub:
                 if docs is None:
                     self._error(404, f"The index '{name}' for service '{stub.service}' was not found.")
                     return
-                wanted = FILTER.match(str((body or {}).get("filter", "")))
-                if wanted is None:
-                    self._error(400, "Invalid expression: the stand-in supports only the modelVersion filter.")
+                request = dict(body or {})
+                schema = stub.definitions["indexes"].get(name)
+                fields = {f["name"] for f in schema["fields"]} if schema else None
+                try:
+                    matching = list(docs)
+                    if request.get("filter"):
+                        keep = compile_filter(str(request["filter"]), fields)
+                        matching = [d for d in matching if keep(d)]
+                    select = _names(request.get("select"))
+                    order = [_order(o) for o in _names(request.get("orderby"))]
+                    facets = [_facet(f) for f in request.get("facets") or []]
+                    for field_name in [*select, *(o[0] for o in order), *(f[0].split("/")[0] for f in facets)]:
+                        if fields is not None and field_name != "*" and field_name not in fields:
+                            raise ODataError(
+                                f"Invalid expression: Could not find a property named '{field_name}' on type "
+                                "'search.document'."
+                            )
+                except ODataError as exc:
+                    self._error(400, str(exc))
                     return
-                other = wanted.group(1).replace("''", "'")
-                count = sum(
-                    1
-                    for doc in docs
-                    if any(i.get("modelVersion") is not None and i.get("modelVersion") != other for i in doc["images"])
-                )
-                answer: dict[str, Any] = {"value": []}
-                if (body or {}).get("count"):
-                    answer["@odata.count"] = count
+                for field_name, descending in reversed(order):
+                    matching.sort(key=lambda d, f=field_name: (d.get(f) is None, d.get(f)), reverse=descending)
+                skip = int(request.get("skip") or 0)
+                if skip > 100_000:
+                    self._error(400, "Invalid request: $skip cannot be greater than 100000.")
+                    return
+                top = request.get("top")
+                page = 50 if top is None else min(int(top), 1000)
+                window = matching[skip : skip + page]
+                answer: dict[str, Any] = {}
+                if request.get("count"):
+                    answer["@odata.count"] = len(matching)
+                if facets:
+                    answer["@search.facets"] = {path: _buckets(matching, path, count) for path, count in facets}
+                answer["value"] = [
+                    {"@search.score": 1.0, **{k: v for k, v in d.items() if not select or k in select or "*" in select}}
+                    for d in window
+                ]
+                wanted = len(matching) if top is None else min(int(top), len(matching) - skip)
+                if len(window) < wanted:
+                    following = {**request, "skip": skip + len(window)}
+                    if top is not None:
+                        following["top"] = int(top) - len(window)
+                    answer["@odata.nextLink"] = (
+                        f"{stub.endpoint}/indexes('{name}')/docs/search.post.search?api-version={version}"
+                    )
+                    answer["@search.nextPageParameters"] = following
                 self._answer(200, answer)
 
             def do_GET(self) -> None:

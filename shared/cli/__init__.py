@@ -12,12 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from shared.cli import classify, refresh, search, serve, store
+from shared.cli import classify, keyframes, query, refresh, search, serve, store, tolabel
 from shared.core import settings as settings_module
 from shared.core.errors import AppError
 from shared.core.settings import Settings, load_local_settings
 
-COMMAND_GROUPS = (classify, serve, store, refresh, search)
+COMMAND_GROUPS = (classify, serve, store, refresh, search, query, keyframes, tolabel)
 
 
 def version_text(prog: str) -> str:

@@ -168,6 +168,8 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         DETECTION_BATCH_SIZE,
         DETECTION_DEGREE_OF_PARALLELISM,
         DETECTION_TEMPLATE_DIR,
+        KEYFRAMES_CONTAINER,
+        KEYFRAMES_PREFIX,
         TEMPLATE_DIR,
         AIServicesKey,
         ResourceNames,
@@ -186,13 +188,16 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
         with_cache = bool(getattr(args, "enrichment_cache", False))
         if cache_account and not with_cache:
             raise SearchSetupError("--cache-storage-resource-id only applies with --enrichment-cache")
+        keyframes = bool(getattr(args, "keyframes", False))
         rendered = render(
             args.search_endpoint,
             args.function_url,
-            names=ResourceNames.from_prefix(getattr(args, "prefix", None) or DEFAULT_PREFIX),
+            names=ResourceNames.from_prefix(
+                getattr(args, "prefix", None) or (KEYFRAMES_PREFIX if keyframes else DEFAULT_PREFIX)
+            ),
             auth=auth,
             storage_resource_id=args.storage_resource_id,
-            container=getattr(args, "container", None) or DEFAULT_CONTAINER,
+            container=getattr(args, "container", None) or (KEYFRAMES_CONTAINER if keyframes else DEFAULT_CONTAINER),
             batch_size=getattr(args, "batch_size", None) or (DETECTION_BATCH_SIZE if detection else DEFAULT_BATCH_SIZE),
             degree_of_parallelism=getattr(args, "degree_of_parallelism", None)
             or (DETECTION_DEGREE_OF_PARALLELISM if detection else DEFAULT_DEGREE_OF_PARALLELISM),
@@ -200,6 +205,7 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
             per_page=bool(getattr(args, "per_page", False)),
             enrichment_cache=(cache_account or args.storage_resource_id) if with_cache else None,
             template_dir=DETECTION_TEMPLATE_DIR if detection else TEMPLATE_DIR,
+            keyframes=keyframes,
         )
         key_env: str | None = getattr(args, "key_env", None)
         if dry_run:
@@ -321,12 +327,18 @@ def register(commands: Any) -> None:
     search.add_argument(
         "--storage-resource-id", required=True, metavar="ID", help="resource id of the storage account with the images"
     )
-    search.add_argument("--container", default="images", metavar="NAME", help="container with the images (images)")
+    search.add_argument(
+        "--container", metavar="NAME", help="container with the images (images; keyframes with --keyframes)"
+    )
     search.add_argument(
         "--prefix",
-        default="automl-images",
         metavar="NAME",
-        help="names <prefix>-datasource, -index, ... (automl-images)",
+        help="names <prefix>-datasource, -index, ... (automl-images; automl-keyframes with --keyframes)",
+    )
+    search.add_argument(
+        "--keyframes",
+        action="store_true",
+        help="for video keyframes (python -m shared keyframes): index sourceVideo and timestampMs from their metadata",
     )
     search.add_argument(
         "--auth-resource-id",

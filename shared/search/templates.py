@@ -76,6 +76,11 @@ MAX_COMPLEX_ELEMENTS_PER_DOCUMENT = 3000
 MAX_IMAGES_PER_DOCUMENT = 1000
 PER_IMAGE = "/document/normalized_images/*"
 IMAGE_ACTIONS = {False: "generateNormalizedImages", True: "generateNormalizedImagePerPage"}
+# `search-setup --keyframes`: the index fields filled from the keyframe blobs' metadata, and their defaults.
+KEYFRAME_FIELDS = ("sourceVideo", "timestampMs")
+KEYFRAME_EXTENSIONS = ".jpg,.jpeg"
+KEYFRAMES_CONTAINER = "keyframes"
+KEYFRAMES_PREFIX = "automl-keyframes"
 
 # ImageAnalysisSkill visual feature -> (its output's targetName, [(index field, type, path below the image)]).
 # Flattened to simple collections: they do not count against MAX_COMPLEX_ELEMENTS_PER_DOCUMENT.
@@ -292,6 +297,7 @@ def render(
     per_page: bool = False,
     enrichment_cache: str | None = None,
     template_dir: Path = TEMPLATE_DIR,
+    keyframes: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The four objects, keys "datasource", "index", "skillset", "indexer", as the REST API takes them.
 
@@ -304,7 +310,9 @@ def render(
     the resource id of a storage account for the indexer's enrichment cache (`cache`:
     `storageConnectionString` `ResourceId=<id>;`, the search service's managed identity, and
     `enableReprocessing` true), which REINDEX_MODE=skills needs; the indexer is then written with a preview
-    API version (api_version_for()). Raises
+    API version (api_version_for()). `keyframes` renders the index of video keyframes (`python -m shared
+    keyframes`): the fields `sourceVideo` and `timestampMs` filled from the keyframe blobs' metadata (add_keyframes()).
+    Raises
     SearchSetupError for a bad argument or template, or an index whose complex collections could exceed
     Azure AI Search's 3,000 elements per document.
     """
@@ -355,6 +363,8 @@ def render(
     configuration["imageAction"] = IMAGE_ACTIONS[per_page]
     if image_analysis is not None:
         _add_image_analysis(rendered, image_analysis)
+    if keyframes:
+        add_keyframes(rendered)
     if enrichment_cache is not None:
         # Microsoft Learn, "Configure an enrichment cache" and REST "Indexers - Create Or Update" (preview):
         # `storageConnectionString` may be `ResourceId=<account id>;` for the search service's system-assigned
@@ -366,6 +376,60 @@ def render(
         }
     complex_elements_per_document(rendered["index"], rendered["indexer"], rendered["skillset"])
     return rendered
+
+
+def add_keyframes(rendered: dict[str, dict[str, Any]]) -> None:
+    """Make `rendered` the keyframes' pipeline. Each keyframe blob carries the metadata `source_video` (the video's
+    blob name, percent-encoded: metadata are ASCII HTTP headers) and `timestamp_ms` (9 digits); the blob indexer
+    offers a blob's custom metadata as source fields by name, so field mappings put them into `sourceVideo`
+    (Edm.String, decoded with the `urlDecode` mapping function; filterable, facetable) and `timestampMs`
+    (Edm.Int64; filterable, sortable). The indexer reads only `.jpg` and `.jpeg` blobs (`indexedFileNameExtensions`):
+    the per-video record `keyframes.json` is also marked `AzureSearch_Skip`."""
+    fields = rendered["index"]["fields"]
+    existing = {f["name"] for f in fields}
+    for name in KEYFRAME_FIELDS:
+        if name in existing:
+            raise SearchSetupError(
+                f"the index template already has a field {name!r}; rename it to add the keyframe fields"
+            )
+    fields.append(
+        {
+            "name": "sourceVideo",
+            "type": "Edm.String",
+            "searchable": False,
+            "filterable": True,
+            "sortable": False,
+            "facetable": True,
+            "retrievable": True,
+        }
+    )
+    fields.append(
+        {
+            "name": "timestampMs",
+            "type": "Edm.Int64",
+            "searchable": False,
+            "filterable": True,
+            "sortable": True,
+            "facetable": False,
+            "retrievable": True,
+        }
+    )
+    indexer = rendered["indexer"]
+    indexer.setdefault("fieldMappings", []).extend(
+        [
+            {
+                "sourceFieldName": "source_video",
+                "targetFieldName": "sourceVideo",
+                "mappingFunction": {"name": "urlDecode"},
+            },
+            {"sourceFieldName": "timestamp_ms", "targetFieldName": "timestampMs"},
+        ]
+    )
+    configuration = indexer.setdefault("parameters", {}).setdefault("configuration", {})
+    configuration["indexedFileNameExtensions"] = KEYFRAME_EXTENSIONS
+    rendered["datasource"]["description"] = (
+        "Video keyframes (python -m shared keyframes) to classify, read with the search service's managed identity."
+    )
 
 
 def ai_services_endpoint(url: str) -> str:

@@ -1,4 +1,5 @@
-"""The commands of docs/skill.md, search.md, detection.md, reindex.md, deploy.md and performance.md, run as written.
+"""The commands of docs/skill.md, search.md, detection.md, reindex.md, deploy.md, performance.md and video.md, run as
+written.
 
 Every command a page shows (tests/docs_commands.py finds them: shell blocks, ```python blocks, inline spans
 that start with a program) is either run here by bash from the repository root, or skipped: by program when it
@@ -30,7 +31,10 @@ from tests.searchstub import SearchStub
 
 pytestmark = pytest.mark.integration  # see tests/conftest.py
 
-PAGES = ("skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md")
+PAGES = (
+    "skill.md", "search.md", "detection.md", "reindex.md", "deploy.md", "performance.md", "architecture.md", "video.md",
+    "labeling-loop.md",
+)  # fmt: skip
 SERVE = ".venv/bin/python -m shared serve"
 SEARCH_SETUP = (
     ".venv/bin/python -m shared search-setup \\ --search-endpoint https://<search>.search.windows.net \\ "
@@ -42,9 +46,21 @@ REQUEST = (
     'base64.b64encode(open("samples/coffee.png","rb").read()).decode()}}]}))\' > /tmp/req.json'
 )
 DETECTION_SERVE = f"AZUREML_MODEL_DIR=path/to/run {SERVE}"
+KEYFRAMES_SETUP = (
+    ".venv/bin/python -m shared search-setup --keyframes \\ --search-endpoint https://<search>.search.windows.net \\ "
+    '--function-url "$(azd env get-value FUNCTION_URL)" \\ --storage-resource-id "$(azd env get-value '
+    'STORAGE_ACCOUNT_ID)"'
+)
+
+TO_LABEL = (
+    ".venv/bin/python -m shared to-label {}--target-container labeling --target-folder incoming "
+    "--target-connection-string-env LABELING_CONNECTION_STRING --source-connection-string-env "
+    "AZURE_STORAGE_CONNECTION_STRING"
+)
 
 # What each page's test runs, in page order (whitespace collapsed).
 RUN = {
+    "labeling-loop.md": [TO_LABEL.format("--dry-run "), TO_LABEL.format("")],
     "skill.md": [
         SERVE,
         "curl -s localhost:7071/api/health",
@@ -52,7 +68,13 @@ RUN = {
         "curl -s -X POST localhost:7071/api/classify --data-binary @/tmp/req.json",
         "cp local.settings.json.sample local.settings.json",
     ],
-    "search.md": [SEARCH_SETUP],
+    "search.md": [
+        SEARCH_SETUP,
+        ".venv/bin/python -m shared query --count --facets",
+        ".venv/bin/python -m shared query --label espresso --min-confidence 0.8",
+        ".venv/bin/python -m shared query --max-confidence 0.5 --top 20 --json",
+        ".venv/bin/python -m shared query --status",
+    ],
     "detection.md": [
         ".venv/bin/python -m shared classify --model path/to/run photos/",
         ".venv/bin/python -m shared classify --model path/to/run --json photos/",
@@ -73,6 +95,15 @@ RUN = {
     ],
     "performance.md": [],
     "architecture.md": [],
+    "video.md": [
+        ".venv/bin/python -m shared keyframes --connection-string-env AZURE_STORAGE_CONNECTION_STRING",
+        KEYFRAMES_SETUP,
+        'curl -s -X POST "https://<search>.search.windows.net/indexers/automl-keyframes-indexer/run?'
+        'api-version=2026-04-01" -H "api-key: $SEARCH_ADMIN_KEY"',
+        ".venv/bin/python -m shared query --status",
+        '.venv/bin/python -m shared query --moments "Egyptian cat"',
+        '.venv/bin/python -m shared query --moments "Egyptian cat" --json',
+    ],
 }
 
 BENCH = "the benchmark: minutes of every core; speed and memory targets live in `make bench`, never in tests"
@@ -101,6 +132,29 @@ SKIPPED = {
     },
 }
 
+SKIPPED["labeling-loop.md"] = {
+    ".venv/bin/python -m shared to-label --below 0.3 --top 20 --label Rottweiler --model-version AutoML_1a2b3c_HD_4 "
+    "--target-container labeling --target-folder incoming --target-account-url "
+    "https://<account>.blob.core.windows.net": "signs in with DefaultAzureCredential to a real storage account; "
+    "tests/search/test_tolabel.py runs --below, --top, --label and --model-version against Azurite",
+    "azd env set LABELING_STORAGE_ACCOUNT <account>": "azd: NEEDS_AZURE",
+    "azd env set LABELING_CONTAINER <container>": "azd: NEEDS_AZURE",
+    "azd provision": "azd: NEEDS_AZURE",
+}
+
+SKIPPED["video.md"] = {
+    ".venv/bin/python -m pip install -r requirements-video.txt": "installs the decoder; the suite's environment has "
+    "it (requirements-dev.txt includes requirements-video.txt)",
+    ".venv/bin/python -m shared keyframes --account-url https://<account>.blob.core.windows.net": "signs in with "
+    "DefaultAzureCredential, which Azurite serves only over HTTPS with its own certificate; the same run with "
+    "--connection-string-env runs against the test's Azurite",
+    "export AZURE_STORAGE_CONNECTION_STRING='UseDevelopmentStorage=true'": "Azurite on its default port 10000; the "
+    "test sets the variable to the connection string of its own Azurite on a free port",
+    "export SEARCH_INDEX_NAME=automl-keyframes-index SEARCH_INDEXER_NAME=automl-keyframes-indexer": "each command "
+    "runs in its own shell: the test sets both in the environment of the commands after it",
+    "make dev": "installs the development environment (torch, several GB): the tests run inside it, never run it",
+    "make azurite": "a server that runs until stopped; the tests start their own Azurite (tests/azurite.py)",
+}
 SYNOPSIS = "a synopsis in prose (bare `python` meaning the app's environment); the page's ```bash lines run as written"
 DEV = "installs the development environment (torch, several GB): the tests run inside it, never run it"
 AZURITE = "a server that runs until stopped; the tests start their own Azurite (tests/azurite.py) on a free port"
@@ -152,6 +206,8 @@ SUBSTITUTED = {
     "path/to/run, photos/, out/": "a Faster R-CNN run built by tests/detection_models.py, two sample photos, "
     "and a folder of the test's",
     "app.zip": "written to the test's folder",
+    "SEARCH_ENDPOINT, SEARCH_INDEX_NAME": "search.md's queries read an index of the stand-in service named "
+    "photos-index (its own names, so search-setup's objects are still created), holding four documents",
 }
 
 
@@ -255,12 +311,36 @@ def test_the_search_page_runs_as_written(search_service: SearchStub, tmp_path: P
     }
     fake_azd(tmp_path, env)
     places = {"https://<search>.search.windows.net": search_service.endpoint}
-    ((_, dry_run),) = run_page("search.md", env, places=places)
+    search_service.add_pipeline(indexer="photos-indexer", skillset="photos-skillset", index="photos-index")
+    search_service.add_documents("photos-index", PHOTO_DOCUMENTS)
+    search_service.set_running("photos-indexer")
+    search_service.finish_run("photos-indexer", processed=4)
+    env |= {
+        "SEARCH_ENDPOINT": search_service.endpoint,
+        "SEARCH_INDEX_NAME": "photos-index",
+        "SEARCH_INDEXER_NAME": "photos-indexer",
+    }
+    ran = run_page("search.md", env, places=places)
+    dry_run = ran[0][1]
     assert "test-function-key-not-a-secret" not in dry_run and search_service.key not in dry_run
     assert '"uri": "https://func-test.azurewebsites.net/api/classify' in dry_run
-    assert not [call for call in search_service.calls() if call[0] != "GET"]
+    # The dry run wrote nothing; the queries only read (a search is a POST that reads).
+    assert {call for call in search_service.calls() if call[0] != "GET"} == {
+        ("POST", "/indexes('photos-index')/docs/search.post.search")
+    }
+    assert ran[1][1].splitlines()[:5] == [
+        "total: 4",
+        "labels:",
+        "  espresso      2",
+        "  Egyptian cat  1",
+        "  missile       1",
+    ]
+    assert ran[2][1] == "coffee.png  espresso 0.9569\n"
+    assert [json.loads(line)["name"] for line in ran[3][1].splitlines()] == ["chelsea.png", "rocket.jpg", "cup.png"]
+    assert ran[4][1].startswith("indexer photos-indexer: running; last run success (")
     # "drop it to apply": the same command without --dry-run writes the four objects.
-    applied = PageRun("search.md", env, places=places, skipped=SKIPPED.get("search.md", {}))
+    queries = {key: "reading only" for key in RUN["search.md"][1:]}
+    applied = PageRun("search.md", env, places=places, skipped=SKIPPED.get("search.md", {}) | queries)
     applied.substitute = {SEARCH_SETUP: next(c.text for c in applied.commands() if c.key == SEARCH_SETUP)}
     applied.substitute[SEARCH_SETUP] = applied.substitute[SEARCH_SETUP].replace("--dry-run", "")
     ((_, written),) = [(r.command.key, r.stdout) for r in applied.run()]
@@ -275,9 +355,93 @@ def test_the_search_page_runs_as_written(search_service: SearchStub, tmp_path: P
     assert [line.rsplit(": ", 1)[1] for line in again.splitlines()] == ["updated"] * 4
     assert "test-function-key-not-a-secret" not in written
     stored = search_service.definitions
-    assert set(stored["indexers"]) == {"automl-images-indexer"}
+    assert set(stored["indexers"]) == {"automl-images-indexer"}  # photos-indexer was set up, not written
     assert stored["skillsets"]["automl-images-skillset"]["skills"][0]["httpHeaders"] == {
         "x-functions-key": "test-function-key-not-a-secret"
+    }
+
+
+def photo_document(name: str, label: str, confidence: float) -> dict[str, Any]:
+    return {
+        "id": name,
+        "metadata_storage_name": name,
+        "metadata_storage_path": f"https://stskill.blob.core.windows.net/images/{name}",
+        "labels": [label],
+        "images": [
+            {"label": label, "confidence": confidence, "labels": [label], "modelVersion": SAMPLE, "pageNumber": 0}
+        ],
+    }
+
+
+SAMPLE = "sample-efficientnet-lite0-imagenet"
+PHOTO_DOCUMENTS = [
+    photo_document("coffee.png", "espresso", 0.9569),
+    photo_document("chelsea.png", "Egyptian cat", 0.3773),
+    photo_document("rocket.jpg", "missile", 0.3660),
+    photo_document("cup.png", "espresso", 0.4410),
+]
+
+
+def test_the_video_page_runs_as_written(
+    search_service: SearchStub, own_azurite: Azurite, tmp_path: Path, install_service: Any
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+    from PIL import Image
+
+    from tests.videos import indexed_keyframes, video_from_photos
+
+    env = base_env(tmp_path) | {
+        "AZURE_STORAGE_CONNECTION_STRING": own_azurite.connection_string,
+        "SKILL_FUNCTION_KEY": "test-function-key-not-a-secret",
+        "SEARCH_ADMIN_KEY": search_service.key,
+        "SEARCH_ENDPOINT": search_service.endpoint,
+        "SEARCH_INDEX_NAME": "automl-keyframes-index",
+        "SEARCH_INDEXER_NAME": "automl-keyframes-indexer",
+        "FUNCTION_URL": "https://func-test.azurewebsites.net",
+        "STORAGE_ACCOUNT_ID": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-skill/providers/"
+        "Microsoft.Storage/storageAccounts/stskill",
+    }
+    fake_azd(tmp_path, env)
+    blobs = BlobServiceClient.from_connection_string(own_azurite.connection_string)
+    photos = [Image.open(SAMPLES / name).convert("RGB") for name in ("coffee.png", "chelsea.png")]
+    video = video_from_photos(tmp_path / "pets.mp4", photos, seconds_each=3)
+    blobs.create_container("videos").upload_blob("pets.mp4", video.read_bytes())
+    install_service()
+
+    def index_the_keyframes() -> None:
+        # What the new indexer's first run writes; the run then ends, so `run` is accepted again.
+        search_service.add_documents(
+            "automl-keyframes-index", indexed_keyframes(blobs.get_container_client("keyframes"))
+        )
+        search_service.finish_run("automl-keyframes-indexer", processed=2)
+
+    places = {"https://<search>.search.windows.net": search_service.endpoint}
+    ran = run_page("video.md", env, places=places, before={RUN["video.md"][2]: index_the_keyframes})
+    outputs = [out for _, out in ran]
+    lines = outputs[0].splitlines()
+    assert lines[0] == "created container keyframes"
+    assert lines[1].startswith("pets.mp4: 2 keyframes (iframes) written to keyframes/pets.mp4/ in ")
+    assert lines[2] == "1 videos: 1 extracted (2 keyframes), 0 skipped, 0 failed"
+    assert [line.split(":")[0] for line in outputs[1].splitlines()] == [
+        "datasource automl-keyframes-datasource",
+        "index automl-keyframes-index",
+        "skillset automl-keyframes-skillset",
+        "indexer automl-keyframes-indexer",
+    ]
+    stored = search_service.definitions["datasources"]["automl-keyframes-datasource"]
+    assert stored["container"]["name"] == "keyframes"
+    assert outputs[2] == ""  # 202 Accepted, no body
+    assert outputs[3].startswith("indexer automl-keyframes-indexer: running; last run inProgress (")
+    assert outputs[4].startswith("pets.mp4  00:00:03.000-00:00:03.000  Egyptian cat  0.")
+    [moment] = [json.loads(line) for line in outputs[5].splitlines()]
+    assert 0 < moment["maxConfidence"] <= 1
+    assert moment | {"maxConfidence": None} == {
+        "video": "pets.mp4",
+        "label": "Egyptian cat",
+        "startMs": 3000,
+        "endMs": 3000,
+        "maxConfidence": None,
+        "frames": 1,
     }
 
 
@@ -371,3 +535,61 @@ def test_the_performance_page_has_only_the_bench_to_run() -> None:
         ".venv/bin/python scripts/bench.py --quick",
     ]
     assert re.search(r"^bench:.*\n\t\$\(BIN\)/python scripts/bench.py$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_labeling_loop_page_runs_as_written(
+    search_service: SearchStub, own_azurite: Azurite, tmp_path: Path
+) -> None:
+    """Two indexed photos of the current model version below 0.5, one above: the dry run sends nothing, the
+    second command copies the two into labeling/incoming with the manifest."""
+    from azure.storage.blob import BlobServiceClient, ContentSettings
+
+    blobs = BlobServiceClient.from_connection_string(own_azurite.connection_string)
+    images = blobs.create_container("images")
+    labeling = blobs.create_container("labeling")
+    store_container = f"models-{uuid.uuid4().hex[:8]}"
+    from shared.core.settings import Settings
+    from shared.modelstore.blobstore import BlobModelStore
+
+    store = BlobModelStore.from_settings(
+        Settings(blob_connection_string=own_azurite.connection_string, blob_container=store_container)
+    )
+    assert store is not None
+    store.ensure_container()
+    store.publish(tiny_bundle(tmp_path / "model", seed=5), version="v-current")
+    documents = []
+    for name, score in (("coffee.png", 0.22), ("chelsea.png", 0.41), ("sure.png", 0.93)):
+        source = "coffee.png" if name == "sure.png" else name
+        client = images.upload_blob(
+            name, (SAMPLES / source).read_bytes(), content_settings=ContentSettings(content_type="image/png")
+        )
+        documents.append(
+            {
+                "id": name,
+                "metadata_storage_path": client.url,
+                "metadata_storage_name": name,
+                "metadata_content_type": "image/png",
+                "labels": ["espresso"],
+                "images": [{"label": "espresso", "confidence": score, "labels": ["espresso"],
+                            "modelVersion": "v-current", "pageNumber": None}],
+            }
+        )
+    search_service.add_documents("automl-images-index", documents)
+    env = base_env(tmp_path) | {
+        "AZURE_STORAGE_CONNECTION_STRING": own_azurite.connection_string,
+        "LABELING_CONNECTION_STRING": own_azurite.connection_string,
+        "MODEL_BLOB_CONNECTION_STRING": own_azurite.connection_string,
+        "MODEL_BLOB_CONTAINER": store_container,
+        "SEARCH_ADMIN_KEY": search_service.key,
+        "SEARCH_ENDPOINT": search_service.endpoint,
+    }
+    ran = run_page("labeling-loop.md", env)
+    dry, sent = (out.splitlines() for _, out in ran)
+    assert dry[0] == "2 documents have an image below 0.5 for model version v-current; checking the 2 least confident"
+    assert dry[-1] == (
+        "dry run: would send 2 to labeling/incoming; 0 already there, 0 not images, 0 failed; nothing written"
+    )
+    assert sent[-1] == "sent 2 to labeling/incoming; 0 already there, 0 not images, 0 failed"
+    names = sorted(b.name for b in labeling.list_blobs())
+    assert len(names) == 3 and names[-1] == "incoming/to-label-manifest.jsonl"
+    assert all(n.startswith("incoming/") and n.endswith(".png") for n in names[:2])

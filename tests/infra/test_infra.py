@@ -579,6 +579,7 @@ def test_the_parameter_cases_reach_the_conditional_branches() -> None:
         resources = bicepeval.evaluate(case)
         symbols = {f"{r.file}:{r.symbol}" for r in resources}
         for symbol in ("modules/aml-role.bicep:workspaceReader", "modules/storage-roles.bicep:searchImagesReader",
+                       "modules/labeling-role.bicep:labelingContributor",
                        "modules/storage-roles.bicep:deployerModelsContributor",
                        "modules/search-roles.bicep:appServiceContributor",
                        "modules/search-roles.bicep:deployerIndexDataReader",
@@ -970,3 +971,38 @@ def test_the_schema_check_covers_the_search_service_and_its_role_assignments() -
     )
     errors = [e for r in resources for e in bicepeval.check_resource(r)]
     assert len(errors) == 1 and "searchService (Microsoft.Search/searchServices@2099-01-01)" in errors[0], errors
+
+
+LABELING = {"labelingStorageAccountName": "stlabeling", "labelingContainerName": "labeling-dataset"}
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        pytest.param({}, set(), id="no-labeling-account"),
+        pytest.param({"labelingStorageAccountName": "stlabeling"}, set(), id="account-without-container"),
+        pytest.param(
+            LABELING,
+            {("Storage Blob Data Contributor", APP, "modules/labeling-role.bicep:account::blobService::labeling")},
+            id="account-and-container",
+        ),
+    ],
+)
+def test_the_labeling_container_role_is_granted_on_that_container_only(
+    params: dict[str, Any], expected: set[tuple[str, str, str]]
+) -> None:
+    resources = bicepeval.evaluate({**bicepeval.REQUIRED_PARAMETERS, **params})
+    baseline = granted_roles(bicepeval.evaluate(dict(bicepeval.REQUIRED_PARAMETERS)))
+    assert granted_roles(resources) - baseline == expected
+
+
+def test_the_labeling_role_module_runs_in_the_accounts_resource_group() -> None:
+    main = bicep("main.bicep")
+    _, body = main.modules["labelingRole"]
+    assert body["scope"] == Expr("resourceGroup(labelingGroup)")
+    assert main.variables["labelingGroup"] == Expr(
+        "empty(labelingStorageResourceGroup) ? resourceGroup().name : labelingStorageResourceGroup"
+    )
+    assert main.variables["labelingEnabled"] == Expr(
+        "!empty(labelingStorageAccountName) && !empty(labelingContainerName)"
+    )
