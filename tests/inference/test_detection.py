@@ -571,7 +571,7 @@ def test_refresh_picks_the_detection_run_by_mean_average_precision(
     store = BlobModelStore.from_settings(settings)
     assert store is not None
     store.ensure_container()
-    # No best-child tag: the children are compared by their score, which is the primary metric's value.
+    # No best-child tag: the trials are compared by their primary metric.
     metric = "mean_average_precision"
     weak = automl_child("AutoML_od_HD_0", runs["yolov5"], 0.41, metric=metric)
     strong = automl_child("AutoML_od_HD_1", runs["faster_rcnn"], 0.63, metric=metric)
