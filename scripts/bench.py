@@ -482,7 +482,7 @@ def bench_blob(
 
 
 def bench_detection(jpegs: list[bytes], rounds: int = 3) -> dict[str, float]:
-    """(g): median ms per image through the skill's batch path and for the bare ONNX run, Faster R-CNN
+    """(h): median ms per image through the skill's batch path and for the bare ONNX run, Faster R-CNN
     ResNet-18 FPN at 800x600 (needs torch to build the model; it is not on the measured path)."""
     from shared.bundle.loader import load_bundle
     from shared.inference.detection import DetectionModel

@@ -9,3 +9,5 @@ pyproject.toml and tests/test_architecture.py):
     bundle                      AutoML's files on disk
     core                        errors, settings, limits
 """
+
+__version__ = "0.1.0"

@@ -197,3 +197,22 @@ def test_a_floor_process_that_dies_is_an_error_not_a_wait(monkeypatch: pytest.Mo
     assert not thread.is_alive(), "AllCoresFloor waited for a process that had exited"
     assert len(raised) == 1 and isinstance(raised[0], RuntimeError)
     assert str(raised[0]) == f"the floor's process for {bench.core_label(cores[1])} exited; its error is above"
+
+
+def test_the_docs_name_each_bench_line_by_the_letter_bench_prints() -> None:
+    """Every "`make bench` line (x)" of docs/ names a line whose label bench.py prints and documents, about the
+    same thing: detection.md's (h) is the detection line."""
+    import re
+
+    source = (ROOT / "scripts" / "bench.py").read_text(encoding="utf-8")
+    printed = dict(re.findall(r'"\(([a-z])\) ([a-z]+)', source))
+    cited = [
+        (page.name, letter, page.read_text(encoding="utf-8"))
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        for letter in re.findall(r"`make bench` line \(([a-z])\)", page.read_text(encoding="utf-8"))
+    ]
+    assert cited, "no page cites a bench line"
+    for name, letter, _ in cited:
+        assert letter in printed, f"{name} cites line ({letter}), which bench.py does not print"
+    assert printed["h"] == "detection"
+    assert ("detection.md", "h") in {(name, letter) for name, letter, _ in cited}

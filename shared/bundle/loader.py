@@ -35,6 +35,7 @@ from shared.bundle.layout import (
 )
 from shared.bundle.onnxinfo import OnnxFormatError, read_onnx_info
 from shared.core.errors import BundleError
+from shared.core.paths import PathError, path_kind
 
 Task = Literal["multiclass", "multilabel", "object-detection", "instance-segmentation"]
 
@@ -176,11 +177,15 @@ def load_bundle(path: str | Path) -> ModelBundle:
     the engine when it opens the session (input shape, output width against the labels).
     """
     root = Path(path)
-    if root.is_file() and root.name == MODEL_FILE:
-        root = root.parent
-    if not root.exists():
+    try:
+        kind = path_kind(root, "model path")
+        if kind == "file" and root.name == MODEL_FILE:
+            root, kind = root.parent, path_kind(root.parent)
+    except PathError as exc:
+        raise BundleError(str(exc)) from None
+    if kind == "missing":
         raise BundleError(f"model path {root} does not exist")
-    if not root.is_dir():
+    if kind != "dir":
         raise BundleError(f"model path {root} is not a folder holding model.onnx and labels.json")
 
     model_path = _find(root, MODEL_FILE)

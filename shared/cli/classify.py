@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any, TextIO
 
 from PIL import Image
@@ -18,6 +21,7 @@ from shared.bundle.detection import DETECTION_TASK, SEGMENTATION_TASK
 from shared.bundle.layout import SAMPLE_BUNDLE
 from shared.cli.common import positive_int, probability, servable
 from shared.core.errors import AppError, ImageError
+from shared.core.paths import NAME_MAX_BYTES, PathError, PathKind, path_kind, shown
 from shared.core.settings import Settings
 from shared.inference.factory import load_model
 from shared.inference.model import ImageLoader, InferenceOptions, Model
@@ -30,21 +34,54 @@ DEFAULT_TOP_K = 5
 MAX_NAME_WIDTH = 60
 
 
-def _image_files(paths: Sequence[str]) -> Iterator[tuple[str, Path | None]]:
-    """Each argument as given: a file, or a folder's images (recursive, sorted); None marks a missing path."""
+@dataclass(frozen=True)
+class InputFile:
+    """One image to classify: its name as shown, its path (None when the argument cannot be read, with
+    `problem` saying why) and where its drawing goes under --boxes, relative to OUT_DIR."""
+
+    name: str
+    path: Path | None
+    drawing: PurePath
+    problem: str = "no such file or folder"
+
+
+def _kind(arg: str) -> tuple[PathKind | None, PathError | None]:
+    """The argument's kind, or None and why it cannot be looked at (a name too long, no permission)."""
+    try:
+        return path_kind(arg), None
+    except PathError as exc:
+        return None, exc
+
+
+def _image_files(paths: Sequence[str], warn: Callable[[str], None]) -> list[InputFile]:
+    """Each argument as given: a file, or a folder's images (recursive, sorted). A missing or unusable path
+    is an InputFile without a path; a folder without images is skipped with a warning."""
+    files: list[InputFile] = []
     for arg in paths:
+        kind, problem = _kind(arg)
         path = Path(arg)
-        if path.is_dir():
-            for found in _folder_images(path):
-                yield str(found), found
-        elif path.exists():
-            yield arg, path
+        if kind == "dir":
+            found = _folder_images(path)
+            if not found:
+                warn(f"warning: {_no_images(arg)}")
+            # A folder's drawings keep its name and inner layout: `photos/a/x.png` and `other/a/x.png` differ.
+            top = PurePath(path.resolve().name)
+            files += [InputFile(str(f), f, top / f.relative_to(path)) for f in found]
+        elif kind in ("file", "other"):
+            files.append(InputFile(arg, path, PurePath(path.name or "image")))
+        elif problem is not None:
+            files.append(InputFile(shown(arg), None, PurePath("image"), f"cannot use the path: {problem.reason}"))
         else:
-            yield arg, None
+            files.append(InputFile(arg, None, PurePath(path.name or "image")))
+    return files
 
 
 def _folder_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _no_images(arg: str) -> str:
+    return f"no image files in {arg} (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 def _nothing_to_classify(paths: Sequence[str]) -> str | None:
@@ -52,24 +89,24 @@ def _nothing_to_classify(paths: Sequence[str]) -> str | None:
     or None when there is something to classify."""
     problems = []
     for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            if _folder_images(path):
+        kind, problem = _kind(arg)
+        if kind == "dir":
+            if _folder_images(Path(arg)):
                 return None
-            problems.append(f"no image files in {arg} (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        elif path.exists():
+            problems.append(_no_images(arg))
+        elif kind in ("file", "other"):
             return None
         else:
-            problems.append(f"no such file or folder: {arg}")
+            problems.append(str(problem) if problem else f"no such file or folder: {arg}")
     return "; ".join(problems)
 
 
-def file_loader(path: Path | None) -> ImageLoader:
+def file_loader(path: Path | None, problem: str = "no such file or folder") -> ImageLoader:
     """Read the file when the batch gets to it; a missing or unreadable file is that image's error."""
 
     def load() -> bytes:
         if path is None:
-            raise ImageError("no such file or folder")
+            raise ImageError(problem)
         try:
             return path.read_bytes()
         except OSError as exc:
@@ -78,11 +115,84 @@ def file_loader(path: Path | None) -> ImageLoader:
     return load
 
 
+BOXES_SUFFIX = ".boxes.png"
+
+
+class Drawings:
+    """Where `--boxes OUT_DIR` writes each image's drawing: OUT_DIR/<the input's name>.boxes.png, a folder's
+    images under the folder's name with their inner layout, so two inputs never share a drawing (a clash left
+    is numbered: `x.png.boxes-2.png`) and no name grows past the file system's 255 bytes."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.root = Path(out_dir)
+        self.used: set[Path] = set()
+        self.written = 0
+        self.first: Path | None = None
+        kind, problem = _kind(out_dir)
+        if problem:
+            raise AppError(f"--boxes: {problem}")
+        if kind not in ("dir", "missing"):
+            raise AppError(f"--boxes {out_dir} is a file; give a folder to write the drawings into")
+
+    def prepare(self) -> None:
+        """Create the folder (AppError when it cannot be created or written)."""
+        out_dir = str(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AppError(
+                f"--boxes {out_dir}: cannot create the folder ({exc.strerror or exc.__class__.__name__})"
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise AppError(f"--boxes {out_dir}: the folder is not writable; give another with --boxes OUT_DIR")
+
+    def target(self, relative: PurePath) -> Path:
+        """A new path under the root for the drawing of the input at `relative`."""
+        parent = self.root.joinpath(*relative.parent.parts)
+        for number in range(1, 10_000):
+            suffix = BOXES_SUFFIX if number == 1 else f".boxes-{number}.png"
+            name = _fit(relative.name, suffix)
+            candidate = parent / name
+            if candidate not in self.used:
+                self.used.add(candidate)
+                return candidate
+        raise AppError(f"--boxes: too many inputs named {relative.name}")
+
+    def write(self, path: Path, objects: Sequence[dict[str, Any]], relative: PurePath) -> Path:
+        """Draw and write one image; AppError (that image's error) when it cannot be written."""
+        target = self.target(relative)
+        try:
+            draw_boxes(path, objects, target)
+        except OSError as exc:
+            raise AppError(
+                f"cannot write its drawing {shown(target)} ({exc.strerror or exc.__class__.__name__})"
+            ) from None
+        self.written += 1
+        self.first = self.first or target
+        return target
+
+
+def _fit(name: str, suffix: str) -> str:
+    """`name + suffix`, the name cut (and a hash of it added) when the whole would pass NAME_MAX_BYTES."""
+    whole = name + suffix
+    if len(whole.encode("utf-8", "surrogateescape")) <= NAME_MAX_BYTES:
+        return whole
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    room = NAME_MAX_BYTES - len(suffix) - len(digest) - 1
+    cut = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return f"{cut}~{digest}{suffix}"
+
+
 def open_cli_model(model: str | None, settings: Settings) -> Model:
     """The model for `--model` (converting a model.pt-only run once), else AZUREML_MODEL_DIR, else the
     bundled sample. Raises BundleError."""
     path = servable(Path(model), settings) if model else settings.model_dir or SAMPLE_BUNDLE
-    return load_model(path, threads=model_threads(settings))
+    try:
+        return load_model(path, threads=model_threads(settings))
+    except AppError as exc:
+        if model or settings.model_dir is None:
+            raise
+        raise AppError(f"AZUREML_MODEL_DIR: {exc}") from None
 
 
 def shorten(name: str, width: int) -> str:
@@ -145,11 +255,15 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     problem = _nothing_to_classify(args.paths)
     if problem is not None:
         raise AppError(problem)
-    files = list(_image_files(args.paths))
+    drawings = Drawings(args.boxes) if args.boxes else None
+    out, err = sys.stdout, sys.stderr
+    files = _image_files(args.paths, lambda text: print(text, file=err))
     model = open_cli_model(args.model, settings)
     detection = model.task in (DETECTION_TASK, SEGMENTATION_TASK)
     if args.boxes and not detection:
         raise AppError(f"--boxes needs an object detection model; {model.bundle.root} is a {model.task} classifier")
+    if drawings is not None:
+        drawings.prepare()
     top_k: int | None = args.top_k
     if not detection and not args.json:
         # The table shows every label above a multi-label threshold, whatever --top-k says.
@@ -161,8 +275,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         fast_decode=args.fast,
         limits=settings.image_limits(),
     )
-    out, err = sys.stdout, sys.stderr
-    width = min(max(len(name) for name, _ in files), MAX_NAME_WIDTH)
+    width = min(max(len(f.name) for f in files), MAX_NAME_WIDTH)
     if not args.json:
         out.write(
             f"model {model.version} ({model.task}, {len(model.labels)} labels) from {model.bundle.root}\n"
@@ -178,8 +291,16 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         for start in range(0, len(files), BATCH):
             chunk = files[start : start + BATCH]
-            outcomes = run_batch(model, [file_loader(path) for _, path in chunk], options, pool=pool, workers=workers)
-            for (name, path), outcome in zip(chunk, outcomes, strict=True):
+            loaders = [file_loader(f.path, f.problem) for f in chunk]
+            outcomes = run_batch(model, loaders, options, pool=pool, workers=workers)
+            for item, answered in zip(chunk, outcomes, strict=True):
+                name, outcome = item.name, answered
+                if drawings is not None and outcome.data is not None and item.path is not None:
+                    try:
+                        drawn = drawings.write(item.path, outcome.data["objects"], item.drawing)
+                        outcome = dataclasses.replace(outcome, data={**outcome.data, "boxes": str(drawn)})
+                    except AppError as exc:
+                        outcome = dataclasses.replace(outcome, data=None, errors=(*outcome.errors, str(exc)))
                 if outcome.errors:
                     failed += 1
                     output.message(f"error: {name}: {'; '.join(outcome.errors)}")
@@ -198,14 +319,14 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
                     for label, score in table_rows(outcome.data, args.top_k):
                         output.row(f"{shown:<{width}}  {label:<32}  {score:.4f}")
                         shown = ""
-                if args.boxes and outcome.data is not None and path is not None:
-                    drawn = Path(args.boxes) / (name.replace("/", "_") + ".boxes.png")
-                    draw_boxes(path, outcome.data["objects"], drawn)
             output.advance(len(chunk))
     finally:
         output.close()
         if pool is not None:
             pool.shutdown()
+    if drawings is not None and drawings.written:
+        count = f"{drawings.written} drawing{'s' if drawings.written != 1 else ''}"
+        err.write(f"wrote {count} with boxes to {drawings.root}/ (the first: {drawings.first})\n")
     if len(files) >= PROGRESS_MIN_FILES or failed:
         elapsed = time.perf_counter() - started
         err.write(f"{len(files) - failed} classified, {failed} failed in {elapsed:.1f} s\n")

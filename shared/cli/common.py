@@ -55,3 +55,23 @@ def probability(raw: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {raw!r}")
     return value
+
+
+def whole_number(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw!r}")
+    return value
+
+
+def days(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, 0 or more, got {raw!r}") from None
+    if not 0 <= value <= 36_500:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 36500 days, got {raw!r}")
+    return value

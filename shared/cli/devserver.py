@@ -1,9 +1,11 @@
 """A local HTTP server that calls the same function entry points as the Functions host (no Core Tools).
 
-`POST /api/classify` goes to `ClassifySkill.main` and `GET /api/health` to `Health.main`, each with an
-`azure.functions.HttpRequest`, on werkzeug's threaded WSGI server (one thread per connection). With
-SKILL_API_KEY set, /api/classify wants the key as the `x-functions-key` header or the `code` query
-parameter, as the host's function-level authorization does; /api/health is anonymous, as deployed.
+`POST /api/classify` goes to `ClassifySkill.main` and `GET /api/health` to `Health.main` (the routes and
+methods each function folder's function.json declares), each with an `azure.functions.HttpRequest`, on
+werkzeug's threaded WSGI server (one thread per connection). With SKILL_API_KEY set, /api/classify wants the
+key as the `x-functions-key` header or the `code` query parameter, as the host's function-level authorization
+does; /api/health is anonymous, as deployed. `GET /` is a page to try images on (shared/cli/static/), the dev
+server's own: it calls /api/classify like any other client.
 
 In front of the functions it behaves like the host's own front end (Kestrel) where a caller could hurt
 it: routes are case-insensitive; the key and the declared length are checked before any body byte is
@@ -26,7 +28,8 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.client import responses
 from pathlib import Path
@@ -37,7 +40,6 @@ import azure.functions as func
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.serving import LISTEN_QUEUE, DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler
 
-from shared.core.errors import SettingsError
 from shared.core.settings import APP_ROOT, Settings
 from shared.skill.contract import error_body
 
@@ -47,50 +49,76 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = APP_ROOT
-LOCAL_SETTINGS = REPO_ROOT / "local.settings.json"
 Main = Callable[[func.HttpRequest], func.HttpResponse]
 
-# route (lower case) -> (method, function folder, needs the function key)
-ROUTES = {
-    "/api/classify": ("POST", "ClassifySkill", True),
-    "/api/extraction": ("POST", "ExtractionSkill", True),  # the older PowerSkill's route, same service
-    "/api/health": ("GET", "Health", False),
-    "/api/vectorize": ("POST", "VectorizeImage", True),
-}
 # Any other method is a 501, as http.server answers a method its handler does not define.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One function's HTTP route as its function.json declares it."""
+
+    folder: str
+    methods: frozenset[str]
+    needs_key: bool
+
+
+def function_routes(root: Path = REPO_ROOT) -> dict[str, Route]:
+    """The routes of the app's function folders, read from each `function.json` the way the Functions host maps
+    them (azure-functions-host, WebScriptHostHttpRoutesManager): `/api/<route>` (the folder's name when there
+    is no route), lower case; the methods its httpTrigger lists, matched exactly (ASP.NET Core's
+    HttpMethodRouteConstraint: HEAD is not GET), every method when it lists none; the function key unless
+    `authLevel` is anonymous."""
+    routes: dict[str, Route] = {}
+    for spec in sorted(root.glob("*/function.json")):
+        try:
+            bindings = json.loads(spec.read_text(encoding="utf-8")).get("bindings", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for binding in bindings:
+            if isinstance(binding, dict) and binding.get("type") == "httpTrigger":
+                route = str(binding.get("route") or spec.parent.name).strip("/").lower()
+                methods = frozenset(str(m).upper() for m in binding.get("methods") or ()) or _METHODS
+                needs_key = str(binding.get("authLevel", "function")).lower() != "anonymous"
+                routes[f"/api/{route}"] = Route(spec.parent.name, methods, needs_key)
+    return routes
+
+
+ROUTES = function_routes()
+
+# The page to try images (GET / and HEAD /): the dev server's own, not a function; plain files of this package.
+PAGE_DIR = Path(__file__).resolve().parent / "static"
+PAGE_FILES = {
+    "/": ("index.html", "text/html"),
+    "/page.css": ("page.css", "text/css"),
+    "/page.js": ("page.js", "text/javascript"),
+    "/icon.svg": ("icon.svg", "image/svg+xml"),
+}
+# The page loads its own script and style and talks to this server only (nothing from elsewhere); the
+# images it shows are the user's own files (blob: URLs).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _page(path: str) -> func.HttpResponse | None:
+    """The page's file at `path`, or None when `path` is not one of them."""
+    found = PAGE_FILES.get(path)
+    if found is None:
+        return None
+    name, mimetype = found
+    body = (PAGE_DIR / name).read_bytes()
+    return func.HttpResponse(body, status_code=200, headers=dict(PAGE_HEADERS), mimetype=mimetype, charset="utf-8")
+
 
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 64
 # environ keys: the handler's call to make before reading the body, and the flag that the body was read whole
 _START_BODY, _BODY_READ = "devserver.start_body", "devserver.body_read"
-
-
-def load_local_settings(path: Path, environ: MutableMapping[str, str]) -> list[str]:
-    """Copy the `Values` of a local.settings.json into `environ` as `func start` does: a name already in
-    the environment keeps its value. Returns the names set. A missing file sets nothing; SettingsError
-    for a file that is not JSON, encrypted, or has no `Values` object."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise SettingsError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise SettingsError(f"{path} is not valid JSON ({exc}); fix it or remove it") from None
-    if not isinstance(document, dict) or not isinstance(document.get("Values", {}), dict):
-        raise SettingsError(f'{path} must be a JSON object with a "Values" object of setting names and values')
-    if document.get("IsEncrypted") is True:
-        raise SettingsError(f"{path} is encrypted (IsEncrypted: true); run `func settings decrypt` first")
-    applied = []
-    for name, value in (document.get("Values") or {}).items():
-        if name in environ or value is None:
-            continue
-        environ[name] = value if isinstance(value, str) else json.dumps(value)
-        applied.append(name)
-    return applied
 
 
 def _function_main(folder: str) -> Main:
@@ -307,7 +335,7 @@ class SkillServer(ThreadedWSGIServer):
 
     def __init__(self, sock: socket.socket, settings: Settings) -> None:
         self.settings = settings
-        self.mains = {route: _function_main(folder) for route, (_, folder, _) in ROUTES.items()}
+        self.mains = {path: _function_main(route.folder) for path, route in ROUTES.items()}
         host, port = sock.getsockname()[:2]
         super().__init__(host, port, self.answer, _Handler, fd=sock.fileno())
 
@@ -318,6 +346,9 @@ class SkillServer(ThreadedWSGIServer):
         try:
             response = self._call(environ, method, path)
             status, body, headers = response.status_code, response.get_body(), list(response.headers.items())
+            if response.mimetype and not any(k.lower() == "content-type" for k, _ in headers):
+                # As the host does: the response's mimetype and charset are its Content-Type.
+                headers.append(("Content-Type", f"{response.mimetype}; charset={response.charset or 'utf-8'}"))
         except _Refused as refusal:
             logger.warning("refused %s %s: %d %s: %s", method, path, refusal.status, refusal.code, refusal)
             status, body, headers = refusal.status, error_body(refusal.code, str(refusal)), []
@@ -336,13 +367,16 @@ class SkillServer(ThreadedWSGIServer):
         route = ROUTES.get(route_key)
         if method not in _METHODS:
             raise _Refused(501, "NotImplemented", f"Unsupported method ({method!r})")
+        if method in ("GET", "HEAD") and (page := _page(path)) is not None:
+            return page
         if route is None:
             raise _Refused(404, "NotFound", f"no function at {path}; try POST /api/classify or GET /api/health")
-        want_method, _, needs_key = route
-        if method != want_method:
+        needs_key = route.needs_key
+        if method not in route.methods:
             # The Functions host's router answers 404, not 405, for a known route and a method its function.json
             # does not list (Azure/azure-functions-host#10098, #11625); we do too, with a message saying why.
-            raise _Refused(404, "NotFound", f"{path} answers {want_method} only, not {method}")
+            takes = " and ".join(sorted(route.methods))
+            raise _Refused(404, "NotFound", f"{path} answers {takes} only, not {method}")
         params = dict(parse_qsl(environ["QUERY_STRING"], keep_blank_values=True))
         length = _declared_length(environ)
         key, code = self.settings.api_key, params.pop("code", "")
@@ -390,6 +424,25 @@ class SkillServer(ThreadedWSGIServer):
             raise _Refused(408, "RequestTimeout", message) from None
         environ[_BODY_READ] = True
         return body
+
+
+def answers(server: SkillServer, timeout_s: float = 60.0) -> bool:
+    """True once `server` answers one `GET /api/health` over a fresh connection (any status: it is serving);
+    False when it does not within `timeout_s` (then `serve` prints no ready line). Call it while another
+    thread runs `serve_forever`."""
+    import http.client
+
+    host, port = server.server_address[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(host), str(host))
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        connection.request("GET", "/api/health", headers={"Connection": "close"})
+        connection.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+    return True
 
 
 def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 7071) -> SkillServer:

@@ -333,16 +333,22 @@ def main_search_setup(args: argparse.Namespace, env: Mapping[str, str] | None = 
 
 
 def _read(path: str) -> str:
+    """The skillset file's text, in whichever encoding JSON allows (RFC 8259 section 8.1): UTF-8 with or without
+    a byte order mark (Notepad writes one), UTF-16 (PowerShell 5's `>` and `Out-File`) or UTF-32, as
+    `json.detect_encoding` tells them apart by the first bytes, the way the skill's own body parse does."""
     from shared.search.migrate import MigrateError
 
-    if path == "-":
-        return sys.stdin.read()
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise MigrateError(f"cannot read {path} ({exc.strerror or exc.__class__.__name__})") from None
+    encoding = json.detect_encoding(data)
+    try:
+        return data.decode(encoding)
     except UnicodeDecodeError:
-        raise MigrateError(f"{path} is not a text file (expected a skillset's JSON)") from None
+        raise MigrateError(
+            f"{path} is not a text file in UTF-8, UTF-16 or UTF-32 (expected a skillset's JSON)"
+        ) from None
 
 
 def _billing_key(migrated: dict[str, Any], key_env: str | None, env: Mapping[str, str], where: str) -> str | None:
@@ -392,9 +398,8 @@ def main_migrate_skillset(args: argparse.Namespace, env: Mapping[str, str] | Non
             migrated["name"] = name
         endpoint: str | None = getattr(args, "search_endpoint", None)
         if not endpoint:
-            billing_source = None
-            if getattr(args, "ai_services_key_env", None):
-                billing_source = _billing_key(migrated, args.ai_services_key_env, env, where)
+            # The preview checks what the write checks, so it fails where the write would.
+            billing_source = _billing_key(migrated, getattr(args, "ai_services_key_env", None), env, where)
             shown = redacted({"skillset": migrated}, auth.source, billing_source or f"as in {where}")["skillset"]
             sys.stdout.write(json.dumps(shown, indent=2) + "\n")
             return 0

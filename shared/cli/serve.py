@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,14 @@ def _bind_error(exc: BaseException, host: str, port: int) -> str:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import logging
+    import threading
 
-    from shared.cli.devserver import LOCAL_SETTINGS, load_local_settings, make_server
+    from shared.cli.devserver import SkillServer, answers, make_server
     from shared.core.errors import ModelNotReady
+    from shared.core.settings import LOCAL_SETTINGS
     from shared.skill.service import SkillService, reset_service
 
-    # Like `func start`: local.settings.json's Values fill in what the environment does not set.
-    applied = load_local_settings(LOCAL_SETTINGS, os.environ)
-    if applied:
-        settings = Settings.from_env()
+    applied: list[str] = getattr(args, "local_settings", [])  # read by shared.cli.main, as every command does
     if args.model:
         served = servable(Path(args.model), settings)
         settings = dataclasses.replace(settings, model_dir=served, blob_connection_string=None, blob_account_url=None)
@@ -62,12 +60,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except ModelNotReady as exc:
         sys.stderr.write(f"warning: {exc}; answering 503 until it loads\n")
     status = service().holder.status()
-    source = f"settings from {LOCAL_SETTINGS.name} ({len(applied)} values); " if applied else ""
+    values = f"{len(applied)} value{'s' if len(applied) != 1 else ''}"
+    source = f"settings from {LOCAL_SETTINGS.name} ({values}); " if applied else ""
     sys.stderr.write(
         f"{source}serving {status['source']} on http://{host!s}:{port}/api/classify (POST) and /api/health (GET)"
-        f"{'; function key required' if settings.api_key else ''}\n"
+        f"{'; function key required' if settings.api_key else ''}; a page to try images at http://{host!s}:{port}/\n"
     )
     sys.stderr.flush()
+    if isinstance(server, SkillServer):
+        url = f"http://[{host!s}]:{port}" if ":" in str(host) else f"http://{host!s}:{port}"
+
+        def announce() -> None:
+            # One line on stdout once the server has answered a request: a script waits for it (README's tour).
+            if answers(server):
+                print(f"ready on {url}", flush=True)
+
+        threading.Thread(target=announce, name="ready-probe", daemon=True).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

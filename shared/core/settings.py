@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ T = TypeVar("T")
 
 # The app's folder (host.json, the function folders, model_cache/, infra/): the package's parent.
 APP_ROOT = Path(__file__).resolve().parents[2]
+
+# Like `func start`, the command line reads the Values of this file into its environment (load_local_settings).
+LOCAL_SETTINGS = APP_ROOT / "local.settings.json"
 
 # Older names still accepted, each for the setting it stands for.
 LEGACY_ALIASES = {"EXPERIMENT_NAME": "AML_EXPERIMENT_NAME"}
@@ -302,6 +306,28 @@ class Settings:
             return default
         return Path(tempfile.gettempdir()) / "automl-skill-models"
 
+    def usable_cache_dir(self) -> Path:
+        """model_cache_dir(), created if needed and checked writable. SettingsError naming MODEL_CACHE_DIR and the
+        path when it cannot be used (a bad value stops the app with a message naming the setting)."""
+        path = self.model_cache_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            problem = "" if os.access(path, os.W_OK | os.X_OK) else "the folder is not writable"
+        except OSError as exc:
+            problem = f"cannot create the folder ({exc.strerror or exc.__class__.__name__})"
+        except ValueError:
+            problem = "it holds a NUL character"
+        if not problem:
+            return path
+        if self.cache_dir is not None:
+            raise SettingsError(
+                f"setting MODEL_CACHE_DIR={str(self.cache_dir)!r} cannot be used: {problem}; set it to a writable "
+                "folder, or leave it empty for the default"
+            )
+        raise SettingsError(
+            f"the model cache {path} cannot be used: {problem}; set MODEL_CACHE_DIR to a writable folder"
+        )
+
     def decode_budget_bytes(self) -> int:
         """DECODE_MEMORY_MB in bytes; 0 means a quarter of the instance's memory, at most 512 MiB."""
         return self.decode_memory_mb << 20 if self.decode_memory_mb else default_decode_budget_bytes()
@@ -428,3 +454,30 @@ def setting_names() -> frozenset[str]:
     env = _RecordingEnv()
     Settings.from_env(env)
     return frozenset(env.asked)
+
+
+def load_local_settings(path: Path, environ: MutableMapping[str, str]) -> list[str]:
+    """Copy the `Values` of a local.settings.json into `environ` as `func start` does: a name already in
+    the environment keeps its value. Returns the names set. A missing file sets nothing; SettingsError
+    for a file that is not JSON, encrypted, or has no `Values` object."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"{path} is not valid JSON ({exc}); fix it or remove it") from None
+    if not isinstance(document, dict) or not isinstance(document.get("Values", {}), dict):
+        raise SettingsError(f'{path} must be a JSON object with a "Values" object of setting names and values')
+    if document.get("IsEncrypted") is True:
+        raise SettingsError(f"{path} is encrypted (IsEncrypted: true); run `func settings decrypt` first")
+    applied = []
+    for name, value in (document.get("Values") or {}).items():
+        if name in environ or value is None:
+            continue
+        environ[name] = value if isinstance(value, str) else json.dumps(value)
+        applied.append(name)
+    return applied

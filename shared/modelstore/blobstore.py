@@ -11,6 +11,8 @@ import json
 import logging
 import shutil
 import tempfile
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.bundle.layout import LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from shared.core.settings import Settings, storage_connection_string
+from shared.core.settings import Settings, is_loopback, storage_connection_string
 from shared.modelstore.errors import StoreConflict, StoreError, StoreUnreachable
 from shared.modelstore.pointer import (
     POINTER,
@@ -73,10 +75,78 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class PublishResult:
+    """What publish did, or with `dry_run` what it would do: `uploaded` (would upload), `promoted` (would move
+    the pointer), `previous` (the version current.json named), `files` (the manifest's files: sha256, bytes)."""
+
     version: str
     uploaded: bool
     promoted: bool
     previous: str | None
+    files: dict[str, Any] | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    """One version in a prune plan: deleted, or kept with the reason."""
+
+    info: VersionInfo
+    delete: bool
+    reason: str
+
+
+# An incomplete version (no manifest.json) younger than this may be an upload in progress: prune leaves it.
+INCOMPLETE_GRACE_S = 3600
+
+
+def plan_prune(
+    versions: list[VersionInfo],
+    *,
+    current: str | None,
+    protected: dict[str, str],
+    keep: int | None,
+    older_than_s: float | None,
+    now: float,
+    modified: dict[str, float],
+) -> list[PruneStep]:
+    """Which versions `prune` deletes, oldest first. Never the current version nor a `protected` one (version ->
+    why, say the one re-enrichment last recorded). With `keep`, the `keep` newest complete versions stay; with
+    `older_than_s`, only versions created longer ago than that go; with both, a version goes only when both
+    say so. An incomplete version (an upload that never finished) goes when its newest file (`modified`: version
+    -> seconds since the epoch) is older than INCOMPLETE_GRACE_S and `older_than_s`."""
+    import calendar
+
+    complete = [v for v in versions if v.complete]
+    newest = {v.version for v in complete[len(complete) - keep :]} if keep else set()
+    steps: list[PruneStep] = []
+    for info in versions:
+        if info.version == current:
+            steps.append(PruneStep(info, False, "current"))
+            continue
+        if info.version in protected:
+            steps.append(PruneStep(info, False, protected[info.version]))
+            continue
+        if not info.complete:
+            age = now - modified.get(info.version, now)
+            if age < max(INCOMPLETE_GRACE_S, older_than_s or 0):
+                steps.append(PruneStep(info, False, "incomplete, changed recently: an upload may be in progress"))
+            else:
+                steps.append(PruneStep(info, True, "incomplete: an upload that never finished"))
+            continue
+        if info.version in newest:
+            steps.append(PruneStep(info, False, f"one of the {keep} newest"))
+            continue
+        if older_than_s is not None:
+            try:
+                created = float(calendar.timegm(time.strptime(info.created or "", "%Y-%m-%dT%H:%M:%SZ")))
+            except ValueError:
+                steps.append(PruneStep(info, False, "no creation time in its manifest"))
+                continue
+            if now - created < older_than_s:
+                steps.append(PruneStep(info, False, f"created less than {older_than_s / 86400:g} days ago"))
+                continue
+        steps.append(PruneStep(info, True, "older" if keep else "old enough"))
+    return steps
 
 
 # Decides, from the current pointer (None when nothing is published) and the new version's manifest,
@@ -152,6 +222,16 @@ class BlobModelStore:
             return cls(client)
         return None
 
+    def _hint(self) -> str:
+        """What to do about an unreachable store on a loopback address: it is Azurite, not started."""
+        host = urllib.parse.urlsplit(self.description).hostname
+        if not is_loopback(host):
+            return ""
+        return (
+            "; that is Azurite on this machine: start it with `make azurite`, or remove "
+            "MODEL_BLOB_CONNECTION_STRING (from the environment or local.settings.json) to serve the bundled model"
+        )
+
     @contextmanager
     def errors(self, action: str) -> Iterator[None]:
         """Turn the SDK's exceptions into one clear StoreError line (never a key, never a traceback)."""
@@ -169,7 +249,7 @@ class BlobModelStore:
             raise
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise StoreUnreachable(
-                f"model store {self.description} is unreachable while {action} ({_reason(exc)})"
+                f"model store {self.description} is unreachable while {action} ({_reason(exc)}){self._hint()}"
             ) from None
         except ClientAuthenticationError as exc:
             # azure.identity found no credential at all: CredentialUnavailableError from one credential, or
@@ -343,6 +423,31 @@ class BlobModelStore:
             )
         return sorted(infos, key=lambda i: (i.created or "", i.version))
 
+    def version_modified(self, version: str) -> float:
+        """When the newest file of `version` was written, in seconds since the epoch (0 when it has none)."""
+        with self.errors(f"listing version {version}"):
+            times = [b.last_modified.timestamp() for b in self.container.list_blobs(name_starts_with=f"{version}/")]
+        return max(times, default=0.0)
+
+    def delete_version(self, version: str) -> int:
+        """Delete every file of `version`, its manifest first (so no reader starts downloading a version whose
+        files are going). Refuses the version current.json names, read just before. Returns the files deleted."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        check_version_name(version)
+        pointer = self.read_pointer()
+        if isinstance(pointer, Pointer) and pointer.version == version:
+            raise StoreError(f"version {version} is current in {self.description}; promote another before deleting it")
+        with self.errors(f"deleting version {version}"):
+            names = sorted(
+                (b.name for b in self.container.list_blobs(name_starts_with=f"{version}/")),
+                key=lambda name: name != f"{version}/{MANIFEST_FILE}",
+            )
+            for name in names:
+                with suppress(ResourceNotFoundError):
+                    self.container.delete_blob(name)
+        return len(names)
+
     def same_content(self, manifest: dict[str, Any]) -> str | None:
         """The oldest complete version with exactly the files, task and preprocessing of `manifest`, if any."""
         matches = []
@@ -378,6 +483,7 @@ class BlobModelStore:
         policy: PromotePolicy = always_promote,
         validate: Callable[[ModelBundle], None] | None = None,
         progress: Progress | None = None,
+        dry_run: bool = False,
     ) -> PublishResult:
         """Upload a bundle folder or AutoML run folder as a version, then move the pointer per `policy`.
 
@@ -386,6 +492,7 @@ class BlobModelStore:
         that the store already holds under any name reuses that name (nothing is uploaded). Publishing the
         same content under the same version again uploads nothing; different content under an existing
         version is refused (versions are immutable). `policy=never_promote` uploads without moving the pointer.
+        `dry_run` checks and names everything the same way, reads the store, and writes nothing.
         """
         from shared.bundle.loader import build_manifest, load_bundle  # numpy: not on the prefetch's path
 
@@ -425,6 +532,8 @@ class BlobModelStore:
             if version is None and (same := self.same_content(manifest)) is not None:
                 chosen = same
                 manifest["version"] = same
+            if dry_run:
+                return self._publish_plan(chosen, manifest, policy)
             uploaded = self._upload_version(staged, chosen, manifest, progress)
         found = self.read_manifest(chosen)
         if found is None:
@@ -432,6 +541,28 @@ class BlobModelStore:
         stored_manifest, manifest_sha = found
         moved, previous = self._move_pointer(chosen, stored_manifest, manifest_sha, policy)
         return PublishResult(version=chosen, uploaded=uploaded, promoted=moved, previous=previous)
+
+    def _publish_plan(self, version: str, manifest: dict[str, Any], policy: PromotePolicy) -> PublishResult:
+        """What publish would do with `manifest` under `version`: the same refusal for other files under an
+        existing name, and the policy asked about the pointer as it is now."""
+        existing = self.read_manifest(version)
+        if existing is not None and existing[0]["files"] != manifest["files"]:
+            raise StoreError(
+                f"version {version} already exists in {self.description} with different files; versions are "
+                "immutable: publish under another --version"
+            )
+        current = self.read_pointer()
+        assert not isinstance(current, Unchanged)
+        previous = current.version if current is not None else None
+        promotes = previous != version and policy(current, existing[0] if existing else manifest)
+        return PublishResult(
+            version=version,
+            uploaded=existing is None,
+            promoted=promotes,
+            previous=previous,
+            files=manifest["files"],
+            dry_run=True,
+        )
 
     def _upload_version(
         self, staged: Path, version: str, manifest: dict[str, Any], progress: Progress | None = None

@@ -83,9 +83,12 @@ def download_version(
     """
     check_version_name(version)
     final = cache_dir / version
-    if (final / MANIFEST_FILE).is_file():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if (final / MANIFEST_FILE).is_file():
+            return final
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cache_error(cache_dir, exc) from None
     clean_partials(cache_dir)
     found = read_manifest(reads, version)
     if found is None:
@@ -97,7 +100,10 @@ def download_version(
             f"{expected_manifest_sha256[:12]}...; refusing it"
         )
     partial = cache_dir / f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
+    try:
+        partial.mkdir()
+    except OSError as exc:
+        raise _cache_error(cache_dir, exc) from None
     total = sum(int(f.get("bytes", 0)) for f in manifest["files"].values() if isinstance(f, dict))
     logger.info("downloading version %s from %s (%.1f MB)", version, reads.description, total / 1e6)
     moved = (lambda n: progress(n, total)) if progress else None
@@ -117,6 +123,11 @@ def download_version(
         raise
     logger.info("version %s downloaded into the cache (%d files)", version, len(manifest["files"]))
     return final
+
+
+def _cache_error(cache_dir: Path, exc: OSError) -> StoreError:
+    reason = exc.strerror or exc.__class__.__name__
+    return StoreError(f"cannot write the model cache {cache_dir} ({reason}); set MODEL_CACHE_DIR to a writable folder")
 
 
 def _download_file(
@@ -139,11 +150,18 @@ def _download_file(
         raise VersionCorrupt(f"version {version}: manifest.json lists an invalid file entry {name!r}")
     digest = hashlib.sha256()
     size = 0
-    with (folder / name).open("wb") as handle:
+    try:
+        handle = (folder / name).open("wb")
+    except OSError as exc:
+        raise _cache_error(folder.parent, exc) from None
+    with handle:
         for chunk in reads.blob_chunks(f"{version}/{name}", f"downloading {version}/{name}"):
             digest.update(chunk)
             size += len(chunk)
-            handle.write(chunk)
+            try:
+                handle.write(chunk)
+            except OSError as exc:  # the disk, not the store: full, or the folder removed meanwhile
+                raise _cache_error(folder.parent, exc) from None
             if progress is not None:
                 progress(len(chunk))
     if digest.hexdigest() != entry["sha256"] or size != entry.get("bytes", size):

@@ -105,13 +105,14 @@ class BlobSource:
 
     @classmethod
     def from_settings(cls, settings: Settings, prefetched: Prefetched | None = None) -> BlobSource:
-        """The configured store's source (see __init__). Raises StoreError when no store is configured."""
+        """The configured store's source (see __init__). Raises StoreError when no store is configured,
+        SettingsError when MODEL_CACHE_DIR cannot be used."""
         from shared.modelstore.blobstore import BlobModelStore
 
         store = BlobModelStore.from_settings(settings)
         if store is None:
             raise StoreError("a Blob source needs MODEL_BLOB_CONNECTION_STRING or MODEL_BLOB_ACCOUNT_URL")
-        return cls(store, settings.model_cache_dir(), prefetched=prefetched)
+        return cls(store, settings.usable_cache_dir(), prefetched=prefetched)
 
     def fetch(self, token: str | None) -> Fetched | None:
         prefetched, self._prefetched = self._prefetched, None

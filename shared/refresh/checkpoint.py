@@ -33,6 +33,7 @@ from shared.bundle.loader import (
     find_file,
 )
 from shared.core.errors import BundleError
+from shared.core.paths import PathError, path_kind
 from shared.core.settings import APP_ROOT
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,15 @@ def _require_torch() -> Any:
 def find_checkpoint(path: Path) -> Path:
     """`path` itself when it is a file, else the model.pt of a run or bundle folder (wherever AutoML puts
     it: the folder, train_artifacts/, outputs/). Raises CheckpointError naming what is missing."""
-    if path.is_file():
+    try:
+        kind = path_kind(path)
+    except PathError as exc:
+        raise CheckpointError(str(exc)) from None
+    if kind == "file":
         return path
-    if not path.exists():
+    if kind == "missing":
         raise CheckpointError(f"{path} does not exist: give AutoML's model.pt or the run folder that holds it")
-    if not path.is_dir():
+    if kind != "dir":
         raise CheckpointError(f"{path} is neither a file nor a folder")
     found = find_file(path, CHECKPOINT_FILE)
     if found is None:
@@ -332,10 +337,15 @@ def servable_folder(path: Path, cache_dir: Path, on_convert: Callable[[Path], No
     `on_convert(model_pt)` is called just before a conversion starts (the CLI tells the user it takes a while)."""
     from shared.inference.factory import load_model
 
-    root = path.parent if path.is_file() and path.name in (MODEL_FILE, CHECKPOINT_FILE) else path
-    checkpoint = find_file(root, CHECKPOINT_FILE) if root.is_dir() else None
+    try:
+        kind = path_kind(path, "model path")
+        root = path.parent if kind == "file" and path.name in (MODEL_FILE, CHECKPOINT_FILE) else path
+        is_dir = path_kind(root) == "dir"
+    except PathError as exc:
+        raise BundleError(str(exc)) from None
+    checkpoint = find_file(root, CHECKPOINT_FILE) if is_dir else None
     onnx_error: BundleError | None = None
-    if root.is_dir() and find_file(root, MODEL_FILE) is not None:
+    if is_dir and find_file(root, MODEL_FILE) is not None:
         if checkpoint is None:
             return root  # nothing to fall back to: whoever loads it reports what is wrong
         try:

@@ -170,12 +170,37 @@ class EntraAuth:
     key: str | None = field(default=None, repr=False)
     source: str = DEFAULT_FUNCTION_KEY_ENV
 
+    def __post_init__(self) -> None:
+        check_app_id(self.app_id)
+
     @property
     def resource_id(self) -> str:
         return self.app_id if self.app_id.endswith("/.default") else f"{self.app_id}/.default"
 
 
 SkillAuth = FunctionKeyAuth | EntraAuth
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def check_app_id(value: str) -> str:
+    """`value` when it is an app registration's application (client) id, a GUID, or a full token scope ending
+    in `/.default`; SearchSetupError saying what is wrong otherwise. An application ID URI such as
+    `api://<appId>` without `/.default` is refused: the skill would ask for a token without a scope, a common
+    cause of 401s (docs/search.md)."""
+    if _GUID.fullmatch(value) or (value.endswith("/.default") and value.removesuffix("/.default").strip("/")):
+        return value
+    example = "00000000-0000-0000-0000-000000000000"
+    if value.lower().startswith(("api://", "https://", "http://")):
+        raise SearchSetupError(
+            f"--auth-resource-id {value!r} is an application ID URI, not an application id: pass the app "
+            f"registration's application (client) id, a GUID like {example}; the skill then asks for "
+            "<appId>/.default (the api:// form is a common cause of 401s)"
+        )
+    raise SearchSetupError(
+        f"--auth-resource-id {value!r} is not an application id: expected the app registration's application "
+        f"(client) id, a GUID like {example} (or a full scope ending in /.default)"
+    )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ INPUT_NAMES = ("image", "images", "file_data")
 MAX_TOP_K = 1000
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,")
 _WHITESPACE = re.compile(r"\s+")
+# A URL, never base64: ':' and '/' after a scheme are outside the base64 alphabet's usual run.
+_URL = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,11 @@ def _record_input(data: Any, max_image_bytes: int) -> tuple[ImageLoader | None, 
         return None, 'record has no image: "data" needs "image" (or "images", "file_data") holding an image'
     value = data[name]
     if isinstance(value, str):
+        if _URL.match(value):
+            return None, (
+                f'input "{name}" is a URL; images are not fetched by URL: map /document/normalized_images/* '
+                "(imageAction generateNormalizedImages) or /document/file_data, or send the image as base64"
+            )
         return _base64_loader(value, max_image_bytes), None
     if isinstance(value, dict):
         payload = value.get("data")
@@ -178,15 +185,23 @@ def parse_request(body: bytes, *, max_request_bytes: int, max_records: int, max_
             raise InvalidEnvelope(f"values[{index}] must be an object with a recordId, got {_describe(value)}")
         record_id = value.get("recordId")
         if not isinstance(record_id, str) or record_id == "":
-            raise InvalidEnvelope(
-                f'values[{index}] needs a "recordId" that is a non-empty string, got {_describe(record_id)}'
-            )
+            if "recordId" not in value:
+                raise InvalidEnvelope(
+                    f'values[{index}] has no "recordId": each record needs one, a non-empty string unique in the batch'
+                )
+            got = "an empty string" if record_id == "" else _describe(record_id)
+            raise InvalidEnvelope(f'values[{index}] needs a "recordId" that is a non-empty string, got {got}')
         if record_id in seen:
             raise InvalidEnvelope(
                 f"recordId {record_id!r} appears more than once (values[{seen[record_id]}] and values[{index}])"
             )
         seen[record_id] = index
-        loader, error = _record_input(value.get("data"), max_image_bytes)
+        loader: ImageLoader | None
+        error: str | None
+        if "data" not in value:
+            loader, error = None, 'record has no "data" object: send {"recordId": ..., "data": {"image": ...}}'
+        else:
+            loader, error = _record_input(value["data"], max_image_bytes)
         records.append(SkillRecord(record_id=record_id, loader=loader, error=error))
     return records
 

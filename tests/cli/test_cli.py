@@ -262,3 +262,194 @@ def test_convert_accepts_a_run_folder_and_names_the_version_as_classify_and_publ
     # One name everywhere: the converted manifest's is the content name that publish defaults to.
     assert bundle.version == bundle_content_version(bundle) and bundle.version.startswith("m-")
     assert default_version(bundle, (bundle.manifest or {})["source"]) == bundle.version
+
+
+LONG_NAME = "a" * 300
+LONG_SHOWN = f"{'a' * 38}...{'a' * 38}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (
+            ["classify", f"{LONG_NAME}.png"],
+            {},
+            f"cannot use {'a' * 38}...{'a' * 34}.png: a name in it is 304 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["classify", "--model", LONG_NAME, str(SAMPLES / "coffee.png")],
+            {},
+            f"cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["classify", str(SAMPLES / "coffee.png")],
+            {"AZUREML_MODEL_DIR": LONG_NAME},
+            f"AZUREML_MODEL_DIR: cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is "
+            "255 bytes per name",
+        ),
+        (
+            ["serve", "--model", LONG_NAME, "--port", "0"],
+            {},
+            f"cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["publish", LONG_NAME],
+            {"MODEL_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"},  # refused before the store is asked
+            f"cannot use model path {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["convert", LONG_NAME, "out"],
+            {},
+            f"cannot use {LONG_SHOWN}: a name in it is 300 bytes long; the limit is 255 bytes per name",
+        ),
+        (
+            ["convert", f"{LONG_NAME}/model.pt", "out"],
+            {},
+            f"cannot use {'a' * 38}...{'a' * 29}/model.pt: a name in it is 300 bytes long; the limit is 255 bytes per "
+            "name",
+        ),
+    ],
+    ids=["classify PATH", "classify --model", "AZUREML_MODEL_DIR", "serve --model", "publish", "convert", "model.pt"],
+)
+def test_a_path_with_a_name_over_255_bytes_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert err == f"error: {message}\n"
+
+
+def test_a_path_too_long_among_good_ones_is_that_files_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, "classify", f"{LONG_NAME}.png", "empty", str(SAMPLES / "coffee.png"))
+    assert code == 1
+    assert f"{SAMPLES / 'coffee.png'}" in out and "espresso" in out
+    assert err.splitlines() == [
+        "warning: no image files in empty (looked recursively for .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)",
+        f"error: {'a' * 38}...{'a' * 34}.png: cannot use the path: a name in it is 304 bytes long; the limit is 255 "
+        "bytes per name",
+        "1 classified, 1 failed in " + err.splitlines()[-1].split(" failed in ")[1],
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["automl-skill"], ["python", "-m", "shared"]])
+def test_the_cli_runs_from_any_folder_and_prints_its_version(tmp_path: Path, command: list[str]) -> None:
+    """`make` installs the package into .venv (editable, pyproject.toml's [project.scripts]): the console
+    script and `python -m shared` work outside the repository root."""
+    from importlib import metadata
+
+    from shared import __version__
+
+    program = str(ROOT / ".venv" / "bin" / command[0])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    version = subprocess.run(
+        [program, *command[1:], "--version"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert version.returncode == 0, version.stderr
+    shown = "automl-skill" if command == ["automl-skill"] else "python -m shared"
+    assert version.stdout == (
+        f"{shown} {__version__} (ONNX Runtime {metadata.version('onnxruntime')}, "
+        f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro})\n"
+    )
+    (tmp_path / "coffee.png").write_bytes((SAMPLES / "coffee.png").read_bytes())
+    done = subprocess.run(
+        [program, *command[1:], "classify", "coffee.png"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "espresso" in done.stdout
+
+
+def test_version_names_the_product_and_onnx_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("python -m shared 0.") and "(ONNX Runtime 1." in out
+
+
+AZURITE_ACCOUNT_KEY = (  # the emulator's fixed, published development account key: not a secret
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def _closed_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_commands_in_one_folder_read_local_settings_alike_and_a_stopped_azurite_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.skill import service as app
+
+    port = _closed_loopback_port()
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+    local = tmp_path / "local.settings.json"
+    monkeypatch.setattr("shared.core.settings.LOCAL_SETTINGS", local)
+    monkeypatch.delenv("MODEL_BLOB_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("MODEL_BLOB_ACCOUNT_URL", raising=False)
+    hint = (
+        "; that is Azurite on this machine: start it with `make azurite`, or remove MODEL_BLOB_CONNECTION_STRING "
+        "(from the environment or local.settings.json) to serve the bundled model"
+    )
+    code, out, err = run(capsys, "versions")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: no model store is configured")
+
+    local.write_text(json.dumps({"IsEncrypted": False, "Values": {"MODEL_BLOB_CONNECTION_STRING": connection}}))
+    code, out, err = run(capsys, "versions")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: model store http://127.0.0.1:{port}/devstoreaccount1/models is unreachable while ")
+    assert err.endswith(hint + "\n") and err.count("\n") == 1
+
+    class Stopped:
+        server_address = ("127.0.0.1", 7071)
+
+        def serve_forever(self) -> None:
+            raise KeyboardInterrupt
+
+        def server_close(self) -> None:
+            pass
+
+    monkeypatch.delenv("MODEL_BLOB_CONNECTION_STRING")  # set by the versions run above, as func start would
+    monkeypatch.setattr("shared.cli.devserver.make_server", lambda settings, host, port: Stopped())
+    try:
+        code, _, err = run(capsys, "serve")
+        assert code == 0
+        assert err.startswith("warning: no model is loaded yet: model store http://127.0.0.1:")
+        assert hint in err.splitlines()[0]
+        assert "settings from local.settings.json (1 value); serving http://127.0.0.1:" in err
+        health = app.service().holder.status()
+        assert health["store"] == "unreachable" and health["lastError"].endswith(hint)
+    finally:
+        app.reset_service(None)

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import socket
 import struct
 import threading
@@ -23,7 +24,7 @@ from shared import cli
 from shared.cli.devserver import SkillServer, make_server
 from shared.core.settings import Settings
 from shared.skill import service as app
-from tests.conftest import SAMPLES
+from tests.conftest import ROOT, SAMPLES
 from tests.modelfactory import tiny_bundle
 
 pytestmark = pytest.mark.integration  # see tests/conftest.py
@@ -314,13 +315,35 @@ def test_every_method_gets_a_json_answer(
 
 
 def test_head_gets_headers_only(server: str) -> None:
+    """Health's function.json lists HEAD (uptime probes send it; the host matches methods exactly, so without
+    it Azure answers 404): the answer is GET's status and headers, Content-Length included, and no body."""
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=20) as conn:
-        conn.sendall(head("HEAD", "/api/health", {}) + head("GET", "/api/health", {"Connection": "close"}))
+        conn.sendall(
+            head("HEAD", "/api/health", {})
+            + head("HEAD", "/api/classify", {"x-functions-key": KEY})
+            + head("GET", "/api/health", {"Connection": "close"})
+        )
         data = b"".join(iter(lambda: conn.recv(65536), b""))
-    first, second = data.split(b"HTTP/1.1 ")[1:]
-    assert first.startswith(b"404 ") and first.endswith(b"\r\n\r\n")  # no body after HEAD's headers
-    assert second.startswith(b"200 ")
+    first, second, third = data.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and first.endswith(b"\r\n\r\n")  # no body after HEAD's headers
+    assert second.startswith(b"404 ") and second.endswith(b"\r\n\r\n")  # classify lists POST only
+    assert third.startswith(b"200 ")
+    length = re.search(rb"Content-Length: (\d+)", first)
+    assert length is not None and int(length.group(1)) == len(third.split(b"\r\n\r\n", 1)[1])
+
+
+def test_the_dev_servers_routes_are_the_function_folders_function_json() -> None:
+    from shared.cli.devserver import ROUTES
+
+    for path, route in ROUTES.items():
+        spec = json.loads((ROOT / route.folder / "function.json").read_text())
+        (trigger,) = [b for b in spec["bindings"] if b["type"] == "httpTrigger"]
+        assert path == f"/api/{trigger['route']}"
+        assert route.methods == {m.upper() for m in trigger["methods"]}
+        assert route.needs_key == (trigger["authLevel"] != "anonymous")
+    assert ROUTES["/api/health"].methods == {"GET", "HEAD"}
+    assert {"/api/classify", "/api/extraction", "/api/health"} <= set(ROUTES)
 
 
 def test_routes_are_case_insensitive_like_the_functions_host(server: str) -> None:
@@ -436,7 +459,7 @@ def test_keep_alive_answers_in_one_send_with_nodelay(server: str) -> None:
 def no_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Point `serve` at a local.settings.json in tmp_path (absent until a test writes it)."""
     path = tmp_path / "local.settings.json"
-    monkeypatch.setattr("shared.cli.devserver.LOCAL_SETTINGS", path)
+    monkeypatch.setattr("shared.core.settings.LOCAL_SETTINGS", path)
     return path
 
 
@@ -534,7 +557,7 @@ def test_serve_reads_local_settings_values_and_the_environment_wins(
     assert app.service().settings == settings
     err = capsys.readouterr().err
     assert err.startswith("settings from local.settings.json (2 values); serving ")
-    assert err.rstrip().endswith("; function key required")
+    assert "; function key required; a page to try images at http://127.0.0.1:7071/" in err
 
 
 @pytest.mark.parametrize(

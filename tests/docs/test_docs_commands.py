@@ -206,6 +206,8 @@ SKIPPED |= {
         "python -m shared versions": SYNOPSIS,
         "python -m shared promote VERSION": SYNOPSIS,
         "python -m shared --verbose COMMAND": SYNOPSIS,
+        "python -m shared publish PATH --dry-run": SYNOPSIS,
+        "python -m shared prune --keep N": SYNOPSIS,
         "make test": "the whole suite, of which this test is part",
         "npm ci": "installs Azurite into node_modules/ from the npm registry; `make dev` did it for the suite",
         "make azurite": AZURITE,
@@ -213,6 +215,7 @@ SKIPPED |= {
         "make dev": DEV,
     },
     "migrating.md": {"python -m shared serve": SYNOPSIS},
+    "skill.md": {"make azurite": AZURITE},
 }
 
 # Where a run differs from the page, and why.
@@ -490,8 +493,8 @@ def test_the_detection_page_runs_as_written(tmp_path: Path) -> None:
     assert all("objects" in row and "objectCount" in row for row in rows)
     health = json.loads(ran[3][1])
     assert health["status"] == "ready" and health["model"]["task"] == "object-detection"
-    drawn = sorted(p.name for p in (tmp_path / "out").iterdir())  # named for the path as given, / as _
-    assert drawn == [f"{photos / name}.boxes.png".replace("/", "_") for name in ("chelsea.png", "coffee.png")]
+    drawn = sorted(p.name for p in (tmp_path / "out" / "photos").iterdir())  # the folder's name, then the file's
+    assert drawn == ["chelsea.png.boxes.png", "coffee.png.boxes.png"]
 
 
 def test_the_reindex_page_runs_as_written(search_service: SearchStub, azurite: Azurite, tmp_path: Path) -> None:

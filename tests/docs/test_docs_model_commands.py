@@ -78,14 +78,20 @@ def test_the_model_store_page_runs_as_written(own_azurite: Azurite, tmp_path: Pa
     }
     ran = run_page("model-store.md", places, base_env(tmp_path), own_azurite)
     outputs = [out for _, out in ran]
-    assert len(ran) == 7
+    assert len(ran) == 10
     assert outputs[0].startswith("no versions yet in http://127.0.0.1:")
-    assert outputs[1] == "published sample-1 (uploaded); current.json now points to it\n"
-    assert ", not promoted: current.json still points to sample-1;" in outputs[2]
-    assert outputs[3].startswith("versions in ")
-    assert outputs[4] == f"current.json now points to {places['VERSION']} (was sample-1)\n"
-    assert outputs[5] == f"current.json now points to sample-1 (was {places['VERSION']})\n"
-    assert ran[6][0] == ".venv/bin/python -m shared refresh --run-dir path/to/downloaded-run"
+    assert outputs[1].startswith("would upload version sample-1 to http://127.0.0.1:")
+    assert outputs[1].endswith(
+        "would point current.json to sample-1 (nothing is current yet)\nnothing was changed (--dry-run)\n"
+    )
+    assert outputs[2] == "published sample-1 (uploaded); current.json now points to it\n"
+    assert ", not promoted: current.json still points to sample-1;" in outputs[3]
+    assert outputs[4].startswith("versions in ")
+    assert outputs[5] == f"current.json now points to {places['VERSION']} (was sample-1)\n"
+    assert outputs[6] == f"current.json now points to sample-1 (was {places['VERSION']})\n"
+    assert f"would delete {places['VERSION']} " in outputs[7] and "keep         sample-1 " in outputs[7]
+    assert outputs[8].splitlines()[-1].startswith("deleted 1 of 2 versions (")
+    assert ran[9][0] == ".venv/bin/python -m shared refresh --run-dir path/to/downloaded-run"
 
 
 def test_the_models_page_runs_as_written(own_azurite: Azurite, tmp_path: Path) -> None:

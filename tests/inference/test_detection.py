@@ -614,11 +614,67 @@ def test_cli_classify_json_table_and_boxes(
     assert out[1].split() == ["file", "objects"]
     best = ", ".join(f"{o.label} {o.score:.2f}" for o in expected[:2])
     assert out[2] == f"{photo}  2 objects: {best}"
-    drawn = out_dir / (str(photo).replace("/", "_") + ".boxes.png")
+    drawn = out_dir / (photo.name + ".boxes.png")
+    assert capsys.readouterr().err == ""
     with Image.open(drawn) as image:
         assert image.size == Image.open(photo).size
         changed = np.asarray(image.convert("RGB")) != np.asarray(Image.open(photo).convert("RGB"))
     assert changed.any() and changed.mean() < 0.2  # boxes and captions drawn, the photo still there
+
+
+def test_cli_boxes_names_never_clash_nor_grow_past_255_bytes_and_say_where_they_went(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    photo = SAMPLE_PHOTOS[0].read_bytes()
+    for name in ("a/b_c.png", "a_b/c.png", "other/a/b_c.png"):  # one name each as the old `/` -> `_` scheme gave
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(photo)
+    deep = tmp_path.joinpath(*(["f" * 200] * 6))  # six folders deep: the whole path is over 1,200 bytes
+    deep.mkdir(parents=True)
+    (deep / ("p" * 250 + ".png")).write_bytes(photo)
+    args = ["classify", "--json", "--model", str(runs["yolov5"]), "--boxes", "out"]
+    code = cli_main([*args, "a/b_c.png", "a_b/c.png", "other", str(deep)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    drawn = [row["boxes"] for row in rows]
+    assert drawn[:3] == ["out/b_c.png.boxes.png", "out/c.png.boxes.png", "out/other/a/b_c.png.boxes.png"]
+    long_name = Path(drawn[3]).name
+    assert Path(drawn[3]).parent == Path("out") / deep.name
+    assert len(long_name.encode()) <= 255 and long_name.endswith(".boxes.png") and long_name.startswith("p" * 200)
+    assert all((tmp_path / d).is_file() for d in drawn)
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*.png")) == sorted(drawn)
+    assert err == "wrote 4 drawings with boxes to out/ (the first: out/b_c.png.boxes.png)\n"
+    # The same input twice: the second drawing is numbered, not written over the first.
+    assert cli_main([*args, "a/b_c.png", "other", "a/b_c.png"]) == 0
+    drawn = [json.loads(line)["boxes"] for line in capsys.readouterr().out.splitlines()]
+    assert drawn == ["out/b_c.png.boxes.png", "out/other/a/b_c.png.boxes.png", "out/b_c.png.boxes-2.png"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("README.md", "--boxes README.md is a file; give a folder to write the drawings into"),
+        ("/proc/x", "--boxes /proc/x: cannot create the folder (No such file or directory)"),
+        (
+            "x" * 300,
+            f"--boxes: cannot use {'x' * 38}...{'x' * 38}: a name in it is 300 bytes long; the limit is 255 "
+            "bytes per name",
+        ),
+    ],
+)
+def test_cli_boxes_to_a_place_it_cannot_write_is_one_line_before_any_image(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, message: str
+) -> None:
+    from shared.cli import main as cli_main
+
+    target = str(ROOT / target) if target == "README.md" else target
+    message = message.replace("README.md", target)
+    assert cli_main(["classify", "--model", str(runs["yolov5"]), "--boxes", target, str(SAMPLE_PHOTOS[0])]) == 1
+    assert capsys.readouterr() == ("", f"error: {message}\n")
 
 
 def test_cli_boxes_with_a_classifier_is_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -677,3 +677,52 @@ def test_cli_publish_shows_upload_progress_on_a_terminal_only(blob_settings: Set
     # Not a terminal (the other CLI tests): nothing but the result.
     piped = cli("publish", str(bundles[1]), "--version", "v2", env=env)
     assert piped.stderr == ""
+
+
+@pytest.mark.parametrize("cache", ["/proc/x", "/dev/null/models"])
+def test_an_unusable_model_cache_dir_is_one_message_naming_the_setting_and_the_path(
+    store: BlobModelStore,
+    bundles: list[Path],
+    blob_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cache: str,
+) -> None:
+    """docs/settings.md: a bad value stops the app with a message naming the setting. The service answers 503
+    Misconfigured with it (health too), logs it once, and no traceback reaches the log."""
+    from shared.skill import service as app
+
+    store.publish(bundles[0], version="v1")
+    for name, value in {
+        "MODEL_BLOB_CONNECTION_STRING": blob_settings.blob_connection_string,
+        "MODEL_BLOB_CONTAINER": blob_settings.blob_container,
+        "MODEL_CACHE_DIR": cache,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    app.reset_service(None)
+    try:
+        for answer in (app.health(), app.classify(BODY, {})):
+            status, body, _ = answer
+            assert status == 503
+            message = json.loads(body)["error"]["message"]
+            assert message.startswith(f"setting MODEL_CACHE_DIR={cache!r} cannot be used: cannot create the folder (")
+            assert message.endswith("); set it to a writable folder, or leave it empty for the default")
+    finally:
+        app.reset_service(None)
+    assert "Traceback" not in caplog.text and "FileNotFoundError" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if "MODEL_CACHE_DIR" in r.getMessage()] == [
+        f"app settings are invalid: {message}"
+    ]
+
+
+def test_a_cache_that_breaks_after_start_is_a_store_error_naming_the_folder(
+    store: BlobModelStore, bundles: list[Path], tmp_path: Path
+) -> None:
+    store.publish(bundles[0], version="v1")
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache's folder should be")
+    with pytest.raises(StoreError) as raised:
+        store.download_version("v1", blocked / "store")
+    assert str(raised.value) == (
+        f"cannot write the model cache {blocked / 'store'} (Not a directory); set MODEL_CACHE_DIR to a writable folder"
+    )

@@ -147,13 +147,69 @@ def test_printing_redacts_every_key(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_command_line_entry_point(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_FUNCTION_KEY", FUNCTION_KEY)
+    monkeypatch.setenv("MY_AI_KEY", AI_KEY)
     status = cli.main(
-        ["migrate-skillset", str(PORTAL), "--function-url", FUNCTION, "--function-key-env", "MY_FUNCTION_KEY"]
+        [
+            "migrate-skillset",
+            str(PORTAL),
+            "--function-url",
+            FUNCTION,
+            "--function-key-env",
+            "MY_FUNCTION_KEY",
+            "--ai-services-key-env",
+            "MY_AI_KEY",
+        ]
     )
     out, err = capsys.readouterr()
     assert (status, err) == (0, "")
-    assert web_api(json.loads(out))["httpHeaders"] == {"x-functions-key": "<redacted: $MY_FUNCTION_KEY>"}
-    assert FUNCTION_KEY not in out
+    printed = json.loads(out)
+    assert web_api(printed)["httpHeaders"] == {"x-functions-key": "<redacted: $MY_FUNCTION_KEY>"}
+    assert printed["cognitiveServices"]["key"] == "<redacted: $MY_AI_KEY>"
+    assert FUNCTION_KEY not in out and AI_KEY not in out
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom"),
+    [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-16-le", b"")],
+    ids=["utf-8-bom (Notepad)", "utf-16-le (PowerShell Out-File)", "utf-16-be", "utf-16-le without a BOM"],
+)
+def test_a_skillset_saved_with_a_byte_order_mark_or_as_utf16_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], encoding: str, bom: bytes
+) -> None:
+    path = tmp_path / "s.json"
+    path.write_bytes(bom + NOTEBOOK.read_text(encoding="utf-8").encode(encoding))
+    assert main_migrate_skillset(namespace(path), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert web_api(json.loads(out))["uri"] == f"{FUNCTION}/api/classify"
+
+
+def test_the_issues_reproducer_with_a_bom_runs(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"name":"s","skills":[{"@odata.type":"#Microsoft.Skills.Custom.WebApiSkill",'
+        b'"uri":"https://x/api/extraction","outputs":[{"name":"amllabel"}]}]}'
+    )
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "-m", "shared", "migrate-skillset", str(path), "--function-url", FUNCTION],
+        cwd=ROOT,
+        env={**os.environ, "SKILL_FUNCTION_KEY": "k"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert web_api(json.loads(done.stdout))["uri"] == f"{FUNCTION}/api/classify"
+
+
+def test_bytes_that_are_no_unicode_text_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.json"
+    path.write_bytes(b'{"name": "\xff\xfe\xfd"}')
+    assert main_migrate_skillset(namespace(path), {"SKILL_FUNCTION_KEY": FUNCTION_KEY}) == 1
+    assert capsys.readouterr().err == (
+        f"error: {path} is not a text file in UTF-8, UTF-16 or UTF-32 (expected a skillset's JSON)\n"
+    )
 
 
 def _search_setup_skillset(tmp_path: Path) -> Path:
@@ -220,6 +276,21 @@ def _search_setup_skillset(tmp_path: Path) -> Path:
             None,
             "{file} has no AI Services key in cognitiveServices (an export can leave it out) and writing it would stop "
             "the billing: pass --ai-services-key-env NAME with the key in that variable",
+        ),
+        (  # the preview fails where the write would, as search-setup --dry-run does
+            PORTAL.read_text(),
+            {},
+            None,
+            "{file} has no AI Services key in cognitiveServices (an export can leave it out) and writing it would stop "
+            "the billing: pass --ai-services-key-env NAME with the key in that variable",
+        ),
+        (
+            NOTEBOOK.read_text(),
+            {"auth_resource_id": "api://1234"},
+            None,
+            "--auth-resource-id 'api://1234' is an application ID URI, not an application id: pass the app "
+            "registration's application (client) id, a GUID like 00000000-0000-0000-0000-000000000000; the skill "
+            "then asks for <appId>/.default (the api:// form is a common cause of 401s)",
         ),
     ],
 )

@@ -457,6 +457,36 @@ def test_dry_run_with_entra_id(capsys: pytest.CaptureFixture[str]) -> None:
     assert skill["authResourceId"] == f"{APP_ID}/.default" and "httpHeaders" not in skill
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "api://1234",
+            "--auth-resource-id 'api://1234' is an application ID URI, not an application id: pass the app "
+            "registration's application (client) id, a GUID like 00000000-0000-0000-0000-000000000000; the skill "
+            "then asks for <appId>/.default (the api:// form is a common cause of 401s)",
+        ),
+        (
+            f"api://{APP_ID}",
+            f"--auth-resource-id 'api://{APP_ID}' is an application ID URI, not an application id: pass the app "
+            "registration's application (client) id, a GUID like 00000000-0000-0000-0000-000000000000; the skill "
+            "then asks for <appId>/.default (the api:// form is a common cause of 401s)",
+        ),
+        (
+            "my-function-app",
+            "--auth-resource-id 'my-function-app' is not an application id: expected the app registration's "
+            "application (client) id, a GUID like 00000000-0000-0000-0000-000000000000 (or a full scope ending in "
+            "/.default)",
+        ),
+    ],
+)
+def test_an_auth_resource_id_of_the_wrong_shape_is_one_line(
+    capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    assert main_search_setup(namespace(dry_run=True, auth_resource_id=value), {}) == 1
+    assert capsys.readouterr() == ("", f"error: {message}\n")
+
+
 TOKEN = "eyJ-not-a-real-token"
 PUTS = [
     ("PUT", "/datasources('automl-images-datasource')"),

@@ -194,8 +194,24 @@ def test_bad_records_get_their_own_error_and_neighbours_are_answered(data: dict[
 def test_record_without_data_object() -> None:
     _, payload, _ = call({"values": [{"recordId": "x"}, {"recordId": "y", "data": "text"}]})
     assert [v["errors"] for v in payload["values"]] == [
-        [{"message": 'record has no "data" object (got null)'}],
+        [{"message": 'record has no "data" object: send {"recordId": ..., "data": {"image": ...}}'}],
         [{"message": 'record has no "data" object (got a string)'}],
+    ]
+    _, payload, _ = call({"values": [{"recordId": "x", "data": None}]})
+    assert payload["values"][0]["errors"] == [{"message": 'record has no "data" object (got null)'}]
+
+
+@pytest.mark.parametrize(
+    "url", ["https://account.blob.core.windows.net/images/cat.jpg?sv=x", "http://example.com/a.png", " s3://b/k"]
+)
+@pytest.mark.parametrize("name", ["image", "images", "file_data"])
+def test_an_image_given_as_a_url_string_says_urls_are_not_fetched(url: str, name: str) -> None:
+    _, payload, _ = call({"values": [{"recordId": "u", "data": {name: url}}]})
+    assert payload["values"][0]["errors"] == [
+        {
+            "message": f'input "{name}" is a URL; images are not fetched by URL: map /document/normalized_images/* '
+            "(imageAction generateNormalizedImages) or /document/file_data, or send the image as base64"
+        }
     ]
 
 
@@ -227,7 +243,19 @@ BAD_ENVELOPES = [
         b'{"values": [{"data": {}}]}',
         400,
         "InvalidRequest",
+        'values[0] has no "recordId": each record needs one, a non-empty string unique in the batch',
+    ),
+    (
+        b'{"values": [{"recordId": null, "data": {}}]}',
+        400,
+        "InvalidRequest",
         'values[0] needs a "recordId" that is a non-empty string, got null',
+    ),
+    (
+        b'{"values": [{"recordId": "", "data": {}}]}',
+        400,
+        "InvalidRequest",
+        'values[0] needs a "recordId" that is a non-empty string, got an empty string',
     ),
     (
         b'{"values": [{"recordId": 7, "data": {}}]}',
