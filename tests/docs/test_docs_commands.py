@@ -708,5 +708,5 @@ def test_the_segmentation_page_runs_as_written(tmp_path: Path) -> None:
     assert any(o["polygon"] for row in rows for o in row["objects"])
     health = json.loads(ran[3][1])
     assert health["status"] == "ready" and health["model"]["task"] == "instance-segmentation"
-    drawn = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert drawn == [f"{photos / name}.boxes.png".replace("/", "_") for name in ("astronaut.png", "coffee.png")]
+    drawn = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert drawn == ["photos/astronaut.png.boxes.png", "photos/coffee.png.boxes.png"]

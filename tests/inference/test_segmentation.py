@@ -345,7 +345,7 @@ def test_cli_classify_json_and_boxes_draw_translucent_masks(
     out_dir = tmp_path / "drawn"
     assert cli_main(["classify", "--model", str(seg_run), "--top-k", "1", "--boxes", str(out_dir), str(photo)]) == 0
     capsys.readouterr()
-    with Image.open(out_dir / (str(photo).replace("/", "_") + ".boxes.png")) as drawn:
+    with Image.open(out_dir / (photo.name + ".boxes.png")) as drawn:
         pixels = np.asarray(drawn.convert("RGB")).astype(int)
     before = np.asarray(original).astype(int)
     inside = fill_polygons([list(p) for p in expected[0].polygon], original.width, original.height)
