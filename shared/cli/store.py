@@ -120,6 +120,9 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
         protected[record.version] = "the version re-enrichment last recorded (reindex.json)"
         if record.pending:
             protected[record.pending] = "being re-enriched now (reindex.json)"
+        if record.embedded and record.embedded != record.version:
+            # The index's vectors still come from it until re-enrichment has finished: /api/vectorize serves it.
+            protected[record.embedded] = "the index's vectors were made with it; /api/vectorize uses it (reindex.json)"
     versions = store.list_versions()
     modified = {v.version: store.version_modified(v.version) for v in versions if not v.complete}
     older_than_s = args.older_than * 86_400 if args.older_than is not None else None

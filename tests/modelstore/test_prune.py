@@ -186,3 +186,20 @@ def test_publish_dry_run_says_what_it_would_upload_and_writes_nothing(
     )
     assert [v.version for v in cli_store.list_versions()] == ["v1"]
     assert json.loads(cli_store.read_blob("current.json", "test")[0])["version"] == "v1"  # type: ignore[index]
+
+
+def test_prune_keeps_the_version_the_index_s_vectors_came_from(
+    cli_store: BlobModelStore, bundles: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a re-enrichment has not finished, /api/vectorize answers with the version the index was embedded with
+    (reindex.json's `embedded`): prune must not take it away."""
+    store = cli_store
+    for index, bundle in enumerate(bundles[:4]):
+        store.publish(bundle, version=f"v{index}")
+    write_reindex_record(store, version="v3", mode="full", expected=None, embedded="v0")
+    record = read_reindex_record(store)
+    assert record is not None and (record.version, record.embedded) == ("v3", "v0")
+    code, out, _ = run(capsys, "prune", "--keep", "1")
+    assert code == 0, out
+    assert [v.version for v in store.list_versions()] == ["v0", "v3"]
+    assert "/api/vectorize uses it" in out.splitlines()[1]
