@@ -36,15 +36,19 @@ def open_store(settings: Settings) -> BlobModelStore:
     return store
 
 
-def positive_int(raw: str) -> int:
-    # ArgumentTypeError, never ValueError: argparse would name this function in its message.
+def _whole_number_from(raw: str, minimum: int) -> int:
+    # ArgumentTypeError, never ValueError: argparse would name the type function in its message.
     try:
         value = int(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {raw!r}")
+        raise argparse.ArgumentTypeError(f"expected a whole number, {minimum} or more, got {raw!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {raw!r}")
     return value
+
+
+def positive_int(raw: str) -> int:
+    return _whole_number_from(raw, 1)
 
 
 def probability(raw: str) -> float:
@@ -58,13 +62,7 @@ def probability(raw: str) -> float:
 
 
 def whole_number(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw!r}")
-    return value
+    return _whole_number_from(raw, 0)
 
 
 def days(raw: str) -> float:

@@ -9,18 +9,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from shared.cli.common import probability
+from shared.cli.common import probability, whole_number
 from shared.core.settings import Settings
-
-
-def non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw!r}")
-    return value
 
 
 def add_query_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +35,7 @@ def add_query_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", metavar="NAME", help="keyframes of the video NAME (the keyframes index)")
     parser.add_argument("--facets", action="store_true", help="facet buckets by label and by model version")
     parser.add_argument(
-        "--top", type=non_negative_int, default=DEFAULT_TOP, metavar="N", help=f"show N hits ({DEFAULT_TOP}; 0: none)"
+        "--top", type=whole_number, default=DEFAULT_TOP, metavar="N", help=f"show N hits ({DEFAULT_TOP}; 0: none)"
     )
     parser.add_argument("--count", action="store_true", help="the total number of matching documents")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")

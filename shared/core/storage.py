@@ -29,14 +29,14 @@ def connection_string_from(env: Mapping[str, str], name: str, flag: str, alterna
     return value
 
 
-def check_account_url(url: str, flag: str) -> str:
+def check_account_url(url: str, what: str) -> str:
     """An account URL DefaultAzureCredential's token may be sent to: https, or plain http to a loopback address."""
     parsed = urllib.parse.urlsplit(url)
     if not parsed.hostname or (
         parsed.scheme != "https" and not (parsed.scheme == "http" and is_loopback(parsed.hostname))
     ):
         raise StorageSettingError(
-            f"{flag} {url!r} is invalid: expected https://<account>.blob.core.windows.net (plain http only to a "
+            f"{what} {url!r} is invalid: expected https://<account>.blob.core.windows.net (plain http only to a "
             "loopback address)"
         )
     return url.rstrip("/")

@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.core.errors import AppError
-from shared.core.settings import is_loopback, storage_connection_string
 from shared.video.frames import FrameOptions, VideoError, duration_s, extract
 
 if TYPE_CHECKING:
@@ -110,29 +109,23 @@ def open_service(
     """A BlobServiceClient from a connection string (`UseDevelopmentStorage=true` is Azurite) or from an account URL
     with DefaultAzureCredential (AZURE_CLIENT_ID names a user-assigned managed identity). KeyframesError for a bad
     connection string, or an account URL that is not https (plain http only to a loopback address)."""
-    from azure.storage.blob import BlobServiceClient
+    from shared.core.storage import StorageSettingError, check_account_url
+    from shared.core.storage import open_service as open_account
 
-    options: dict[str, Any] = {"retry_total": RETRIES, "user_agent": USER_AGENT}
-    if connection_string:
-        try:
-            return BlobServiceClient.from_connection_string(storage_connection_string(connection_string), **options)
-        except ValueError:
-            raise KeyframesError("the connection string is not a valid storage connection string") from None
-    if not account_url:
+    if not connection_string and not account_url:
         raise KeyframesError(
             "no storage account: pass --connection-string-env NAME (a variable holding a connection string) or "
             "--account-url https://<account>.blob.core.windows.net"
         )
-    parsed = urllib.parse.urlsplit(account_url)
-    if parsed.scheme != "https" and not (parsed.scheme == "http" and is_loopback(parsed.hostname)):
-        raise KeyframesError(
-            f"account URL {account_url!r} is invalid: expected https://<account>.blob.core.windows.net "
-            "(plain http only to a loopback address)"
+    try:
+        if not connection_string:
+            account_url = check_account_url(str(account_url), "account URL")
+        service: BlobServiceClient = open_account(
+            connection_string=connection_string, account_url=account_url, client_id=client_id, user_agent=USER_AGENT
         )
-    from azure.identity import DefaultAzureCredential
-
-    credential = DefaultAzureCredential(managed_identity_client_id=client_id)
-    return BlobServiceClient(account_url.rstrip("/"), credential=credential, **options)
+    except StorageSettingError as exc:
+        raise KeyframesError(str(exc)) from None
+    return service
 
 
 @contextmanager
