@@ -125,18 +125,7 @@ class SkillService:
         )
         todo = [r for r in records if r.loader is not None]
         stats = BatchStats()
-        outcomes: list[ImageOutcome] = run_batch(
-            model,
-            [r.loader for r in todo if r.loader is not None],
-            options,
-            pool=self.pool,
-            workers=self.workers,
-            budget=self.budget,
-            deadline=started + s.deadline_s,
-            budget_s=s.deadline_s,
-            clock=self.clock,
-            stats=stats,
-        )
+        outcomes: list[ImageOutcome] = self._run(model, todo, options, started, stats)
         if missing_embedding is not None:
             outcomes = [
                 dataclasses.replace(o, warnings=(*o.warnings, missing_embedding)) if o.data is not None else o
@@ -156,6 +145,24 @@ class SkillService:
             1000 * (self.clock() - started),
         )
         return 200, json.dumps({"values": values}).encode(), dict(JSON_HEADERS)
+
+    def _run(
+        self, model: Any, todo: list[Any], options: InferenceOptions, started: float, stats: BatchStats | None = None
+    ) -> list[ImageOutcome]:
+        """The records' images through the scheduler, on this service's pool and budget, within the deadline."""
+        deadline_s = self.settings.deadline_s
+        return run_batch(
+            model,
+            [r.loader for r in todo if r.loader is not None],
+            options,
+            pool=self.pool,
+            workers=self.workers,
+            budget=self.budget,
+            deadline=started + deadline_s,
+            budget_s=deadline_s,
+            clock=self.clock,
+            stats=stats,
+        )
 
     def vectorize(self, body: bytes) -> Response:
         """Answer one Custom Web API vectorizer request: `data.vector` per record. Never raises."""
@@ -190,17 +197,7 @@ class SkillService:
                 outcomes = {r.record_id: ImageOutcome(data=None, errors=(message,)) for r in todo}
             else:
                 options = InferenceOptions(fast_decode=s.fast_jpeg_decode, limits=s.image_limits())
-                answered = run_batch(
-                    view,
-                    [r.loader for r in todo if r.loader is not None],
-                    options,
-                    pool=self.pool,
-                    workers=self.workers,
-                    budget=self.budget,
-                    deadline=started + s.deadline_s,
-                    budget_s=s.deadline_s,
-                    clock=self.clock,
-                )
+                answered = self._run(view, todo, options, started)
                 outcomes = {r.record_id: _vector_outcome(o) for r, o in zip(todo, answered, strict=True)}
         values = response_values(records, outcomes)
         logger.info(
