@@ -15,11 +15,15 @@ protobuf merges repeated fields, so every other byte of the model stays as it wa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from shared.bundle.onnxinfo import LEN as _LEN
+from shared.bundle.onnxinfo import VARINT as _VARINT
 from shared.bundle.onnxinfo import OnnxFormatError
+from shared.bundle.onnxinfo import field_spans as _fields
+from shared.bundle.onnxinfo import text as _text
+from shared.bundle.onnxinfo import varint as _varint
 
 EMBEDDING_OUTPUT = "embedding"
 
@@ -46,7 +50,6 @@ _DIM_VALUE = 1
 _DIM_PARAM = 2
 _FLOAT = 1
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 # Ops that may sit between the final linear layer and the logits output without changing what it computes.
 _PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze"})
 
@@ -79,51 +82,6 @@ class Embedding:
 
 
 # -- protobuf reading --------------------------------------------------------------------------------------
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise OnnxFormatError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise OnnxFormatError("varint too long")
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview, int, int]]:
-    """(field number, wire type, value, start, end) of each field of one message; `start:end` is the
-    whole field, key included."""
-    pos = 0
-    end = len(buf)
-    while pos < end:
-        start = pos
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        value: int | memoryview
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos)
-        elif wire == _I64:
-            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
-        elif wire == _LEN:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise OnnxFormatError("field runs past the end of the message")
-            value, pos = buf[pos : pos + length], pos + length
-        elif wire == _I32:
-            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
-        else:
-            raise OnnxFormatError(f"unsupported wire type {wire}")
-        yield number, wire, value, start, pos
-
-
-def _text(value: int | memoryview) -> str:
-    return bytes(value).decode("utf-8", "replace") if isinstance(value, memoryview) else ""
 
 
 def _signed(value: int) -> int:

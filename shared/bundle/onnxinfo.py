@@ -30,7 +30,8 @@ _NODE_OP_TYPE = 4
 _OPSET_DOMAIN = 1
 _OPSET_VERSION = 2
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+# Protobuf wire types.
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
 
 
 class OnnxFormatError(ValueError):
@@ -55,7 +56,8 @@ class OnnxInfo:
         return self.consumers.get(self.inputs[0][0], ())
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it."""
     result = 0
     shift = 0
     while True:
@@ -71,31 +73,40 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise OnnxFormatError("varint too long")
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """Yield (field number, wire type, value) for one message; length-delimited values as views."""
+def field_spans(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview, int, int]]:
+    """(field number, wire type, value, start, end) of each field of one message; length-delimited values as
+    views; `start:end` is the whole field, key included (what an edit of the message replaces)."""
     pos = 0
     end = len(buf)
     while pos < end:
-        key, pos = _varint(buf, pos)
+        start = pos
+        key, pos = varint(buf, pos)
         number, wire = key >> 3, key & 7
         value: int | memoryview
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos)
-        elif wire == _I64:
+        if wire == VARINT:
+            value, pos = varint(buf, pos)
+        elif wire == I64:
             value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
-        elif wire == _LEN:
-            length, pos = _varint(buf, pos)
+        elif wire == LEN:
+            length, pos = varint(buf, pos)
             if pos + length > end:
                 raise OnnxFormatError("field runs past the end of the message")
             value, pos = buf[pos : pos + length], pos + length
-        elif wire == _I32:
+        elif wire == I32:
             value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
             raise OnnxFormatError(f"unsupported wire type {wire}")
+        yield number, wire, value, start, pos
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """Yield (field number, wire type, value) for one message; length-delimited values as views."""
+    for number, wire, value, _, _ in field_spans(buf):
         yield number, wire, value
 
 
-def _text(value: int | memoryview) -> str:
+def text(value: int | memoryview) -> str:
+    """A string field's value (empty for a field that is not length-delimited)."""
     return bytes(value).decode("utf-8", "replace") if isinstance(value, memoryview) else ""
 
 
@@ -115,7 +126,7 @@ def _shape(type_proto: memoryview) -> tuple[int | str | None, ...]:
                     if dn == _DIM_VALUE and isinstance(dv, int):
                         value = dv
                     elif dn == _DIM_PARAM:
-                        value = _text(dv)
+                        value = text(dv)
                 dims.append(value)
     return tuple(dims)
 
@@ -142,14 +153,14 @@ def read_onnx_info(data: bytes) -> OnnxInfo:
                 if not isinstance(node, memoryview):
                     continue
                 if n == _GRAPH_INITIALIZER:
-                    initializers.update(_text(v) for fn, _, v in _fields(node) if fn == _TENSOR_NAME)
+                    initializers.update(text(v) for fn, _, v in _fields(node) if fn == _TENSOR_NAME)
                     continue
                 if n in (_GRAPH_INPUT, _GRAPH_OUTPUT):
                     name: str = ""
                     shape: tuple[int | str | None, ...] = ()
                     for fn, _, fv in _fields(node):
                         if fn == _VALUE_NAME:
-                            name = _text(fv)
+                            name = text(fv)
                         elif fn == _VALUE_TYPE and isinstance(fv, memoryview):
                             shape = _shape(fv)
                     (graph_inputs if n == _GRAPH_INPUT else graph_outputs).append((name, shape))
@@ -165,7 +176,7 @@ def read_onnx_info(data: bytes) -> OnnxInfo:
                         op_type = bytes(fv).decode("utf-8", "replace")
                 for name in inputs:
                     consumers.setdefault(name, []).append(op_type)
-        elif wire not in (_VARINT, _I64, _LEN, _I32):
+        elif wire not in (VARINT, I64, LEN, I32):
             raise OnnxFormatError("not an ONNX model")
     return OnnxInfo(
         opset=opset,
